@@ -290,7 +290,8 @@ impl Header {
         if version != FORMAT_VERSION {
             return Err(HeaderError::UnsupportedVersion(version));
         }
-        let mode = Mode::from_header_code(b[OFF_MODE]).ok_or(HeaderError::UnknownMode(b[OFF_MODE]))?;
+        let mode =
+            Mode::from_header_code(b[OFF_MODE]).ok_or(HeaderError::UnknownMode(b[OFF_MODE]))?;
         let n = b[OFF_NAME_LEN] as usize;
         if n == 0 || n > MAX_KEY_NAME {
             return Err(HeaderError::BadKeyName("length out of range"));
@@ -430,7 +431,16 @@ mod tests {
     #[test]
     fn byte_layout() {
         let dk = DataKey::from_bytes([7; 64]);
-        let h = Header::seal(Mode::Gcm, "payroll", 0x0102_0304, FileId([0xaa; 16]), [0xbb; 16], &dk, &pk(9)).unwrap();
+        let h = Header::seal(
+            Mode::Gcm,
+            "payroll",
+            0x0102_0304,
+            FileId([0xaa; 16]),
+            [0xbb; 16],
+            &dk,
+            &pk(9),
+        )
+        .unwrap();
         let b = h.to_bytes();
         assert_eq!(&b[0..8], b"GuardFS\0"); // magic
         assert_eq!(&b[8..10], &[1, 0]); // format version 1, LE
@@ -449,7 +459,13 @@ mod tests {
     fn wrong_key_is_typed() {
         let (h, _) = Header::create(Mode::Xts, "k", 1, &pk(1)).unwrap();
         let err = Header::open(&h.to_bytes(), &pk(2)).unwrap_err();
-        assert_eq!(err, HeaderError::WrongKey { name: "k".into(), version: 1 });
+        assert_eq!(
+            err,
+            HeaderError::WrongKey {
+                name: "k".into(),
+                version: 1
+            }
+        );
     }
 
     #[test]
@@ -460,7 +476,10 @@ mod tests {
             for bit in [0u8, 3, 7] {
                 let mut b = bytes;
                 b[byte] ^= 1 << bit;
-                assert!(Header::open(&b, &pk(1)).is_err(), "flip at {byte}:{bit} undetected");
+                assert!(
+                    Header::open(&b, &pk(1)).is_err(),
+                    "flip at {byte}:{bit} undetected"
+                );
             }
         }
     }
@@ -472,22 +491,37 @@ mod tests {
         // A's wrapped key and tag moved into B's header.
         let mut spliced = b.to_bytes();
         spliced[OFF_NONCE..OFF_RESERVED].copy_from_slice(&a.to_bytes()[OFF_NONCE..OFF_RESERVED]);
-        assert_eq!(Header::open(&spliced, &pk(1)).unwrap_err(), HeaderError::AuthenticationFailed);
+        assert_eq!(
+            Header::open(&spliced, &pk(1)).unwrap_err(),
+            HeaderError::AuthenticationFailed
+        );
         // B's file id written into A's header (and its key check value).
         let mut spliced = a.to_bytes();
         spliced[OFF_FILE_ID..OFF_NONCE].copy_from_slice(&b.to_bytes()[OFF_FILE_ID..OFF_NONCE]);
-        assert_eq!(Header::open(&spliced, &pk(1)).unwrap_err(), HeaderError::AuthenticationFailed);
+        assert_eq!(
+            Header::open(&spliced, &pk(1)).unwrap_err(),
+            HeaderError::AuthenticationFailed
+        );
     }
 
     #[test]
     fn structural_errors() {
-        assert!(matches!(Header::parse(&[0u8; 10]), Err(HeaderError::WrongLength { .. })));
-        assert_eq!(Header::parse(&[0u8; HEADER_LEN]).unwrap_err(), HeaderError::NotAHeader);
+        assert!(matches!(
+            Header::parse(&[0u8; 10]),
+            Err(HeaderError::WrongLength { .. })
+        ));
+        assert_eq!(
+            Header::parse(&[0u8; HEADER_LEN]).unwrap_err(),
+            HeaderError::NotAHeader
+        );
         let (h, _) = Header::create(Mode::Xts, "k", 1, &pk(1)).unwrap();
         let good = h.to_bytes();
         let mut b = good;
         b[8] = 2;
-        assert_eq!(Header::parse(&b).unwrap_err(), HeaderError::UnsupportedVersion(2));
+        assert_eq!(
+            Header::parse(&b).unwrap_err(),
+            HeaderError::UnsupportedVersion(2)
+        );
         let mut b = good;
         b[10] = 9;
         assert_eq!(Header::parse(&b).unwrap_err(), HeaderError::UnknownMode(9));

@@ -5,10 +5,13 @@
 //! CBC ciphertext stealing), a generic reference is checked against them and
 //! the AES-256 production path is then checked against that reference.
 
-use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit, consts::U16};
+use aes::cipher::{
+    Array, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit, consts::U16,
+};
 use aes::{Aes128, Aes256};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
+use crate::ContentCipher;
 use crate::backend::lanes::{LANES, LaneKey};
 use crate::backend::xts::XtsKey;
 use crate::content::{cs1_decrypt_segment, cs1_encrypt_segment};
@@ -16,7 +19,6 @@ use crate::header::FileId;
 use crate::keys::DataKey;
 use crate::mode::Mode;
 use crate::offsets::UnitNo;
-use crate::ContentCipher;
 
 type Record = Vec<(String, Vec<u8>)>;
 
@@ -37,7 +39,10 @@ fn records(text: &str) -> Vec<Record> {
 }
 
 fn field<'a>(r: &'a Record, name: &str) -> &'a [u8] {
-    &r.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no field {name}")).1
+    &r.iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no field {name}"))
+        .1
 }
 
 /// A plain, generic XTS with ciphertext stealing (IEEE 1619 section 5.3),
@@ -53,7 +58,9 @@ where
     k2.encrypt_block(&mut t);
     let mut t = u128::from_le_bytes(t.into());
     let crypt = |t: u128, b: &[u8]| -> [u8; 16] {
-        let mut x = Array::from(std::array::from_fn::<u8, 16, _>(|i| b[i] ^ t.to_le_bytes()[i]));
+        let mut x = Array::from(std::array::from_fn::<u8, 16, _>(|i| {
+            b[i] ^ t.to_le_bytes()[i]
+        }));
         if encrypt {
             k1.encrypt_block(&mut x);
         } else {
@@ -72,7 +79,11 @@ where
     }
     if d > 0 {
         let m = plain_full * 16;
-        let (t_a, t_b) = if encrypt { (t, mul_alpha(t)) } else { (mul_alpha(t), t) };
+        let (t_a, t_b) = if encrypt {
+            (t, mul_alpha(t))
+        } else {
+            (mul_alpha(t), t)
+        };
         let cc = crypt(t_a, &data[m..]);
         let mut pp = [0u8; 16];
         pp[..d].copy_from_slice(&data[m + 16..]);
@@ -99,7 +110,10 @@ fn xts_reference_matches_ieee1619() {
         let k1 = Aes256::new(&Array::try_from(&key[..32]).unwrap());
         let k2 = Aes256::new(&Array::try_from(&key[32..]).unwrap());
         let iv: [u8; 16] = field(&r, "iv").try_into().unwrap();
-        assert_eq!(reference_xts(&k1, &k2, iv, field(&r, "pt"), true), field(&r, "ct"));
+        assert_eq!(
+            reference_xts(&k1, &k2, iv, field(&r, "pt"), true),
+            field(&r, "ct")
+        );
     }
 }
 
@@ -137,7 +151,8 @@ fn xts_backend_matches_reference_all_lengths() {
         let tweak = (len as u128 * 1_000_003).to_le_bytes();
         let expect = reference_xts(&k1, &k2, tweak, &data[..len], true);
         let mut got = vec![0u8; len];
-        fast.units(true, 4096, &data[..len], &mut got, |_| tweak).unwrap();
+        fast.units(true, 4096, &data[..len], &mut got, |_| tweak)
+            .unwrap();
         assert_eq!(got, expect, "len {len}");
         let mut back = vec![0u8; len];
         fast.units(false, 4096, &got, &mut back, |_| tweak).unwrap();
@@ -168,9 +183,17 @@ fn cbc_lanes_match_sp800_38a() {
         let iv: [u8; 16] = field(r, "iv").try_into().unwrap();
         let mut buf = field(r, "pt").to_vec();
         if field(r, "key").len() == 32 {
-            cs1_encrypt_segment(&Aes256::new(&Array::try_from(field(r, "key")).unwrap()), iv, &mut buf);
+            cs1_encrypt_segment(
+                &Aes256::new(&Array::try_from(field(r, "key")).unwrap()),
+                iv,
+                &mut buf,
+            );
         } else {
-            cs1_encrypt_segment(&Aes128::new(&Array::try_from(field(r, "key")).unwrap()), iv, &mut buf);
+            cs1_encrypt_segment(
+                &Aes128::new(&Array::try_from(field(r, "key")).unwrap()),
+                iv,
+                &mut buf,
+            );
         }
         assert_eq!(buf, field(r, "ct"));
     }
@@ -207,15 +230,26 @@ fn gcm_matches_spec_vectors() {
         let pt = field(&r, "pt");
         let mut ct = vec![0u8; pt.len()];
         let mut tag = [0u8; 16];
-        key.seal_out_of_place_scatter(nonce(), Aad::from(field(&r, "aad")), pt, &mut ct, &[], &mut tag)
-            .unwrap();
+        key.seal_out_of_place_scatter(
+            nonce(),
+            Aad::from(field(&r, "aad")),
+            pt,
+            &mut ct,
+            &[],
+            &mut tag,
+        )
+        .unwrap();
         assert_eq!(ct, field(&r, "ct"));
         assert_eq!(tag, field(&r, "tag"));
         let mut back = vec![0u8; pt.len()];
-        key.open_separate_gather(nonce(), Aad::from(field(&r, "aad")), &ct, &tag, &mut back).unwrap();
+        key.open_separate_gather(nonce(), Aad::from(field(&r, "aad")), &ct, &tag, &mut back)
+            .unwrap();
         assert_eq!(back, pt);
         tag[0] ^= 1;
-        assert!(key.open_separate_gather(nonce(), Aad::from(field(&r, "aad")), &ct, &tag, &mut back).is_err());
+        assert!(
+            key.open_separate_gather(nonce(), Aad::from(field(&r, "aad")), &ct, &tag, &mut back)
+                .is_err()
+        );
     }
     assert_eq!(n, 4);
 }
@@ -234,7 +268,10 @@ fn hkdf_matches_rfc5869() {
     let info: Vec<u8> = (0xf0..=0xf9).collect();
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &salt).extract(&[0x0b; 22]);
     let mut okm = [0u8; 42];
-    prk.expand(&[&info], Len(42)).unwrap().fill(&mut okm).unwrap();
+    prk.expand(&[&info], Len(42))
+        .unwrap()
+        .fill(&mut okm)
+        .unwrap();
     assert_eq!(
         hex::encode(okm),
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"

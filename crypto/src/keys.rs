@@ -156,7 +156,10 @@ mod tests {
         let a = PolicyKey::from_bytes([1; 32]);
         let b = PolicyKey::from_bytes([2; 32]);
         assert_ne!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.fingerprint(), PolicyKey::from_bytes([1; 32]).fingerprint());
+        assert_eq!(
+            a.fingerprint(),
+            PolicyKey::from_bytes([1; 32]).fingerprint()
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! `unsafe` is confined to [`backend`], which binds two hardware paths that a
 //! measurement justified (see its module doc); everything else is safe code.
 #![deny(unsafe_code)]
+// Format code must not panic on input: typed errors, never unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
 pub mod content;
@@ -28,7 +30,7 @@ mod kat;
 
 pub use content::ContentCipher;
 pub use error::{ContentError, HeaderError};
-pub use header::{FileId, Header, HEADER_LEN};
+pub use header::{FileId, HEADER_LEN, Header};
 pub use keys::{DataKey, KeyFingerprint, PolicyKey};
 pub use mode::{Mode, ParseModeError};
 pub use offsets::{Layout, LowerOff, PlainOff, UnitNo, UnitSpan};

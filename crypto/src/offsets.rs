@@ -136,7 +136,11 @@ impl Layout {
         let plain = plain.min(MAX_PLAIN_SIZE).0;
         let full = plain / self.unit_plain;
         let rem = plain % self.unit_plain;
-        let tail = if rem == 0 { 0 } else { rem + self.prefix + self.suffix };
+        let tail = if rem == 0 {
+            0
+        } else {
+            rem + self.prefix + self.suffix
+        };
         LowerOff(self.header + full * LOWER_UNIT + tail)
     }
 
@@ -165,7 +169,10 @@ impl Layout {
 
     /// The lower offset where `unit` starts.
     pub fn unit_lower_start(&self, unit: UnitNo) -> LowerOff {
-        LowerOff(self.header.saturating_add(unit.0.saturating_mul(LOWER_UNIT)))
+        LowerOff(
+            self.header
+                .saturating_add(unit.0.saturating_mul(LOWER_UNIT)),
+        )
     }
 
     /// How many plaintext bytes of `unit` exist in a file of logical size
@@ -271,8 +278,16 @@ mod tests {
                 .zip(lowers)
             {
                 let l = Layout::of(mode);
-                assert_eq!(l.lower_size(PlainOff(plain)), LowerOff(lower), "{mode} {plain}");
-                assert_eq!(l.plain_size(LowerOff(lower)), PlainOff(plain), "{mode} {lower}");
+                assert_eq!(
+                    l.lower_size(PlainOff(plain)),
+                    LowerOff(lower),
+                    "{mode} {plain}"
+                );
+                assert_eq!(
+                    l.plain_size(LowerOff(lower)),
+                    PlainOff(plain),
+                    "{mode} {lower}"
+                );
             }
         }
     }
@@ -285,7 +300,7 @@ mod tests {
         // A tail that cannot hold nonce + tag holds nothing.
         assert_eq!(g.plain_size(LowerOff(4096 + 20)), PlainOff(0));
         assert_eq!(g.plain_size(LowerOff(4096 + 4096 + 28)), PlainOff(4068));
-        assert_eq!(g.plain_size(LowerOff(u64::MAX)).0 < u64::MAX, true);
+        assert!(g.plain_size(LowerOff(u64::MAX)).0 < u64::MAX);
     }
 
     #[test]
@@ -317,9 +332,21 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                UnitSpan { unit: UnitNo(0), start: 4000, len: 96 },
-                UnitSpan { unit: UnitNo(1), start: 0, len: 4096 },
-                UnitSpan { unit: UnitNo(2), start: 0, len: 808 },
+                UnitSpan {
+                    unit: UnitNo(0),
+                    start: 4000,
+                    len: 96
+                },
+                UnitSpan {
+                    unit: UnitNo(1),
+                    start: 0,
+                    len: 4096
+                },
+                UnitSpan {
+                    unit: UnitNo(2),
+                    start: 0,
+                    len: 808
+                },
             ]
         );
         assert!(s[1].is_whole(&x));
@@ -327,7 +354,14 @@ mod tests {
         let g = Layout::of(Mode::Gcm);
         let s: Vec<_> = g.spans(PlainOff(0), 4069).collect();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[1], UnitSpan { unit: UnitNo(1), start: 0, len: 1 });
+        assert_eq!(
+            s[1],
+            UnitSpan {
+                unit: UnitNo(1),
+                start: 0,
+                len: 1
+            }
+        );
     }
 
     #[test]

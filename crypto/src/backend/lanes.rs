@@ -50,9 +50,16 @@ impl LaneKey {
 
     /// CBC-encrypt eight lanes in place, lane `i` starting from `ivs[i]`.
     /// Every lane must be the same length, a multiple of 16.
-    pub(crate) fn cbc_encrypt_lanes(&self, ivs: &[[u8; 16]; LANES], lanes: &mut [&mut [u8]; LANES]) {
+    pub(crate) fn cbc_encrypt_lanes(
+        &self,
+        ivs: &[[u8; 16]; LANES],
+        lanes: &mut [&mut [u8]; LANES],
+    ) {
         let len = lanes[0].len();
-        assert!(len % 16 == 0 && lanes.iter().all(|l| l.len() == len), "lanes must be equal whole blocks");
+        assert!(
+            len.is_multiple_of(16) && lanes.iter().all(|l| l.len() == len),
+            "lanes must be equal whole blocks"
+        );
         #[cfg(target_arch = "x86_64")]
         if let Some(rk) = &self.ni {
             rk.cbc_encrypt_lanes(ivs, lanes);
@@ -108,7 +115,11 @@ mod ni {
             Some(rk)
         }
 
-        pub(super) fn cbc_encrypt_lanes(&self, ivs: &[[u8; 16]; LANES], lanes: &mut [&mut [u8]; LANES]) {
+        pub(super) fn cbc_encrypt_lanes(
+            &self,
+            ivs: &[[u8; 16]; LANES],
+            lanes: &mut [&mut [u8]; LANES],
+        ) {
             // SAFETY: RoundKeys exist only when AES-NI was detected; the
             // caller checked every lane holds the same whole number of blocks.
             unsafe { cbc8(&self.0, ivs, lanes) }
@@ -174,9 +185,11 @@ mod ni {
     #[target_feature(enable = "aes,sse2")]
     unsafe fn cbc8(rk: &[[u8; 16]; 15], ivs: &[[u8; 16]; LANES], lanes: &mut [&mut [u8]; LANES]) {
         // SAFETY: every round key and IV is 16 readable bytes.
-        let k: [__m128i; 15] = std::array::from_fn(|i| unsafe { _mm_loadu_si128(rk[i].as_ptr().cast()) });
+        let k: [__m128i; 15] =
+            std::array::from_fn(|i| unsafe { _mm_loadu_si128(rk[i].as_ptr().cast()) });
         // SAFETY: as above.
-        let mut prev: [__m128i; LANES] = std::array::from_fn(|i| unsafe { _mm_loadu_si128(ivs[i].as_ptr().cast()) });
+        let mut prev: [__m128i; LANES] =
+            std::array::from_fn(|i| unsafe { _mm_loadu_si128(ivs[i].as_ptr().cast()) });
         let ptrs: [*mut u8; LANES] = std::array::from_fn(|i| lanes[i].as_mut_ptr());
         let blocks = lanes[0].len() / 16;
         for blk in 0..blocks {
@@ -207,7 +220,9 @@ mod tests {
     use super::*;
 
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -252,7 +267,8 @@ mod tests {
         for (i, lane) in orig.chunks(64).enumerate() {
             let mut expect = lane.to_vec();
             let mut enc = cbc::Encryptor::<Aes256>::new(&Array::from(key), &Array::from(ivs[i]));
-            let (blocks, _) = Array::<u8, aes::cipher::consts::U16>::slice_as_chunks_mut(&mut expect);
+            let (blocks, _) =
+                Array::<u8, aes::cipher::consts::U16>::slice_as_chunks_mut(&mut expect);
             enc.encrypt_blocks(blocks);
             assert_eq!(&data[i * 64..(i + 1) * 64], &expect[..]);
         }

@@ -56,7 +56,9 @@ impl Ctx {
         };
         if rc != 1 {
             // aws-lc refuses a data key whose two halves are equal.
-            return Err(ContentError::Backend("XTS key setup refused (equal key halves)"));
+            return Err(ContentError::Backend(
+                "XTS key setup refused (equal key halves)",
+            ));
         }
         Ok(ctx)
     }
@@ -64,7 +66,9 @@ impl Ctx {
     /// Encrypt or decrypt (the direction fixed at creation) one data unit.
     fn unit(&mut self, tweak: &[u8; 16], input: &[u8], out: &mut [u8]) -> Result<(), ContentError> {
         if input.len() != out.len() || input.len() < 16 || input.len() > MAX_UNIT {
-            return Err(ContentError::BufferSize("XTS data unit must be 16..=65536 bytes"));
+            return Err(ContentError::BufferSize(
+                "XTS data unit must be 16..=65536 bytes",
+            ));
         }
         // SAFETY: the context is initialised with a key; a null cipher and
         // key with a 16-byte IV only resets the tweak; enc = -1 keeps the
@@ -150,11 +154,17 @@ impl XtsKey {
         mut tweak: impl FnMut(usize) -> [u8; 16],
     ) -> Result<(), ContentError> {
         if input.len() != out.len() {
-            return Err(ContentError::BufferSize("XTS input and output differ in length"));
+            return Err(ContentError::BufferSize(
+                "XTS input and output differ in length",
+            ));
         }
         let mut ctx = self.take(encrypt)?;
         let mut result = Ok(());
-        for (i, (inp, o)) in input.chunks(unit_len).zip(out.chunks_mut(unit_len)).enumerate() {
+        for (i, (inp, o)) in input
+            .chunks(unit_len)
+            .zip(out.chunks_mut(unit_len))
+            .enumerate()
+        {
             result = ctx.unit(&tweak(i), inp, o);
             if result.is_err() {
                 break;

@@ -1,0 +1,17 @@
+//! Any bytes given to the header parser and opener must give a header or a
+//! typed error, never a panic. Run: `cargo +nightly fuzz run header` in
+//! `crypto/` (not run in CI).
+#![no_main]
+
+use guardfs_crypto::{Header, PolicyKey};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = Header::parse(data);
+    let key = PolicyKey::from_bytes([7; 32]);
+    if let Ok(h) = Header::parse(data) {
+        let _ = h.unwrap_key(&key);
+        // A parsed header re-serialises to the bytes it came from.
+        assert_eq!(&h.to_bytes()[..], data);
+    }
+});

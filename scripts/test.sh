@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GuardFS test command: what CI runs (via .ci/run) and what a developer
+# runs before pushing. Run it as root on Debian 12; it installs what it needs.
+#
+#   sudo ./scripts/test.sh
+#
+# Stages: dependencies, formatting, clippy, every test of the workspace
+# (unit, property, known-answer, fixtures), and the benchmarks' smoke runs so
+# the harness never rots. Timed assertions live nowhere in here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "dependencies"
+./scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "bench smoke (criterion --test: each benchmark runs once, untimed)"
+cargo bench -p guardfs-bench --locked -- --test
+
+step "all tests passed"
