@@ -1,0 +1,23 @@
+//! secfs: the GuardFS filesystem shim, playing the part of CTE's kernel
+//! module.
+//!
+//! It owns the VFS interception interface ([`vfs::VnodeOps`]), the stacking
+//! layer that implements GuardPoint semantics over a lower directory
+//! ([`stack`]), its FUSE binding ([`fuse`]) and the mount lifecycle
+//! ([`mount`]). The layers keep to themselves: FUSE types stop at the
+//! binding, crypto types stay inside the stacking layer's file I/O.
+//!
+//! It must not talk to the network or parse policy text; keys and (later)
+//! compiled policies are handed to it.
+//!
+//! `unsafe` is confined to [`sys`].
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod exitcode;
+pub mod fuse;
+pub mod keyfile;
+pub mod mount;
+pub mod stack;
+pub mod sys;
+pub mod vfs;

@@ -1,0 +1,373 @@
+//! Mounting a GuardPoint over its own directory, serving it, and
+//! unmounting it.
+//!
+//! Order matters: the lower directory is opened (`O_PATH`) *before* the
+//! FUSE filesystem is mounted on the same path, so applications keep their
+//! paths while the lower files stay reachable only through this process.
+//! Mounting uses mount(2) directly (root only; no fusermount).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, Session, SessionACL};
+use log::{info, warn};
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode as StatMode;
+
+use crate::exitcode;
+use crate::fuse::{FuseBinding, FuseOptions};
+use crate::stack::{GuardConfig, Stack};
+
+/// The filesystem type shown in /proc/mounts is `fuse.secfs`.
+pub const FS_SUBTYPE: &str = "secfs";
+
+/// Why a mount or unmount failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("secfs must run as root")]
+    NotRoot,
+    #[error("/dev/fuse is not available: {0}")]
+    NoFuse(String),
+    #[error("{path}: {why}")]
+    BadDir { path: String, why: String },
+    #[error("{0} is already a GuardPoint (secfs is mounted there)")]
+    AlreadyMounted(String),
+    #[error("mounting {path} failed: {why}")]
+    MountFailed { path: String, why: String },
+    #[error("{0} is not a secfs GuardPoint")]
+    NotMounted(String),
+    #[error("{0} is busy (files are open); close them or use --lazy")]
+    Busy(String),
+}
+
+impl MountError {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MountError::NotRoot => exitcode::NOT_ROOT,
+            MountError::NoFuse(_) => exitcode::NO_FUSE,
+            MountError::BadDir { .. } => exitcode::BAD_DIR,
+            MountError::AlreadyMounted(_) => exitcode::ALREADY_MOUNTED,
+            MountError::MountFailed { .. } => exitcode::MOUNT_FAILED,
+            MountError::NotMounted(_) => exitcode::NOT_MOUNTED,
+            MountError::Busy(_) => exitcode::BUSY,
+        }
+    }
+}
+
+/// Fail unless running as root.
+pub fn require_root() -> Result<(), MountError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(MountError::NotRoot)
+    }
+}
+
+/// The secfs mount points in this mount namespace (from mountinfo).
+pub fn secfs_mounts() -> Vec<PathBuf> {
+    let Ok(f) = File::open("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let want = format!("fuse.{FS_SUBTYPE}");
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            let mp = pre.split_whitespace().nth(4)?;
+            (fstype == want).then(|| PathBuf::from(unescape_mountinfo(mp)))
+        })
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resolve `dir` to an absolute path without touching a dead mount on it.
+fn absolute(dir: &Path) -> Result<PathBuf, MountError> {
+    let bad = |why: String| MountError::BadDir {
+        path: dir.display().to_string(),
+        why,
+    };
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| bad(e.to_string()))?
+            .join(dir)
+    };
+    // Canonicalize the parent (a dead FUSE mount on `dir` itself would
+    // fail with ENOTCONN), then append the last component.
+    let name = abs.file_name().map(|n| n.to_owned());
+    match (abs.parent(), name) {
+        (Some(parent), Some(name)) => {
+            let p = parent
+                .canonicalize()
+                .map_err(|e| bad(format!("parent directory: {e}")))?;
+            Ok(p.join(name))
+        }
+        _ => Ok(PathBuf::from("/")),
+    }
+}
+
+/// Check the directory and recover a dead secfs mount on it (a daemon that
+/// died leaves ENOTCONN behind; a new mount detaches it first).
+pub fn prepare_dir(dir: &Path) -> Result<PathBuf, MountError> {
+    let path = absolute(dir)?;
+    let shown = path.display().to_string();
+    if secfs_mounts().iter().any(|m| m == &path) {
+        match std::fs::metadata(&path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                warn!("secfs: {shown}: previous secfs daemon is gone; detaching its dead mount");
+                nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(|e| {
+                    MountError::MountFailed {
+                        path: shown.clone(),
+                        why: format!("detaching dead mount: {e}"),
+                    }
+                })?;
+            }
+            _ => return Err(MountError::AlreadyMounted(shown)),
+        }
+    }
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Ok(path),
+        Ok(_) => Err(MountError::BadDir {
+            path: shown,
+            why: "not a directory".into(),
+        }),
+        Err(e) => Err(MountError::BadDir {
+            path: shown,
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// Open /dev/fuse, with a clear error if it is missing.
+pub fn open_fuse_device() -> Result<OwnedFd, MountError> {
+    nix::fcntl::open(
+        "/dev/fuse",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        StatMode::empty(),
+    )
+    .map_err(|e| MountError::NoFuse(e.desc().to_owned()))
+}
+
+/// A GuardPoint to mount.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub dir: PathBuf,
+    pub guard: GuardConfig,
+    pub fuse: FuseOptions,
+    /// Worker threads (each with its own cloned /dev/fuse fd).
+    pub threads: usize,
+}
+
+/// A mounted GuardPoint whose session has not started serving yet.
+pub struct Mounted {
+    pub path: PathBuf,
+    pub stack: Arc<Stack>,
+    session: Session<FuseBinding<Stack>>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Open the lower directory, mount FUSE over it and complete the FUSE
+/// handshake.
+pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
+    require_root()?;
+    let path = prepare_dir(&spec.dir)?;
+    let shown = path.display().to_string();
+    let failed = |why: String| MountError::MountFailed {
+        path: shown.clone(),
+        why,
+    };
+    let lower = nix::fcntl::open(
+        &path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        StatMode::empty(),
+    )
+    .map_err(|e| MountError::BadDir {
+        path: shown.clone(),
+        why: e.desc().to_owned(),
+    })?;
+    let dev = open_fuse_device()?;
+    let stack =
+        Arc::new(Stack::new(lower, spec.guard.clone()).map_err(|e| failed(format!("{e:?}")))?);
+    let root_mode = std::fs::metadata(&path)
+        .map(|m| m.mode())
+        .unwrap_or(0o40755)
+        & libc::S_IFMT;
+    let data = format!(
+        "fd={},rootmode={:o},user_id=0,group_id=0,default_permissions,allow_other",
+        dev.as_raw_fd(),
+        root_mode
+    );
+    nix::mount::mount(
+        Some(format!("guardfs:{shown}").as_str()),
+        &path,
+        Some(format!("fuse.{FS_SUBTYPE}").as_str()),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| failed(format!("mount(2): {}", e.desc())))?;
+    let config = {
+        let mut c = Config::default();
+        c.acl = SessionACL::All;
+        c.n_threads = Some(spec.threads.max(1));
+        c.clone_fd = true;
+        c
+    };
+    let binding = FuseBinding::new(stack.clone(), spec.fuse);
+    let session = match Session::from_fd(binding, dev, SessionACL::All, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
+            return Err(failed(format!("FUSE handshake: {e}")));
+        }
+    };
+    raise_readahead(&path);
+    info!("secfs: mounted {shown} (mode {})", spec.guard.mode);
+    Ok(Mounted {
+        path,
+        stack,
+        session,
+    })
+}
+
+/// fuser caps readahead at the kernel's initial 128 KiB; raise the mount's
+/// bdi to 1 MiB so sequential reads arrive in 1 MiB requests. The device
+/// number comes from mountinfo: stat(2) on the mount point would wait for
+/// this process, which is not serving yet.
+fn raise_readahead(path: &Path) {
+    let Some(devno) = mount_devno(path) else {
+        return;
+    };
+    let bdi = format!("/sys/class/bdi/{devno}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&bdi, "1024") {
+        warn!("secfs: cannot raise readahead ({bdi}): {e}");
+    }
+}
+
+/// The "major:minor" of the secfs mount at `path`, from mountinfo.
+fn mount_devno(path: &Path) -> Option<String> {
+    let f = File::open("/proc/self/mountinfo").ok()?;
+    let want = format!("fuse.{FS_SUBTYPE}");
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mut f = pre.split_whitespace();
+            let devno = f.nth(2)?;
+            let mp = f.nth(1)?;
+            (post.split_whitespace().next()? == want && Path::new(&unescape_mountinfo(mp)) == path)
+                .then(|| devno.to_owned())
+        })
+}
+
+impl Mounted {
+    /// Serve requests until the mount goes away (unmount, or a signal
+    /// handled by the caller that unmounts).
+    pub fn serve(self) -> std::io::Result<()> {
+        let path = self.path.clone();
+        let r = self.session.run();
+        info!("secfs: {} unmounted, session ended", path.display());
+        r
+    }
+}
+
+/// Unmount a secfs GuardPoint.
+pub fn unmount(dir: &Path, lazy: bool) -> Result<(), MountError> {
+    require_root()?;
+    let path = absolute(dir)?;
+    let shown = path.display().to_string();
+    if !secfs_mounts().iter().any(|m| m == &path) {
+        return Err(MountError::NotMounted(shown));
+    }
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    match nix::mount::umount2(&path, flags) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => Err(MountError::Busy(shown)),
+        Err(e) => Err(MountError::MountFailed {
+            path: shown,
+            why: format!("umount2: {}", e.desc()),
+        }),
+    }
+}
+
+/// Keep keys out of swap and core dumps: lock memory and mark the process
+/// not dumpable.
+pub fn protect_process_memory() {
+    if let Err(e) = nix::sys::mman::mlockall(
+        nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
+    ) {
+        warn!("secfs: mlockall failed ({e}); keys could reach swap");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        warn!("secfs: cannot disable core dumps: {e}");
+    }
+}
+
+/// Unmount `path` (lazily) when SIGTERM, SIGINT or SIGHUP arrives, from a
+/// dedicated thread; the serving loop then ends. Call before starting any
+/// other thread so that they inherit the blocked mask.
+pub fn unmount_on_signal(path: PathBuf) -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set.thread_block().map_err(std::io::Error::from)?;
+    std::thread::Builder::new()
+        .name("secfs-signals".into())
+        .spawn(move || {
+            loop {
+                match set.wait() {
+                    Ok(Signal::SIGHUP) => info!("secfs: SIGHUP (nothing to reload yet)"),
+                    Ok(sig) => {
+                        info!("secfs: {sig:?}: unmounting {}", path.display());
+                        if let Err(e) = nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+                            warn!("secfs: unmount on signal failed: {e}");
+                        }
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,677 @@
+//! File contents: the only place above the crypto crate that knows about
+//! headers, units and ciphers.
+//!
+//! Locking. Each regular-file inode has a reader-writer lock over its size
+//! and contents state, and a range lock over units:
+//! * reads, and writes that stay inside the current size, hold the size
+//!   lock shared and lock only the units they touch (shared for reads,
+//!   exclusive for writes), so writers to different units of one file run
+//!   in parallel;
+//! * writes that extend the file, truncates and header creation hold the
+//!   size lock exclusively.
+//!
+//! Buffers. Each worker thread keeps two scratch buffers (lower and
+//! plaintext runs) that grow to the largest request once; nothing is
+//! allocated per request.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use guardfs_crypto::offsets::MAX_PLAIN_SIZE;
+use guardfs_crypto::{ContentCipher, HEADER_LEN, Header, Layout, LowerOff, Mode, PlainOff, UnitNo};
+use log::{error, warn};
+
+use crate::stack::keys::KeySource;
+use crate::stack::nodes::{Class, Node};
+use crate::sys;
+use crate::vfs::{Errno, VfsResult, Whence};
+
+/// The xattr on a lower file that records its mode, so `stat` can compute
+/// the logical size without reading the header.
+pub const MODE_XATTR: &CStr = c"trusted.guardfs.mode";
+/// Prefix of every xattr GuardFS keeps for itself (hidden from users).
+pub const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.guardfs.";
+
+/// A file's header and cipher.
+#[derive(Debug)]
+pub struct Crypt {
+    pub header: Header,
+    pub cipher: ContentCipher,
+}
+
+impl Crypt {
+    fn layout(&self) -> &Layout {
+        self.cipher.layout()
+    }
+}
+
+/// What the lower file holds.
+#[derive(Debug, Default, Clone)]
+enum Contents {
+    #[default]
+    Unloaded,
+    /// Shown and written as is (`clear` GuardPoints).
+    Plain,
+    /// Encrypted, with its logical size.
+    Encrypted(Arc<Crypt>, u64),
+    /// Empty and headerless in an encrypted GuardPoint: gets a header on
+    /// first write.
+    Empty,
+    /// Plaintext or a damaged header in an encrypted GuardPoint: reads and
+    /// writes fail with EIO, `stat` shows the lower file as it is.
+    Refused,
+}
+
+/// What an operation on a file's contents needs: the node (for log lines),
+/// an open lower fd, the GuardPoint's keys and its mode for new files.
+pub struct Io<'a> {
+    pub node: &'a Node,
+    pub fd: BorrowedFd<'a>,
+    pub keys: &'a dyn KeySource,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Default)]
+pub struct FileState {
+    contents: RwLock<Contents>,
+    ranges: RangeLocks,
+}
+
+thread_local! {
+    static LOWER_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static PLAIN_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_buf<T>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<u8>>>,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> T,
+) -> T {
+    key.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        f(&mut b[..len])
+    })
+}
+
+/// pread until `buf` is full or EOF; returns bytes read.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], mut off: u64) -> VfsResult<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match nix::sys::uio::pread(fd, &mut buf[done..], off as i64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                off += n as u64;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+/// pwrite all of `buf`.
+pub fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], mut off: u64) -> VfsResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match nix::sys::uio::pwrite(fd, &buf[done..], off as i64) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => {
+                done += n;
+                off += n as u64;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn lower_size(fd: BorrowedFd<'_>) -> VfsResult<u64> {
+    Ok(nix::sys::stat::fstat(fd)?.st_size as u64)
+}
+
+/// Read the mode marker of an open lower file.
+pub fn read_marker(fd: BorrowedFd<'_>) -> Option<Mode> {
+    let v = sys::fgetxattr(fd, MODE_XATTR).ok()?;
+    std::str::from_utf8(&v).ok()?.parse().ok()
+}
+
+impl FileState {
+    /// Decide what the lower file holds, once per inode. `mount_mode` is
+    /// the GuardPoint's mode for new files.
+    pub fn load(&self, io: &Io<'_>) -> VfsResult<()> {
+        let (node, fd, keys, mount_mode) = (io.node, io.fd, io.keys, io.mode);
+        if !matches!(*self.read_contents(), Contents::Unloaded) {
+            return Ok(());
+        }
+        let mut c = self.write_contents();
+        if !matches!(*c, Contents::Unloaded) {
+            return Ok(());
+        }
+        let size = lower_size(fd)?;
+        let marker = read_marker(fd);
+        *c = if size < HEADER_LEN as u64 {
+            if mount_mode == Mode::Clear && marker.is_none() {
+                Contents::Plain
+            } else if size == 0 || marker.is_some() {
+                Contents::Empty
+            } else {
+                self.refuse(
+                    node,
+                    "plaintext file shorter than a header in an encrypted GuardPoint",
+                )
+            }
+        } else {
+            let mut hdr = [0u8; HEADER_LEN];
+            let n = pread_full(fd, &mut hdr, 0)?;
+            match Header::parse(&hdr[..n]) {
+                Ok(h) => match keys.get(&h.key_name, h.key_version) {
+                    Some(pk) => match h.unwrap_key(&pk) {
+                        Ok(dk) => match ContentCipher::for_header(&h, &dk) {
+                            Ok(cipher) => {
+                                let plain = cipher.layout().plain_size(LowerOff(size)).0;
+                                if marker != Some(h.mode) {
+                                    // Restored without its marker: put it back so
+                                    // stat shows the logical size.
+                                    if let Err(e) =
+                                        sys::fsetxattr(fd, MODE_XATTR, h.mode.name().as_bytes())
+                                    {
+                                        warn!(
+                                            "{}: cannot set mode marker: {e:?}",
+                                            node.display_path()
+                                        );
+                                    }
+                                }
+                                node.set_class(Class::of_mode(h.mode));
+                                Contents::Encrypted(Arc::new(Crypt { header: h, cipher }), plain)
+                            }
+                            Err(e) => self.refuse(node, &format!("cipher setup failed: {e}")),
+                        },
+                        Err(e) => self.refuse(node, &format!("header does not open: {e}")),
+                    },
+                    None => self.refuse(
+                        node,
+                        &format!(
+                            "key {} version {} is not available",
+                            h.key_name, h.key_version
+                        ),
+                    ),
+                },
+                Err(_) if mount_mode == Mode::Clear && marker.is_none() => Contents::Plain,
+                Err(e) => self.refuse(node, &format!("no valid GuardFS header: {e}")),
+            }
+        };
+        Ok(())
+    }
+
+    fn refuse(&self, node: &Node, why: &str) -> Contents {
+        error!("secfs: {}: I/O refused (EIO): {why}", node.display_path());
+        Contents::Refused
+    }
+
+    fn read_contents(&self) -> std::sync::RwLockReadGuard<'_, Contents> {
+        self.contents.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_contents(&self) -> std::sync::RwLockWriteGuard<'_, Contents> {
+        self.contents.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the contents are passed through untransformed.
+    pub fn is_plain(&self) -> bool {
+        matches!(*self.read_contents(), Contents::Plain)
+    }
+
+    /// Write a fresh header (new key, new file id) over an empty file.
+    fn init_header(&self, io: &Io<'_>) -> VfsResult<Contents> {
+        let (node, fd, keys) = (io.node, io.fd, io.keys);
+        // A `clear` GuardPoint never calls this for new files; an empty
+        // file it finds with a marker is encrypted with the default mode.
+        let mode = if io.mode == Mode::Clear {
+            Mode::Xts
+        } else {
+            io.mode
+        };
+        let (name, version, pk) = keys.current().ok_or_else(|| {
+            error!(
+                "secfs: {}: no key to encrypt new files with",
+                node.display_path()
+            );
+            Errno::EIO
+        })?;
+        let (h, dk) = Header::create(mode, &name, version, &pk).map_err(|e| {
+            error!(
+                "secfs: {}: header creation failed: {e}",
+                node.display_path()
+            );
+            Errno::EIO
+        })?;
+        let cipher = ContentCipher::for_header(&h, &dk).map_err(|_| Errno::EIO)?;
+        // Marker first: a crash before the header leaves an empty file with
+        // a marker, which reads as empty and gets a header on next write.
+        sys::fsetxattr(fd, MODE_XATTR, mode.name().as_bytes())?;
+        pwrite_all(fd, &h.to_bytes(), 0)?;
+        nix::unistd::ftruncate(fd, HEADER_LEN as i64)?;
+        node.set_class(Class::of_mode(mode));
+        Ok(Contents::Encrypted(
+            Arc::new(Crypt { header: h, cipher }),
+            0,
+        ))
+    }
+
+    /// Give a just-created empty file its header now, so that even an empty
+    /// encrypted file carries one.
+    pub fn create_header(&self, io: &Io<'_>) -> VfsResult<()> {
+        let mode = io.mode;
+        let mut c = self.write_contents();
+        if mode == Mode::Clear {
+            *c = Contents::Plain;
+            return Ok(());
+        }
+        *c = self.init_header(io)?;
+        Ok(())
+    }
+
+    /// The header of an encrypted file.
+    pub fn header(&self) -> Option<Header> {
+        match &*self.read_contents() {
+            Contents::Encrypted(c, _) => Some(c.header.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn read(&self, io: &Io<'_>, off: u64, out: &mut [u8]) -> VfsResult<usize> {
+        let (node, fd) = (io.node, io.fd);
+        let contents = self.read_contents();
+        match &*contents {
+            Contents::Plain => pread_full(fd, out, off),
+            Contents::Empty => Ok(0),
+            Contents::Refused | Contents::Unloaded => Err(Errno::EIO),
+            Contents::Encrypted(c, size) => {
+                let size = *size;
+                if off >= size || out.is_empty() {
+                    return Ok(0);
+                }
+                let end = size.min(off.saturating_add(out.len() as u64));
+                let l = *c.layout();
+                let (first, _) = l.unit_of(PlainOff(off));
+                let (last, _) = l.unit_of(PlainOff(end - 1));
+                let _g = self.ranges.lock(first.0, last.0, false);
+                let run_start = l.unit_plain_start(first).0;
+                let run_end = l.unit_plain_start(last.next()).0.min(size);
+                let n = (end - off) as usize;
+                let lower_len = l.run_lower_len((run_end - run_start) as usize);
+                with_buf(&LOWER_BUF, lower_len, |lower| {
+                    let got = pread_full(fd, lower, l.unit_lower_start(first).0)?;
+                    lower[got..].fill(0);
+                    if off == run_start && end == run_end {
+                        decrypt(node, c, first, lower, &mut out[..n])?;
+                    } else {
+                        with_buf(&PLAIN_BUF, (run_end - run_start) as usize, |plain| {
+                            decrypt(node, c, first, lower, plain)?;
+                            let s = (off - run_start) as usize;
+                            out[..n].copy_from_slice(&plain[s..s + n]);
+                            Ok::<(), Errno>(())
+                        })?;
+                    }
+                    Ok(n)
+                })
+            }
+        }
+    }
+
+    pub fn write(&self, io: &Io<'_>, off: u64, data: &[u8]) -> VfsResult<usize> {
+        let (node, fd) = (io.node, io.fd);
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = off.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_PLAIN_SIZE.0 {
+            return Err(Errno::EFBIG);
+        }
+        {
+            let contents = self.read_contents();
+            match &*contents {
+                Contents::Plain => return pwrite_all(fd, data, off).map(|()| data.len()),
+                Contents::Refused | Contents::Unloaded => return Err(Errno::EIO),
+                Contents::Encrypted(c, size) if end <= *size => {
+                    let l = c.layout();
+                    let (first, _) = l.unit_of(PlainOff(off));
+                    let (last, _) = l.unit_of(PlainOff(end - 1));
+                    let _g = self.ranges.lock(first.0, last.0, true);
+                    rmw(node, c, fd, off, data, *size, *size)?;
+                    return Ok(data.len());
+                }
+                _ => {}
+            }
+        }
+        let mut contents = self.write_contents();
+        if matches!(*contents, Contents::Empty) {
+            *contents = self.init_header(io)?;
+        }
+        match &mut *contents {
+            Contents::Plain => pwrite_all(fd, data, off).map(|()| data.len()),
+            Contents::Encrypted(c, size) => {
+                let old = *size;
+                let new = old.max(end);
+                grow_tail(node, c, fd, old, new, off)?;
+                rmw(node, c, fd, off, data, old, new)?;
+                *size = new;
+                Ok(data.len())
+            }
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// Set the logical size.
+    pub fn truncate(&self, io: &Io<'_>, new: u64) -> VfsResult<()> {
+        let (node, fd) = (io.node, io.fd);
+        if new > MAX_PLAIN_SIZE.0 {
+            return Err(Errno::EFBIG);
+        }
+        let mut contents = self.write_contents();
+        if matches!(*contents, Contents::Empty) {
+            if new == 0 {
+                return Ok(nix::unistd::ftruncate(fd, 0)?);
+            }
+            *contents = self.init_header(io)?;
+        }
+        if matches!(*contents, Contents::Refused) && new == 0 {
+            // Emptying a refused (plaintext) file makes it a fresh file.
+            nix::unistd::ftruncate(fd, 0)?;
+            *contents = Contents::Empty;
+            return Ok(());
+        }
+        match &mut *contents {
+            Contents::Plain => Ok(nix::unistd::ftruncate(fd, new as i64)?),
+            Contents::Encrypted(c, size) => {
+                let old = *size;
+                let l = *c.layout();
+                if new < old {
+                    let (u, at) = l.unit_of(PlainOff(new));
+                    if at != 0 {
+                        // The new tail unit shrinks: re-encrypt it at its new length.
+                        let len = l.unit_len_in_file(u, PlainOff(old));
+                        with_buf(&PLAIN_BUF, len, |plain| {
+                            read_unit(node, c, fd, u, plain)?;
+                            write_units(c, fd, u, &plain[..at])
+                        })?;
+                    }
+                } else if new > old {
+                    grow_tail(node, c, fd, old, new, new)?;
+                }
+                nix::unistd::ftruncate(fd, l.lower_size(PlainOff(new)).0 as i64)?;
+                *size = new;
+                Ok(())
+            }
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// fallocate(2): modes 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE.
+    pub fn fallocate(&self, io: &Io<'_>, off: u64, len: u64, mode: i32) -> VfsResult<()> {
+        let (node, fd) = (io.node, io.fd);
+        use nix::fcntl::FallocateFlags as F;
+        let flags = F::from_bits(mode).ok_or(Errno::EOPNOTSUPP)?;
+        let end = off.checked_add(len).ok_or(Errno::EFBIG)?;
+        if self.is_plain() {
+            return Ok(nix::fcntl::fallocate(fd, flags, off as i64, len as i64)?);
+        }
+        let keep = flags.contains(F::FALLOC_FL_KEEP_SIZE);
+        let zeroing = flags.intersects(F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE);
+        if flags
+            .difference(F::FALLOC_FL_KEEP_SIZE | F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE)
+            != F::empty()
+            || (flags.contains(F::FALLOC_FL_PUNCH_HOLE) && !keep)
+        {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let size = self.size().unwrap_or(0);
+        if !keep && end > size {
+            self.truncate(io, end)?;
+        }
+        let contents = self.read_contents();
+        let Contents::Encrypted(c, size) = &*contents else {
+            return Ok(());
+        };
+        let size = *size;
+        let l = *c.layout();
+        if zeroing {
+            let zend = end.min(size);
+            if off >= zend {
+                return Ok(());
+            }
+            let (first, _) = l.unit_of(PlainOff(off));
+            let (last, _) = l.unit_of(PlainOff(zend - 1));
+            let _g = self.ranges.lock(first.0, last.0, true);
+            for span in l.spans(PlainOff(off), zend - off) {
+                let start = l.unit_plain_start(span.unit).0 + span.start as u64;
+                if span.is_whole(&l) {
+                    let lo = l.unit_lower_start(span.unit).0;
+                    nix::fcntl::fallocate(
+                        fd,
+                        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+                        lo as i64,
+                        4096,
+                    )?;
+                } else {
+                    let zeros = [0u8; 4096];
+                    rmw(node, c, fd, start, &zeros[..span.len], size, size)?;
+                }
+            }
+            return Ok(());
+        }
+        // Allocation only: reserve the lower blocks of the units in range.
+        let (first, _) = l.unit_of(PlainOff(off));
+        let (last, _) = l.unit_of(PlainOff(end.max(1) - 1));
+        let lo = l.unit_lower_start(first).0;
+        let hi = l
+            .unit_lower_start(last.next())
+            .0
+            .min(l.lower_size(PlainOff(size.max(end))).0.max(lo));
+        if hi > lo {
+            nix::fcntl::fallocate(fd, F::FALLOC_FL_KEEP_SIZE, lo as i64, (hi - lo) as i64)?;
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE at unit granularity.
+    pub fn lseek(&self, fd: BorrowedFd<'_>, off: u64, whence: Whence) -> VfsResult<u64> {
+        use nix::unistd::Whence as W;
+        let w = match whence {
+            Whence::Data => W::SeekData,
+            Whence::Hole => W::SeekHole,
+        };
+        let contents = self.read_contents();
+        match &*contents {
+            Contents::Encrypted(c, size) => {
+                let size = *size;
+                if off >= size {
+                    return Err(Errno::ENXIO);
+                }
+                let l = c.layout();
+                let (u, _) = l.unit_of(PlainOff(off));
+                let lo = l.unit_lower_start(u).0;
+                match nix::unistd::lseek(fd, lo as i64, w) {
+                    Ok(r) => {
+                        let r = r as u64;
+                        let unit = UnitNo(r.saturating_sub(l.header_len()) / 4096);
+                        let p = l.unit_plain_start(unit).0.max(off);
+                        Ok(if whence == Whence::Hole {
+                            p.min(size)
+                        } else if p >= size {
+                            return Err(Errno::ENXIO);
+                        } else {
+                            p
+                        })
+                    }
+                    Err(nix::errno::Errno::ENXIO) if whence == Whence::Hole => Ok(size),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Contents::Empty => Err(Errno::ENXIO),
+            _ => Ok(nix::unistd::lseek(fd, off as i64, w)? as u64),
+        }
+    }
+
+    /// The logical size of an encrypted file.
+    pub fn size(&self) -> Option<u64> {
+        match &*self.read_contents() {
+            Contents::Encrypted(_, s) => Some(*s),
+            Contents::Empty => Some(0),
+            _ => None,
+        }
+    }
+}
+
+fn decrypt(node: &Node, c: &Crypt, first: UnitNo, lower: &[u8], plain: &mut [u8]) -> VfsResult<()> {
+    c.cipher.decrypt(first, lower, plain).map_err(|e| {
+        error!("secfs: {}: {e} (EIO)", node.display_path());
+        Errno::EIO
+    })
+}
+
+/// Read and decrypt unit `u`; `plain.len()` is its length in the file.
+fn read_unit(
+    node: &Node,
+    c: &Crypt,
+    fd: BorrowedFd<'_>,
+    u: UnitNo,
+    plain: &mut [u8],
+) -> VfsResult<()> {
+    let l = c.layout();
+    let ll = l.unit_lower_len(plain.len());
+    let mut lower = [0u8; 4096];
+    let got = pread_full(fd, &mut lower[..ll], l.unit_lower_start(u).0)?;
+    lower[got..ll].fill(0);
+    decrypt(node, c, u, &lower[..ll], plain)
+}
+
+/// Encrypt a run of plaintext units starting at `first` and write it.
+fn write_units(c: &Crypt, fd: BorrowedFd<'_>, first: UnitNo, plain: &[u8]) -> VfsResult<()> {
+    let l = c.layout();
+    let ll = l.run_lower_len(plain.len());
+    with_buf(&LOWER_BUF, ll, |lower| {
+        c.cipher.encrypt(first, plain, lower).map_err(|e| {
+            error!("secfs: encryption failed: {e}");
+            Errno::EIO
+        })?;
+        pwrite_all(fd, lower, l.unit_lower_start(first).0)
+    })
+}
+
+/// When a file grows from `old` to `new` and its old tail unit is partial
+/// and lies before `write_off`'s unit, re-encrypt that unit at its new,
+/// zero-padded length (length-preserving modes bind the length).
+fn grow_tail(
+    node: &Node,
+    c: &Crypt,
+    fd: BorrowedFd<'_>,
+    old: u64,
+    new: u64,
+    write_off: u64,
+) -> VfsResult<()> {
+    let l = *c.layout();
+    let (tail, at) = l.unit_of(PlainOff(old));
+    if new <= old || at == 0 {
+        return Ok(());
+    }
+    let (wu, _) = l.unit_of(PlainOff(write_off));
+    if wu <= tail && write_off < new {
+        return Ok(()); // the write itself rewrites the tail unit
+    }
+    let new_len = l.unit_len_in_file(tail, PlainOff(new));
+    with_buf(&PLAIN_BUF, new_len, |plain| {
+        read_unit(node, c, fd, tail, &mut plain[..at])?;
+        plain[at..].fill(0);
+        write_units(c, fd, tail, plain)
+    })
+}
+
+/// Read-modify-write the units covering `[off, off + data.len())` in a
+/// file whose size goes from `old` to `new`.
+fn rmw(
+    node: &Node,
+    c: &Crypt,
+    fd: BorrowedFd<'_>,
+    off: u64,
+    data: &[u8],
+    old: u64,
+    new: u64,
+) -> VfsResult<()> {
+    let l = *c.layout();
+    let end = off + data.len() as u64;
+    let (first, _) = l.unit_of(PlainOff(off));
+    let (last, _) = l.unit_of(PlainOff(end - 1));
+    let run_start = l.unit_plain_start(first).0;
+    let run_end = l.unit_plain_start(last.next()).0.min(new);
+    let run_len = (run_end - run_start) as usize;
+    with_buf(&PLAIN_BUF, run_len, |plain| {
+        let edge = |u: UnitNo, plain: &mut [u8]| -> VfsResult<()> {
+            let s = (l.unit_plain_start(u).0 - run_start) as usize;
+            let new_len = l.unit_len_in_file(u, PlainOff(new));
+            let old_len = l.unit_len_in_file(u, PlainOff(old));
+            let unit = &mut plain[s..s + new_len];
+            if old_len > 0 {
+                read_unit(node, c, fd, u, &mut unit[..old_len])?;
+            }
+            unit[old_len..].fill(0);
+            Ok(())
+        };
+        if off > run_start {
+            edge(first, plain)?;
+        }
+        if end < run_end && (last != first || off == run_start) {
+            edge(last, plain)?;
+        }
+        let s = (off - run_start) as usize;
+        plain[s..s + data.len()].copy_from_slice(data);
+        write_units(c, fd, first, plain)
+    })
+}
+
+/// A per-file lock over unit ranges; shared holders may overlap.
+#[derive(Debug, Default)]
+pub struct RangeLocks {
+    held: Mutex<Vec<(u64, u64, bool)>>,
+    freed: Condvar,
+}
+
+pub struct RangeGuard<'a> {
+    locks: &'a RangeLocks,
+    range: (u64, u64, bool),
+}
+
+impl RangeLocks {
+    pub fn lock(&self, first: u64, last: u64, exclusive: bool) -> RangeGuard<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held
+            .iter()
+            .any(|&(a, b, x)| a <= last && first <= b && (x || exclusive))
+        {
+            held = self.freed.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        held.push((first, last, exclusive));
+        RangeGuard {
+            locks: self,
+            range: (first, last, exclusive),
+        }
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = held.iter().position(|r| *r == self.range) {
+            held.swap_remove(i);
+        }
+        drop(held);
+        self.locks.freed.notify_all();
+    }
+}

@@ -1,0 +1,70 @@
+//! Where a GuardPoint's policy keys come from. Today `secfs mount` loads
+//! them from key files; vmd will push them over the ioctl channel. The
+//! stacking layer only sees this trait.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use guardfs_crypto::PolicyKey;
+
+/// The keys a GuardPoint may use.
+pub trait KeySource: Send + Sync {
+    /// The key (name, version) new files are wrapped with.
+    fn current(&self) -> Option<(String, u32, Arc<PolicyKey>)>;
+    /// A key by name and version, to open existing headers.
+    fn get(&self, name: &str, version: u32) -> Option<Arc<PolicyKey>>;
+}
+
+/// Keys held in memory, replaceable at run time.
+#[derive(Default)]
+pub struct StaticKeys {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: HashMap<(String, u32), Arc<PolicyKey>>,
+    current: Option<(String, u32)>,
+}
+
+impl StaticKeys {
+    /// One key, used for new files.
+    pub fn single(name: &str, version: u32, key: PolicyKey) -> StaticKeys {
+        let s = StaticKeys::default();
+        s.insert(name, version, key, true);
+        s
+    }
+
+    /// Add a key; `current` makes it the key for new files.
+    pub fn insert(&self, name: &str, version: u32, key: PolicyKey, current: bool) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.keys.insert((name.to_owned(), version), Arc::new(key));
+        if current {
+            inner.current = Some((name.to_owned(), version));
+        }
+    }
+}
+
+impl std::fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("StaticKeys")
+            .field("keys", &inner.keys.keys().collect::<Vec<_>>())
+            .field("current", &inner.current)
+            .finish()
+    }
+}
+
+impl KeySource for StaticKeys {
+    fn current(&self) -> Option<(String, u32, Arc<PolicyKey>)> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let (name, version) = inner.current.clone()?;
+        let key = inner.keys.get(&(name.clone(), version))?.clone();
+        Some((name, version, key))
+    }
+
+    fn get(&self, name: &str, version: u32) -> Option<Arc<PolicyKey>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.keys.get(&(name.to_owned(), version)).cloned()
+    }
+}

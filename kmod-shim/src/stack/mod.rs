@@ -1,0 +1,893 @@
+//! The stacking layer: GuardPoint semantics over a lower directory.
+//!
+//! Every operation works relative to fds this layer holds (the lower root
+//! was opened before the mount covered it), using only `*at()` syscalls and
+//! `/proc/self/fd` re-opens, so nothing here ever resolves a path through
+//! the mount itself. Names and directories pass through in clear (as in
+//! CTE); regular file contents go through [`file`].
+//!
+//! Permissions: the FUSE binding mounts with `default_permissions`, so the
+//! kernel checks every access against the attributes returned here before
+//! calling in. Objects are created with the caller's filesystem
+//! credentials (fsuid, fsgid, groups) so ownership and setgid-directory
+//! inheritance follow the lower filesystem's own rules.
+
+pub mod file;
+pub mod keys;
+pub mod nodes;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use guardfs_crypto::{Layout, LowerOff, Mode};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode as StatMode, SFlag};
+
+use crate::stack::file::{Io, MODE_XATTR, PRIVATE_XATTR_PREFIX};
+use crate::stack::keys::KeySource;
+use crate::stack::nodes::{Class, Node, Nodes};
+use crate::sys;
+use crate::vfs::*;
+
+/// Static configuration of one GuardPoint.
+#[derive(Clone)]
+pub struct GuardConfig {
+    /// Mode for new files.
+    pub mode: Mode,
+    /// Policy keys.
+    pub keys: Arc<dyn KeySource>,
+}
+
+impl std::fmt::Debug for GuardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardConfig")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Handle {
+    File {
+        node: Arc<Node>,
+        fd: OwnedFd,
+    },
+    Dir {
+        node: Arc<Node>,
+        entries: Mutex<Option<Vec<DirRec>>>,
+    },
+}
+
+struct DirRec {
+    name: OsString,
+    st_ino: u64,
+    kind: FileKind,
+}
+
+/// The stacking layer of one GuardPoint.
+pub struct Stack {
+    nodes: Nodes,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    proc_fd: OwnedFd,
+    cfg: GuardConfig,
+}
+
+fn key_of(st: &FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn check_name(name: &OsStr) -> VfsResult<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&b'/') || b.contains(&0) || b == b"." || b == b".." {
+        return Err(Errno::EINVAL);
+    }
+    if b.len() > 255 {
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+/// Supplementary groups of a process, from /proc. Empty if it is gone.
+fn groups_of(pid: u32) -> Vec<u32> {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Stack {
+    /// A stacking layer over the directory `lower` (an fd opened before the
+    /// mount covers it; `O_PATH` is enough).
+    pub fn new(lower: OwnedFd, cfg: GuardConfig) -> VfsResult<Stack> {
+        let st = nix::sys::stat::fstat(lower.as_fd())?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        let proc_fd = nix::fcntl::open(
+            "/proc/self/fd",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            StatMode::empty(),
+        )?;
+        Ok(Stack {
+            nodes: Nodes::with_root(lower, key_of(&st)),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            proc_fd,
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GuardConfig {
+        &self.cfg
+    }
+
+    /// Number of inodes the kernel holds.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn stat_node(&self, node: &Node) -> VfsResult<FileStat> {
+        Ok(nix::sys::stat::fstatat(
+            node.fd(),
+            c"",
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Re-open a node's lower object with real access modes.
+    fn reopen(&self, node: &Node, flags: OFlag) -> VfsResult<OwnedFd> {
+        let name = node.fd.as_raw_fd().to_string();
+        Ok(nix::fcntl::openat(
+            self.proc_fd.as_fd(),
+            name.as_str(),
+            flags | OFlag::O_CLOEXEC,
+            StatMode::empty(),
+        )?)
+    }
+
+    /// The class of a regular file, from its marker xattr (cached per node).
+    fn class_of(&self, node: &Node) -> Class {
+        let c = node.class();
+        if c != Class::Unknown {
+            return c;
+        }
+        let c = match sys::getxattr(&node.proc_path(), OsStr::from_bytes(MODE_XATTR.to_bytes())) {
+            Ok(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<Mode>().ok())
+                .map(Class::of_mode)
+                .unwrap_or(Class::Plain),
+            Err(e) if e == Errno(libc::ENOTSUP) => self.class_from_header(node),
+            Err(_) => Class::Plain,
+        };
+        node.set_class(c);
+        c
+    }
+
+    /// Fallback for lower filesystems without xattrs: peek the header.
+    fn class_from_header(&self, node: &Node) -> Class {
+        let Ok(fd) = self.reopen(node, OFlag::O_RDONLY) else {
+            return Class::Plain;
+        };
+        let mut hdr = [0u8; 16];
+        match file::pread_full(fd.as_fd(), &mut hdr, 0) {
+            Ok(16) if guardfs_crypto::Header::has_magic(&hdr) => {
+                guardfs_crypto::Mode::from_header_code(hdr[10])
+                    .map(Class::of_mode)
+                    .unwrap_or(Class::Plain)
+            }
+            _ => Class::Plain,
+        }
+    }
+
+    fn attr_of(&self, node: &Node, st: &FileStat) -> Attr {
+        let kind = FileKind::from_mode(st.st_mode);
+        let mut size = st.st_size as u64;
+        if kind == FileKind::Regular
+            && let Some(mode) = self.class_of(node).mode()
+        {
+            size = Layout::of(mode).plain_size(LowerOff(size)).0;
+        }
+        Attr {
+            st_ino: st.st_ino,
+            size,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+        }
+    }
+
+    /// Look `name` up in `parent` and count one lookup of it.
+    fn do_lookup(&self, parent: &Node, name: &OsStr) -> VfsResult<Entry> {
+        for _ in 0..4 {
+            let st = nix::sys::stat::fstatat(parent.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            let key = key_of(&st);
+            let kind = FileKind::from_mode(st.st_mode);
+            let res = self.nodes.lookup(key, kind, || {
+                let fd = nix::fcntl::openat(
+                    parent.fd(),
+                    name,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    StatMode::empty(),
+                )?;
+                // The entry may have been replaced between stat and open.
+                let st2 = nix::sys::stat::fstat(fd.as_fd())?;
+                if key_of(&st2) != key {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                Ok(fd)
+            });
+            match res {
+                Ok(node) => {
+                    let attr = self.attr_of(&node, &st);
+                    return Ok(Entry {
+                        ino: node.ino,
+                        attr,
+                        generation: 0,
+                    });
+                }
+                Err(Errno(libc::EAGAIN)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>) -> Io<'a> {
+        Io {
+            node,
+            fd,
+            keys: &*self.cfg.keys,
+            mode: self.cfg.mode,
+        }
+    }
+
+    /// Run a creating operation with the caller's filesystem credentials.
+    fn as_caller<T>(
+        &self,
+        c: &Caller,
+        parent: &Node,
+        f: impl FnOnce() -> VfsResult<T>,
+    ) -> VfsResult<T> {
+        if c.uid == 0 {
+            return f();
+        }
+        // Supplementary groups matter only when the parent's group is not
+        // the caller's primary group (permission and setgid decisions).
+        let pst = self.stat_node(parent)?;
+        let groups = if pst.st_gid != c.gid && pst.st_uid != c.uid {
+            groups_of(c.pid)
+        } else {
+            Vec::new()
+        };
+        sys::as_caller(c.uid, c.gid, &groups, f)?
+    }
+
+    fn add_handle(&self, h: Handle) -> Fh {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(h));
+        Fh(fh)
+    }
+
+    fn handle(&self, fh: Fh) -> VfsResult<Arc<Handle>> {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn file_handle(&self, fh: Fh) -> VfsResult<(Arc<Handle>, Arc<Node>)> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File { node, .. } => {
+                let node = node.clone();
+                Ok((h, node))
+            }
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    fn open_node(&self, node: Arc<Node>, flags: i32) -> VfsResult<Opened> {
+        let acc = flags & libc::O_ACCMODE;
+        // Encrypted writes read-modify-write whole units, so any writable
+        // open needs read access to the lower file. O_APPEND, O_TRUNC and
+        // O_DIRECT are the kernel's business: offsets, truncation (sent as
+        // setattr) and caching are decided above us, and unit I/O is
+        // neither appending nor block-aligned.
+        let mut of = if acc == libc::O_RDONLY {
+            OFlag::O_RDONLY
+        } else {
+            OFlag::O_RDWR
+        };
+        of |= OFlag::from_bits_truncate(flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME));
+        let fd = match self.reopen(&node, of) {
+            Err(Errno(libc::EPERM)) if of.contains(OFlag::O_NOATIME) => {
+                self.reopen(&node, of - OFlag::O_NOATIME)?
+            }
+            r => r?,
+        };
+        node.file().load(&self.io(&node, fd.as_fd()))?;
+        let fh = self.add_handle(Handle::File { node, fd });
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+            direct_io: false,
+        })
+    }
+
+    fn writable_fd(
+        &self,
+        node: &Node,
+        fh: Option<Fh>,
+    ) -> VfsResult<(Option<Arc<Handle>>, Option<OwnedFd>)> {
+        if let Some(fh) = fh
+            && let Ok(h) = self.handle(fh)
+            && let Handle::File { fd, .. } = &*h
+            && nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+                .map(|f| f & libc::O_ACCMODE == libc::O_RDWR)
+                .unwrap_or(false)
+        {
+            return Ok((Some(h.clone()), None));
+        }
+        Ok((None, Some(self.reopen(node, OFlag::O_RDWR)?)))
+    }
+
+    /// The header of a file, for status tools (`voradmin secfs iv get`).
+    pub fn header_of(&self, ino: Ino) -> VfsResult<Option<guardfs_crypto::Header>> {
+        let node = self.nodes.get(ino)?;
+        let fd = self.reopen(&node, OFlag::O_RDONLY)?;
+        node.file().load(&self.io(&node, fd.as_fd()))?;
+        Ok(node.file().header())
+    }
+}
+
+fn handle_fd(h: &Handle) -> VfsResult<BorrowedFd<'_>> {
+    match h {
+        Handle::File { fd, .. } => Ok(fd.as_fd()),
+        Handle::Dir { .. } => Err(Errno::EISDIR),
+    }
+}
+
+fn is_private(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(PRIVATE_XATTR_PREFIX)
+}
+
+fn timespec(t: SetTime) -> nix::sys::time::TimeSpec {
+    match t {
+        SetTime::Now => nix::sys::time::TimeSpec::UTIME_NOW,
+        SetTime::At(t) => {
+            let (s, n) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut s = -(d.as_secs() as i64);
+                    let mut n = -(d.subsec_nanos() as i64);
+                    if n < 0 {
+                        s -= 1;
+                        n += 1_000_000_000;
+                    }
+                    (s, n)
+                }
+            };
+            nix::sys::time::TimeSpec::new(s, n)
+        }
+    }
+}
+
+impl VnodeOps for Stack {
+    fn lookup(&self, _c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        self.do_lookup(&p, name)
+    }
+
+    fn forget(&self, ino: Ino, nlookup: u64) {
+        self.nodes.forget(ino, nlookup);
+    }
+
+    fn getattr(&self, _c: &Caller, ino: Ino, _fh: Option<Fh>) -> VfsResult<Attr> {
+        let node = self.nodes.get(ino)?;
+        let st = self.stat_node(&node)?;
+        Ok(self.attr_of(&node, &st))
+    }
+
+    fn setattr(&self, _c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
+        let node = self.nodes.get(ino)?;
+        if let Some(mode) = set.mode {
+            if node.kind == FileKind::Symlink {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            nix::sys::stat::fchmodat(
+                self.proc_fd.as_fd(),
+                node.fd.as_raw_fd().to_string().as_str(),
+                StatMode::from_bits_truncate(mode & 0o7777),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            nix::unistd::fchownat(
+                node.fd(),
+                c"",
+                set.uid.map(nix::unistd::Uid::from_raw),
+                set.gid.map(nix::unistd::Gid::from_raw),
+                AtFlags::AT_EMPTY_PATH,
+            )?;
+        }
+        if let Some(size) = set.size {
+            if node.kind != FileKind::Regular {
+                return Err(Errno::EINVAL);
+            }
+            let (h, own) = self.writable_fd(&node, set.fh)?;
+            let fd = match (&h, &own) {
+                (Some(h), _) => handle_fd(h)?,
+                (None, Some(fd)) => fd.as_fd(),
+                (None, None) => return Err(Errno::EBADF),
+            };
+            let f = node.file();
+            let io = self.io(&node, fd);
+            f.load(&io)?;
+            f.truncate(&io, size)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let omit = nix::sys::time::TimeSpec::UTIME_OMIT;
+            let a = set.atime.map(timespec).unwrap_or(omit);
+            let m = set.mtime.map(timespec).unwrap_or(omit);
+            // Through the magic link: for a symlink node it resolves to the
+            // symlink itself, so this sets the symlink's own times.
+            nix::sys::stat::utimensat(
+                self.proc_fd.as_fd(),
+                node.fd.as_raw_fd().to_string().as_str(),
+                &a,
+                &m,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )?;
+        }
+        let st = self.stat_node(&node)?;
+        Ok(self.attr_of(&node, &st))
+    }
+
+    fn readlink(&self, _c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
+        let node = self.nodes.get(ino)?;
+        Ok(std::os::unix::ffi::OsStringExt::into_vec(
+            nix::fcntl::readlinkat(node.fd(), c"")?,
+        ))
+    }
+
+    fn mknod(
+        &self,
+        c: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> VfsResult<Entry> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        let perm = StatMode::from_bits_truncate(mode & 0o7777);
+        self.as_caller(c, &p, || {
+            Ok(nix::sys::stat::mknodat(
+                p.fd(),
+                name,
+                kind,
+                perm,
+                rdev as libc::dev_t,
+            )?)
+        })?;
+        let e = self.do_lookup(&p, name)?;
+        if kind == SFlag::S_IFREG && self.cfg.mode != Mode::Clear {
+            let node = self.nodes.get(e.ino)?;
+            let fd = self.reopen(&node, OFlag::O_RDWR)?;
+            node.file().create_header(&self.io(&node, fd.as_fd()))?;
+            return Ok(Entry {
+                attr: self.attr_of(&node, &self.stat_node(&node)?),
+                ..e
+            });
+        }
+        Ok(e)
+    }
+
+    fn mkdir(&self, c: &Caller, parent: Ino, name: &OsStr, mode: u32) -> VfsResult<Entry> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        self.as_caller(c, &p, || {
+            Ok(nix::sys::stat::mkdirat(
+                p.fd(),
+                name,
+                StatMode::from_bits_truncate(mode & 0o7777),
+            )?)
+        })?;
+        self.do_lookup(&p, name)
+    }
+
+    fn unlink(&self, _c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        Ok(nix::unistd::unlinkat(
+            p.fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?)
+    }
+
+    fn rmdir(&self, _c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        Ok(nix::unistd::unlinkat(
+            p.fd(),
+            name,
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )?)
+    }
+
+    fn symlink(&self, c: &Caller, parent: Ino, name: &OsStr, target: &Path) -> VfsResult<Entry> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        self.as_caller(c, &p, || Ok(nix::unistd::symlinkat(target, p.fd(), name)?))?;
+        self.do_lookup(&p, name)
+    }
+
+    fn rename(
+        &self,
+        _c: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> VfsResult<()> {
+        check_name(name)?;
+        check_name(new_name)?;
+        let p = self.nodes.get(parent)?;
+        let np = self.nodes.get(new_parent)?;
+        let f = nix::fcntl::RenameFlags::from_bits(flags.0).ok_or(Errno::EINVAL)?;
+        Ok(nix::fcntl::renameat2(p.fd(), name, np.fd(), new_name, f)?)
+    }
+
+    fn link(&self, _c: &Caller, ino: Ino, new_parent: Ino, new_name: &OsStr) -> VfsResult<Entry> {
+        check_name(new_name)?;
+        let node = self.nodes.get(ino)?;
+        let np = self.nodes.get(new_parent)?;
+        nix::unistd::linkat(node.fd(), c"", np.fd(), new_name, AtFlags::AT_EMPTY_PATH)?;
+        self.do_lookup(&np, new_name)
+    }
+
+    fn open(&self, _c: &Caller, ino: Ino, flags: i32) -> VfsResult<Opened> {
+        let node = self.nodes.get(ino)?;
+        if node.kind != FileKind::Regular {
+            return Err(Errno::EINVAL);
+        }
+        self.open_node(node, flags)
+    }
+
+    fn create(
+        &self,
+        c: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> VfsResult<(Entry, Opened)> {
+        check_name(name)?;
+        let p = self.nodes.get(parent)?;
+        let perm = StatMode::from_bits_truncate(mode & 0o7777);
+        let created = match self.as_caller(c, &p, || {
+            Ok(nix::sys::stat::mknodat(
+                p.fd(),
+                name,
+                SFlag::S_IFREG,
+                perm,
+                0,
+            )?)
+        }) {
+            Ok(()) => true,
+            Err(Errno(libc::EEXIST)) if flags & libc::O_EXCL == 0 => false,
+            Err(e) => return Err(e),
+        };
+        let e = self.do_lookup(&p, name)?;
+        let node = self.nodes.get(e.ino)?;
+        if node.kind != FileKind::Regular {
+            self.nodes.forget(e.ino, 1);
+            return Err(Errno::EISDIR);
+        }
+        if created && self.cfg.mode != Mode::Clear {
+            let fd = self.reopen(&node, OFlag::O_RDWR)?;
+            node.file().create_header(&self.io(&node, fd.as_fd()))?;
+        }
+        let opened = match self.open_node(node.clone(), flags) {
+            Ok(o) => o,
+            Err(err) => {
+                self.nodes.forget(e.ino, 1);
+                return Err(err);
+            }
+        };
+        let attr = self.attr_of(&node, &self.stat_node(&node)?);
+        Ok((Entry { attr, ..e }, opened))
+    }
+
+    fn read(
+        &self,
+        _c: &Caller,
+        _ino: Ino,
+        fh: Fh,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> VfsResult<usize> {
+        let (h, node) = self.file_handle(fh)?;
+        node.file()
+            .read(&self.io(&node, handle_fd(&h)?), offset, buf)
+    }
+
+    fn write(&self, _c: &Caller, _ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> VfsResult<usize> {
+        let (h, node) = self.file_handle(fh)?;
+        node.file()
+            .write(&self.io(&node, handle_fd(&h)?), offset, data)
+    }
+
+    fn flush(&self, _c: &Caller, _ino: Ino, fh: Fh) -> VfsResult<()> {
+        self.handle(fh).map(|_| ())
+    }
+
+    fn release(&self, _ino: Ino, fh: Fh) -> VfsResult<()> {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        Ok(())
+    }
+
+    fn fsync(&self, _c: &Caller, _ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()> {
+        let (h, _) = self.file_handle(fh)?;
+        let fd = handle_fd(&h)?;
+        if datasync {
+            nix::unistd::fdatasync(fd)?;
+        } else {
+            nix::unistd::fsync(fd)?;
+        }
+        Ok(())
+    }
+
+    fn opendir(&self, _c: &Caller, ino: Ino) -> VfsResult<Opened> {
+        let node = self.nodes.get(ino)?;
+        if node.kind != FileKind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let fh = self.add_handle(Handle::Dir {
+            node,
+            entries: Mutex::new(None),
+        });
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+            direct_io: false,
+        })
+    }
+
+    fn readdir(
+        &self,
+        _c: &Caller,
+        _ino: Ino,
+        fh: Fh,
+        offset: u64,
+        plus: bool,
+        sink: &mut dyn DirSink,
+    ) -> VfsResult<()> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { node, entries } = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 || entries.is_none() {
+            // Snapshot the directory; offsets are indexes into it.
+            let fd = nix::fcntl::openat(
+                node.fd(),
+                c".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                StatMode::empty(),
+            )?;
+            let mut dir = nix::dir::Dir::from_fd(fd)?;
+            let mut v = Vec::new();
+            for ent in dir.iter() {
+                let ent = ent?;
+                let name = OsStr::from_bytes(ent.file_name().to_bytes()).to_owned();
+                let kind = match ent.file_type() {
+                    Some(t) => match t {
+                        nix::dir::Type::Directory => FileKind::Directory,
+                        nix::dir::Type::Symlink => FileKind::Symlink,
+                        nix::dir::Type::Fifo => FileKind::Fifo,
+                        nix::dir::Type::Socket => FileKind::Socket,
+                        nix::dir::Type::CharacterDevice => FileKind::CharDevice,
+                        nix::dir::Type::BlockDevice => FileKind::BlockDevice,
+                        nix::dir::Type::File => FileKind::Regular,
+                    },
+                    None => nix::sys::stat::fstatat(
+                        node.fd(),
+                        name.as_os_str(),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map(|st| FileKind::from_mode(st.st_mode))
+                    .unwrap_or(FileKind::Regular),
+                };
+                v.push(DirRec {
+                    name,
+                    st_ino: ent.ino(),
+                    kind,
+                });
+            }
+            *entries = Some(v);
+        }
+        let list = entries.as_ref().map(|v| &v[..]).unwrap_or(&[]);
+        for (i, rec) in list.iter().enumerate().skip(offset as usize) {
+            let de = DirEntry {
+                st_ino: rec.st_ino,
+                offset: i as u64 + 1,
+                kind: rec.kind,
+                name: &rec.name,
+            };
+            let dot = rec.name == "." || rec.name == "..";
+            if plus && !dot {
+                let e = match self.do_lookup(node, &rec.name) {
+                    Ok(e) => e,
+                    Err(Errno(libc::ENOENT)) => continue, // removed since the snapshot
+                    Err(e) => return Err(e),
+                };
+                if sink.add(&de, Some(&e)) {
+                    self.nodes.forget(e.ino, 1);
+                    break;
+                }
+            } else if sink.add(&de, None) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn releasedir(&self, _ino: Ino, fh: Fh) -> VfsResult<()> {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        Ok(())
+    }
+
+    fn fsyncdir(&self, _c: &Caller, ino: Ino, _fh: Fh, datasync: bool) -> VfsResult<()> {
+        let node = self.nodes.get(ino)?;
+        let fd = nix::fcntl::openat(
+            node.fd(),
+            c".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            StatMode::empty(),
+        )?;
+        if datasync {
+            nix::unistd::fdatasync(fd.as_fd())?;
+        } else {
+            nix::unistd::fsync(fd.as_fd())?;
+        }
+        Ok(())
+    }
+
+    fn statfs(&self, _c: &Caller, ino: Ino) -> VfsResult<StatFs> {
+        let node = self.nodes.get(ino)?;
+        let s = nix::sys::statvfs::fstatvfs(node.fd())?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: s.block_size() as u32,
+            namelen: s.name_max() as u32,
+            frsize: s.fragment_size() as u32,
+        })
+    }
+
+    fn setxattr(
+        &self,
+        _c: &Caller,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> VfsResult<()> {
+        if is_private(name) {
+            return Err(Errno::EPERM);
+        }
+        let node = self.nodes.get(ino)?;
+        sys::setxattr(&node.proc_path(), name, value, flags)
+    }
+
+    fn getxattr(&self, _c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
+        if is_private(name) {
+            return Err(Errno::ENODATA);
+        }
+        let node = self.nodes.get(ino)?;
+        sys::getxattr(&node.proc_path(), name)
+    }
+
+    fn listxattr(&self, _c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
+        let node = self.nodes.get(ino)?;
+        let raw = sys::listxattr(&node.proc_path())?;
+        let mut out = Vec::with_capacity(raw.len());
+        for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !n.starts_with(PRIVATE_XATTR_PREFIX) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    fn removexattr(&self, _c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()> {
+        if is_private(name) {
+            return Err(Errno::EPERM);
+        }
+        let node = self.nodes.get(ino)?;
+        sys::removexattr(&node.proc_path(), name)
+    }
+
+    fn fallocate(
+        &self,
+        _c: &Caller,
+        _ino: Ino,
+        fh: Fh,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> VfsResult<()> {
+        let (h, node) = self.file_handle(fh)?;
+        node.file()
+            .fallocate(&self.io(&node, handle_fd(&h)?), offset, len, mode)
+    }
+
+    fn lseek(&self, _c: &Caller, _ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64> {
+        let (h, node) = self.file_handle(fh)?;
+        node.file().lseek(handle_fd(&h)?, offset, whence)
+    }
+
+    fn ioctl(
+        &self,
+        _c: &Caller,
+        _ino: Ino,
+        _fh: Fh,
+        _cmd: u32,
+        _input: &[u8],
+        _out_size: u32,
+    ) -> VfsResult<(i32, Vec<u8>)> {
+        Err(Errno::ENOTTY)
+    }
+}

@@ -1,0 +1,260 @@
+//! The inode table: node ids handed to the kernel, each holding an
+//! `O_PATH` fd on its lower object so that renames and unlinks elsewhere
+//! never make it refer to something else.
+//!
+//! Lower objects are identified by (st_dev, st_ino). While a node holds its
+//! fd the lower inode cannot be freed, so its number cannot be reused: two
+//! hard links always map to one node, and a new file never inherits an old
+//! node.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::stack::file::FileState;
+use crate::vfs::{Errno, FileKind, Ino, VfsResult};
+
+/// What a regular file's contents are, as far as `stat` is concerned.
+/// Cached per node: learned from the `trusted.guardfs.mode` marker, updated
+/// when a header is written or found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Class {
+    Unknown = 0,
+    /// No marker: the lower bytes are shown as they are.
+    Plain = 1,
+    Xts = 2,
+    CbcCs1 = 3,
+    Gcm = 4,
+}
+
+impl Class {
+    fn from_u8(v: u8) -> Class {
+        match v {
+            1 => Class::Plain,
+            2 => Class::Xts,
+            3 => Class::CbcCs1,
+            4 => Class::Gcm,
+            _ => Class::Unknown,
+        }
+    }
+
+    /// The encrypted mode this class names, if any.
+    pub fn mode(self) -> Option<guardfs_crypto::Mode> {
+        match self {
+            Class::Xts => Some(guardfs_crypto::Mode::Xts),
+            Class::CbcCs1 => Some(guardfs_crypto::Mode::CbcCs1),
+            Class::Gcm => Some(guardfs_crypto::Mode::Gcm),
+            Class::Plain | Class::Unknown => None,
+        }
+    }
+
+    /// The class of an encrypted mode (`clear` is plain).
+    pub fn of_mode(mode: guardfs_crypto::Mode) -> Class {
+        match mode {
+            guardfs_crypto::Mode::Xts => Class::Xts,
+            guardfs_crypto::Mode::CbcCs1 => Class::CbcCs1,
+            guardfs_crypto::Mode::Gcm => Class::Gcm,
+            guardfs_crypto::Mode::Clear => Class::Plain,
+        }
+    }
+}
+
+/// One inode known to the kernel.
+#[derive(Debug)]
+pub struct Node {
+    pub ino: Ino,
+    /// `O_PATH | O_NOFOLLOW` fd on the lower object.
+    pub fd: OwnedFd,
+    pub kind: FileKind,
+    pub key: (u64, u64),
+    class: AtomicU8,
+    /// Contents state of a regular file, created on first use.
+    file: OnceLock<Arc<FileState>>,
+}
+
+impl Node {
+    pub fn class(&self) -> Class {
+        Class::from_u8(self.class.load(Ordering::Acquire))
+    }
+
+    pub fn set_class(&self, c: Class) {
+        self.class.store(c as u8, Ordering::Release);
+    }
+
+    pub fn file(&self) -> &Arc<FileState> {
+        self.file.get_or_init(|| Arc::new(FileState::default()))
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// `/proc/self/fd/N`, the path that reaches the lower object through
+    /// this node's fd.
+    pub fn proc_path(&self) -> std::ffi::CString {
+        let s = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        std::ffi::CString::new(s).unwrap_or_default()
+    }
+
+    /// The lower path, best effort, for log lines.
+    pub fn display_path(&self) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| format!("<inode {}>", self.key.1))
+    }
+}
+
+struct Slot {
+    node: Arc<Node>,
+    nlookup: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_ino: HashMap<u64, Slot>,
+    by_key: HashMap<(u64, u64), u64>,
+    root_dev: u64,
+    next_synthetic: u64,
+}
+
+/// Node ids for objects whose lower inode number cannot be used (another
+/// device below the GuardPoint, or a number already taken).
+const SYNTHETIC_BASE: u64 = 1 << 62;
+
+/// The table. Lookups take the read lock; adding and forgetting take the
+/// write lock briefly (never across a syscall on file contents).
+#[derive(Default)]
+pub struct Nodes {
+    inner: RwLock<Inner>,
+}
+
+impl Nodes {
+    /// A table holding the root node.
+    pub fn with_root(fd: OwnedFd, key: (u64, u64)) -> Nodes {
+        let root = Arc::new(Node {
+            ino: Ino::ROOT,
+            fd,
+            kind: FileKind::Directory,
+            key,
+            class: AtomicU8::new(Class::Plain as u8),
+            file: OnceLock::new(),
+        });
+        let mut inner = Inner {
+            root_dev: key.0,
+            next_synthetic: SYNTHETIC_BASE,
+            ..Inner::default()
+        };
+        inner.by_key.insert(key, Ino::ROOT.0);
+        // The root is never forgotten: its count starts at one and the
+        // kernel never sends a forget for it.
+        inner.by_ino.insert(
+            Ino::ROOT.0,
+            Slot {
+                node: root,
+                nlookup: 1,
+            },
+        );
+        Nodes {
+            inner: RwLock::new(inner),
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> VfsResult<Arc<Node>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_ino
+            .get(&ino.0)
+            .map(|s| s.node.clone())
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Count one lookup of the lower object `key`, creating its node with
+    /// `open_fd` if it is new. `open_fd` runs outside the lock.
+    pub fn lookup(
+        &self,
+        key: (u64, u64),
+        kind: FileKind,
+        open_fd: impl FnOnce() -> VfsResult<OwnedFd>,
+    ) -> VfsResult<Arc<Node>> {
+        {
+            let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(&ino) = inner.by_key.get(&key)
+                && let Some(slot) = inner.by_ino.get_mut(&ino)
+            {
+                slot.nlookup += 1;
+                return Ok(slot.node.clone());
+            }
+        }
+        let fd = open_fd()?;
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        // Another thread may have added it meanwhile.
+        if let Some(&ino) = inner.by_key.get(&key)
+            && let Some(slot) = inner.by_ino.get_mut(&ino)
+        {
+            slot.nlookup += 1;
+            return Ok(slot.node.clone());
+        }
+        // st_ino is the node id (FUSE shows node ids as st_ino), so use the
+        // lower inode number when it is unambiguous.
+        let ino = if key.0 == inner.root_dev
+            && key.1 > 1
+            && key.1 < SYNTHETIC_BASE
+            && !inner.by_ino.contains_key(&key.1)
+        {
+            key.1
+        } else {
+            inner.next_synthetic += 1;
+            inner.next_synthetic
+        };
+        let node = Arc::new(Node {
+            ino: Ino(ino),
+            fd,
+            kind,
+            key,
+            class: AtomicU8::new(Class::Unknown as u8),
+            file: OnceLock::new(),
+        });
+        inner.by_key.insert(key, ino);
+        inner.by_ino.insert(
+            ino,
+            Slot {
+                node: node.clone(),
+                nlookup: 1,
+            },
+        );
+        Ok(node)
+    }
+
+    /// Drop `n` lookups; the node goes when none remain.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == Ino::ROOT {
+            return;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let gone = match inner.by_ino.get_mut(&ino.0) {
+            Some(slot) => {
+                slot.nlookup = slot.nlookup.saturating_sub(n);
+                slot.nlookup == 0
+            }
+            None => false,
+        };
+        if gone && let Some(slot) = inner.by_ino.remove(&ino.0) {
+            inner.by_key.remove(&slot.node.key);
+        }
+    }
+
+    /// Number of nodes (for tests and status).
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ino
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
