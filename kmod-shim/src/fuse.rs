@@ -664,6 +664,13 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        // With the writeback cache the kernel holds writes the stacking
+        // layer has not seen yet, so only the kernel knows where data ends:
+        // ENOSYS makes it answer SEEK_DATA/SEEK_HOLE itself (all data up to
+        // its EOF), which is correct, if not sparse-aware.
+        if self.opts.writeback_cache {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         let w = match whence {
             libc::SEEK_DATA => vfs::Whence::Data,
             libc::SEEK_HOLE => vfs::Whence::Hole,
