@@ -11,7 +11,9 @@ need_root() {
   fi
 }
 
-apt_packages=(openssl)
+# openssl: the crypto bench's baseline; util-linux (setpriv, unshare, flock),
+# tar, diffutils and python3: the end-to-end tests.
+apt_packages=(openssl util-linux tar diffutils python3)
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -27,5 +29,15 @@ fi
 for c in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
     rustup component add "$c"
+  fi
+done
+
+# Filesystem test suites, pinned.
+cargo_tools=("pjdfstest@0.2.2" "fsx@0.3.2")
+for spec in "${cargo_tools[@]}"; do
+  name=${spec%@*}
+  version=${spec#*@}
+  if ! cargo install --list 2>/dev/null | grep -q "^$name v$version:"; then
+    cargo install --locked "$name" --version "$version"
   fi
 done
