@@ -69,8 +69,9 @@ pub fn require_root() -> Result<(), MountError> {
     }
 }
 
-/// The secfs mount points in this mount namespace (from mountinfo).
-pub fn secfs_mounts() -> Vec<PathBuf> {
+/// The secfs mounts in this mount namespace, from mountinfo: each mount
+/// point with its "major:minor" device number.
+fn secfs_mountinfo() -> Vec<(PathBuf, String)> {
     let Ok(f) = File::open("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -80,11 +81,18 @@ pub fn secfs_mounts() -> Vec<PathBuf> {
         .map_while(Result::ok)
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            let mp = pre.split_whitespace().nth(4)?;
-            (fstype == want).then(|| PathBuf::from(unescape_mountinfo(mp)))
+            let mut fields = pre.split_whitespace();
+            let devno = fields.nth(2)?.to_owned();
+            let mp = fields.nth(1)?;
+            (post.split_whitespace().next()? == want)
+                .then(|| (PathBuf::from(unescape_mountinfo(mp)), devno))
         })
         .collect()
+}
+
+/// The secfs mount points in this mount namespace.
+pub fn secfs_mounts() -> Vec<PathBuf> {
+    secfs_mountinfo().into_iter().map(|(p, _)| p).collect()
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -278,21 +286,12 @@ fn raise_readahead(path: &Path) {
     }
 }
 
-/// The "major:minor" of the secfs mount at `path`, from mountinfo.
+/// The "major:minor" of the secfs mount at `path`.
 fn mount_devno(path: &Path) -> Option<String> {
-    let f = File::open("/proc/self/mountinfo").ok()?;
-    let want = format!("fuse.{FS_SUBTYPE}");
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let mut f = pre.split_whitespace();
-            let devno = f.nth(2)?;
-            let mp = f.nth(1)?;
-            (post.split_whitespace().next()? == want && Path::new(&unescape_mountinfo(mp)) == path)
-                .then(|| devno.to_owned())
-        })
+    secfs_mountinfo()
+        .into_iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, d)| d)
 }
 
 impl Mounted {
