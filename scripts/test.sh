@@ -27,4 +27,7 @@ cargo test --workspace --locked
 step "bench smoke (criterion --test: each benchmark runs once, untimed)"
 cargo bench -p guardfs-bench --locked -- --test
 
+step "bench smoke (bench/compare.sh --smoke: every configuration, a few seconds each)"
+./bench/compare.sh --smoke
+
 step "all tests passed"
