@@ -1,0 +1,423 @@
+//! Host settings (CTE's client settings) and the authenticated / untrusted
+//! decision for a process.
+//!
+//! # Text form
+//!
+//! One entry per line, `|keyword|PATH`:
+//!
+//! * `|authenticator|PATH`: a program that authenticates users (`sshd`,
+//!   `login`, `su`, ...). Processes descending from it *after it changed
+//!   identity* are authenticated.
+//! * `|trust|PATH`: a program trusted as is: the process running it and its
+//!   descendants are authenticated under whatever identity they run, with
+//!   no identity change needed. `|trust|*` trusts every process.
+//! * `|path_no_trust|PATH`: the process running it and all its descendants
+//!   are untrusted, whatever authenticators or `|trust|` entries say (CTE:
+//!   `|path_no_trust|` overrides every authenticator, and `|trust|*` does not
+//!   disable it).
+//! * `|protect|PATH`: CTE's protected file (kept, listed, not used by the
+//!   policy engine; enforcing it is the file system's job).
+//!
+//! Blank lines and lines starting with `#` are ignored; surrounding spaces
+//! are trimmed. Paths are absolute, normalized and compared exactly with the
+//! executable path the kernel reports (`/proc/PID/exe`), so write resolved
+//! paths (`/usr/bin/su`, not `/bin/su` on merged-`/usr` systems) or have the
+//! loader resolve them. Keywords are lowercase. CTE's `|authenticator_euid|`
+//! is not in the reference this crate follows and is rejected like any
+//! unknown keyword.
+
+use crate::error::HostSettingsError;
+use crate::path::path_problem;
+
+/// The keywords of host settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostKeyword {
+    /// `|authenticator|`.
+    Authenticator,
+    /// `|trust|`.
+    Trust,
+    /// `|path_no_trust|`.
+    PathNoTrust,
+    /// `|protect|`.
+    Protect,
+}
+
+impl HostKeyword {
+    /// The keyword as written between the bars.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostKeyword::Authenticator => "authenticator",
+            HostKeyword::Trust => "trust",
+            HostKeyword::PathNoTrust => "path_no_trust",
+            HostKeyword::Protect => "protect",
+        }
+    }
+
+    fn parse(s: &str) -> Option<HostKeyword> {
+        [
+            HostKeyword::Authenticator,
+            HostKeyword::Trust,
+            HostKeyword::PathNoTrust,
+            HostKeyword::Protect,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+/// Parsed host settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostSettings {
+    authenticators: Vec<Box<[u8]>>,
+    trusted: Vec<Box<[u8]>>,
+    trust_all: bool,
+    no_trust: Vec<Box<[u8]>>,
+    protected: Vec<Box<[u8]>>,
+}
+
+/// One process in an ancestry list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ancestor<'a> {
+    /// Its executable (as `/proc/PID/exe` reports it).
+    pub exe: &'a [u8],
+    /// Whether this process changed identity relative to its parent: it
+    /// called a set*id function or exec'd a set-uid program, so its
+    /// credentials differ from its parent's. The caller decides how to
+    /// observe it; a change of the audit login uid (`/proc/PID/loginuid`,
+    /// set by `pam_loginuid` in `sshd`, `login`, `su`) also counts, which
+    /// covers root logins where the uid stays 0.
+    pub identity_changed: bool,
+}
+
+/// What host settings make of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProcessTrust {
+    /// Authenticated: user-set rules may match it.
+    Authenticated,
+    /// Not authenticated (CTE's default for every process).
+    NotAuthenticated,
+    /// Untrusted by `|path_no_trust|`: never authenticated.
+    Untrusted,
+}
+
+impl ProcessTrust {
+    /// Whether the process counts as authenticated.
+    pub fn is_authenticated(self) -> bool {
+        self == ProcessTrust::Authenticated
+    }
+}
+
+impl HostSettings {
+    /// Parse the text form (see the module doc).
+    ///
+    /// # Errors
+    /// The first bad line, by 1-based line number.
+    pub fn parse(text: &str) -> Result<HostSettings, HostSettingsError> {
+        let mut hs = HostSettings::default();
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let entry = raw.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            let malformed = || HostSettingsError::Malformed {
+                line,
+                text: entry.to_owned(),
+            };
+            let rest = entry.strip_prefix('|').ok_or_else(malformed)?;
+            let (keyword, path) = rest.split_once('|').ok_or_else(malformed)?;
+            let keyword =
+                HostKeyword::parse(keyword).ok_or_else(|| HostSettingsError::UnknownKeyword {
+                    line,
+                    keyword: keyword.to_owned(),
+                })?;
+            let path = path.trim();
+            if path.is_empty() {
+                return Err(HostSettingsError::MissingPath {
+                    line,
+                    keyword: keyword.name(),
+                });
+            }
+            if path == "*" {
+                if keyword != HostKeyword::Trust {
+                    return Err(HostSettingsError::WildcardNotAllowed {
+                        line,
+                        keyword: keyword.name(),
+                    });
+                }
+                hs.trust_all = true;
+                continue;
+            }
+            if !path.starts_with('/') {
+                return Err(HostSettingsError::RelativePath {
+                    line,
+                    path: path.to_owned(),
+                });
+            }
+            if let Some(reason) = path_problem(path.as_bytes()) {
+                return Err(HostSettingsError::InvalidPath {
+                    line,
+                    path: path.to_owned(),
+                    reason,
+                });
+            }
+            let list = match keyword {
+                HostKeyword::Authenticator => &mut hs.authenticators,
+                HostKeyword::Trust => &mut hs.trusted,
+                HostKeyword::PathNoTrust => &mut hs.no_trust,
+                HostKeyword::Protect => &mut hs.protected,
+            };
+            let path: Box<[u8]> = path.as_bytes().into();
+            if !list.contains(&path) {
+                list.push(path);
+            }
+        }
+        Ok(hs)
+    }
+
+    /// The paths listed under a keyword (`|trust|*` is reported by
+    /// [`HostSettings::trusts_everything`], not here).
+    pub fn paths(&self, keyword: HostKeyword) -> impl Iterator<Item = &[u8]> {
+        let list = match keyword {
+            HostKeyword::Authenticator => &self.authenticators,
+            HostKeyword::Trust => &self.trusted,
+            HostKeyword::PathNoTrust => &self.no_trust,
+            HostKeyword::Protect => &self.protected,
+        };
+        list.iter().map(|p| &**p)
+    }
+
+    /// Whether `|trust|*` is set.
+    pub fn trusts_everything(&self) -> bool {
+        self.trust_all
+    }
+
+    /// Decide whether a process is authenticated, from its ancestry:
+    /// `ancestry` runs from the oldest ancestor (e.g. `init`) to the
+    /// process itself, last.
+    ///
+    /// 1. If any entry runs a `|path_no_trust|` program: [`Untrusted`].
+    /// 2. Else if `|trust|*` is set, or any entry runs a `|trust|` program:
+    ///    [`Authenticated`].
+    /// 3. Else if some entry `i` runs an `|authenticator|` program and the
+    ///    identity changed in it (`ancestry[i]`) or in its child
+    ///    (`ancestry[i + 1]`, the fork that switches to the user before
+    ///    exec'ing the shell): [`Authenticated`] — the process descends from
+    ///    the authenticator after the change.
+    /// 4. Else [`NotAuthenticated`] (CTE trusts no process by default; a
+    ///    daemon started by an authenticator without an identity change, or
+    ///    an empty ancestry, is not authenticated).
+    ///
+    /// Allocation-free.
+    ///
+    /// [`Untrusted`]: ProcessTrust::Untrusted
+    /// [`Authenticated`]: ProcessTrust::Authenticated
+    /// [`NotAuthenticated`]: ProcessTrust::NotAuthenticated
+    pub fn classify(&self, ancestry: &[Ancestor<'_>]) -> ProcessTrust {
+        let listed = |list: &[Box<[u8]>], exe: &[u8]| list.iter().any(|p| **p == *exe);
+        if ancestry.iter().any(|a| listed(&self.no_trust, a.exe)) {
+            return ProcessTrust::Untrusted;
+        }
+        if self.trust_all || ancestry.iter().any(|a| listed(&self.trusted, a.exe)) {
+            return ProcessTrust::Authenticated;
+        }
+        for (i, a) in ancestry.iter().enumerate() {
+            if !listed(&self.authenticators, a.exe) {
+                continue;
+            }
+            let child_changed = ancestry.get(i + 1).is_some_and(|c| c.identity_changed);
+            if a.identity_changed || child_changed {
+                return ProcessTrust::Authenticated;
+            }
+        }
+        ProcessTrust::NotAuthenticated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anc(exe: &str, changed: bool) -> Ancestor<'_> {
+        Ancestor {
+            exe: exe.as_bytes(),
+            identity_changed: changed,
+        }
+    }
+
+    const SETTINGS: &str = "\
+# default Linux authenticators
+|authenticator|/usr/sbin/sshd
+|authenticator|/usr/bin/su
+
+  |authenticator|/usr/bin/login   
+|path_no_trust|/usr/bin/ksh
+|trust|/usr/sbin/cron
+|protect|/etc/passwd
+";
+
+    #[test]
+    fn parses_text_form() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        let auth: Vec<_> = hs.paths(HostKeyword::Authenticator).collect();
+        assert_eq!(
+            auth,
+            [&b"/usr/sbin/sshd"[..], b"/usr/bin/su", b"/usr/bin/login"]
+        );
+        assert_eq!(hs.paths(HostKeyword::PathNoTrust).count(), 1);
+        assert_eq!(hs.paths(HostKeyword::Trust).count(), 1);
+        assert_eq!(hs.paths(HostKeyword::Protect).count(), 1);
+        assert!(!hs.trusts_everything());
+        assert_eq!(HostSettings::parse("").unwrap(), HostSettings::default());
+        assert!(
+            HostSettings::parse("|trust|*\r\n")
+                .unwrap()
+                .trusts_everything()
+        );
+    }
+
+    #[test]
+    fn errors_have_line_numbers() {
+        use HostSettingsError as E;
+        type Check = fn(&E) -> bool;
+        let cases: &[(&str, Check)] = &[
+            ("\n\nauthenticator /usr/sbin/sshd", |e| {
+                matches!(e, E::Malformed { line: 3, .. })
+            }),
+            ("|authenticator/usr/sbin/sshd", |e| {
+                matches!(e, E::Malformed { line: 1, .. })
+            }),
+            (
+                "# c\n|authenticator_euid|/usr/sbin/vsftpd",
+                |e| matches!(e, E::UnknownKeyword { line: 2, keyword } if keyword == "authenticator_euid"),
+            ),
+            ("|AUTHENTICATOR|/usr/sbin/sshd", |e| {
+                matches!(e, E::UnknownKeyword { line: 1, .. })
+            }),
+            ("|trust|", |e| {
+                matches!(
+                    e,
+                    E::MissingPath {
+                        line: 1,
+                        keyword: "trust"
+                    }
+                )
+            }),
+            ("|authenticator|usr/sbin/sshd", |e| {
+                matches!(e, E::RelativePath { line: 1, .. })
+            }),
+            ("|path_no_trust|/bin/../bin/ksh", |e| {
+                matches!(e, E::InvalidPath { line: 1, .. })
+            }),
+            ("|authenticator|*", |e| {
+                matches!(
+                    e,
+                    E::WildcardNotAllowed {
+                        line: 1,
+                        keyword: "authenticator"
+                    }
+                )
+            }),
+        ];
+        for (text, check) in cases {
+            let err = HostSettings::parse(text).unwrap_err();
+            assert!(check(&err), "{text:?} gave {err:?}");
+            assert!(err.to_string().starts_with("line "), "{err}");
+        }
+    }
+
+    #[test]
+    fn authenticated_after_identity_change() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        // sshd forks a child that switches to the user and execs bash.
+        let ssh_login = [
+            anc("/usr/lib/systemd/systemd", false),
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/bash", true),
+            anc("/usr/bin/cat", false),
+        ];
+        assert_eq!(hs.classify(&ssh_login), ProcessTrust::Authenticated);
+        // sshd's privilege-separated child that itself changed identity.
+        let privsep = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/sbin/sshd", true),
+            anc("/usr/bin/bash", false),
+        ];
+        assert_eq!(hs.classify(&privsep), ProcessTrust::Authenticated);
+        // su from a user's shell.
+        let su = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/bash", true),
+            anc("/usr/bin/su", true),
+            anc("/usr/bin/bash", true),
+        ];
+        assert_eq!(hs.classify(&su), ProcessTrust::Authenticated);
+    }
+
+    #[test]
+    fn not_authenticated_without_change_or_authenticator() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        // A daemon spawned by sshd without any identity change.
+        let no_change = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/bash", false),
+            anc("/usr/bin/cat", false),
+        ];
+        assert_eq!(hs.classify(&no_change), ProcessTrust::NotAuthenticated);
+        // An identity change far below the authenticator does not count.
+        let late = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/bash", false),
+            anc("/usr/bin/sudo", true),
+        ];
+        assert_eq!(hs.classify(&late), ProcessTrust::NotAuthenticated);
+        // No authenticator at all.
+        let boot = [
+            anc("/usr/lib/systemd/systemd", false),
+            anc("/usr/sbin/nginx", true),
+        ];
+        assert_eq!(hs.classify(&boot), ProcessTrust::NotAuthenticated);
+        assert_eq!(hs.classify(&[]), ProcessTrust::NotAuthenticated);
+        // With no host settings, nothing is authenticated.
+        assert_eq!(
+            HostSettings::default().classify(&ssh_like()),
+            ProcessTrust::NotAuthenticated
+        );
+    }
+
+    fn ssh_like() -> [Ancestor<'static>; 2] {
+        [anc("/usr/sbin/sshd", false), anc("/usr/bin/bash", true)]
+    }
+
+    #[test]
+    fn path_no_trust_overrides_everything() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        // su from an untrusted shell stays untrusted.
+        let from_ksh = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/ksh", true),
+            anc("/usr/bin/su", true),
+            anc("/usr/bin/bash", true),
+        ];
+        assert_eq!(hs.classify(&from_ksh), ProcessTrust::Untrusted);
+        assert!(!hs.classify(&from_ksh).is_authenticated());
+        // |trust|* does not disable |path_no_trust|.
+        let all = HostSettings::parse("|trust|*\n|path_no_trust|/usr/sbin/sshd").unwrap();
+        assert_eq!(all.classify(&ssh_like()), ProcessTrust::Untrusted);
+        assert_eq!(
+            all.classify(&[anc("/usr/sbin/cron", false)]),
+            ProcessTrust::Authenticated
+        );
+    }
+
+    #[test]
+    fn trust_entries() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        let cron_job = [
+            anc("/usr/lib/systemd/systemd", false),
+            anc("/usr/sbin/cron", false),
+            anc("/usr/bin/backup", false),
+        ];
+        assert_eq!(hs.classify(&cron_job), ProcessTrust::Authenticated);
+    }
+}
