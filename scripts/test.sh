@@ -24,6 +24,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+step "pjdfstest: every mode, with and without the writeback cache"
+./integration/pjdfstest.sh
+
+step "fsx: every mode, with and without the writeback cache, 3 seeds x 50k operations"
+./integration/fsx.sh
+
 step "bench smoke (criterion --test: each benchmark runs once, untimed)"
 cargo bench -p guardfs-bench --locked -- --test
 

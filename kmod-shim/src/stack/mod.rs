@@ -279,13 +279,19 @@ impl Stack {
         parent: &Node,
         f: impl FnOnce() -> VfsResult<T>,
     ) -> VfsResult<T> {
-        if c.uid == 0 {
+        // The daemon's own credentials are root's: only a caller that is
+        // root with root's group may skip the switch (root with another
+        // group creates files owned by that group).
+        if c.uid == 0 && c.gid == 0 {
             return f();
         }
         // Supplementary groups matter only when the parent's group is not
-        // the caller's primary group (permission and setgid decisions).
+        // the caller's primary group: the permission check, and whether a
+        // new file in a setgid directory keeps its S_ISGID bit (it does
+        // when the caller is a member of the directory's group, even when
+        // the caller owns the directory).
         let pst = self.stat_node(parent)?;
-        let groups = if pst.st_gid != c.gid && pst.st_uid != c.uid {
+        let groups = if pst.st_gid != c.gid {
             groups_of(c.pid)
         } else {
             Vec::new()
