@@ -22,7 +22,9 @@ pub const MOUNT_FAILED: i32 = 15;
 pub const NOT_MOUNTED: i32 = 16;
 /// `umount`: files are still open on the GuardPoint.
 pub const BUSY: i32 = 17;
+/// The policy or host-settings file is missing or invalid.
+pub const BAD_POLICY: i32 = 18;
 
 /// The table printed in `--help`.
 pub const TABLE: &str = "Exit codes: 0 ok, 1 failure, 2 usage, 10 not root, 11 no /dev/fuse, \
-12 bad directory, 13 already mounted, 14 bad key file, 15 mount failed, 16 not mounted, 17 busy";
+12 bad directory, 13 already mounted, 14 bad key file, 15 mount failed, 16 not mounted, 17 busy, 18 bad policy";

@@ -138,11 +138,16 @@ impl DirSink for PlusSink<'_> {
         match plus {
             Some(p) => {
                 let a = attr(p.ino, &p.attr);
+                let ttl = if p.cacheable {
+                    self.ttl
+                } else {
+                    Duration::ZERO
+                };
                 self.reply.add(
                     INodeNo(p.ino.0),
                     e.offset,
                     e.name,
-                    &self.ttl,
+                    &ttl,
                     &a,
                     Generation(p.generation),
                 )
@@ -201,7 +206,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.ops.lookup(&caller(req), Ino(parent.0), name) {
-            Ok(e) => reply.entry(&self.opts.ttl, &entry_attr(&e), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &entry_ttl(&self.opts, &e),
+                &entry_attr(&e),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -274,7 +283,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             .ops
             .mknod(&caller(req), Ino(parent.0), name, mode, rdev)
         {
-            Ok(e) => reply.entry(&self.opts.ttl, &entry_attr(&e), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &entry_ttl(&self.opts, &e),
+                &entry_attr(&e),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -289,7 +302,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         reply: ReplyEntry,
     ) {
         match self.ops.mkdir(&caller(req), Ino(parent.0), name, mode) {
-            Ok(e) => reply.entry(&self.opts.ttl, &entry_attr(&e), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &entry_ttl(&self.opts, &e),
+                &entry_attr(&e),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -320,7 +337,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             .ops
             .symlink(&caller(req), Ino(parent.0), link_name, target)
         {
-            Ok(e) => reply.entry(&self.opts.ttl, &entry_attr(&e), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &entry_ttl(&self.opts, &e),
+                &entry_attr(&e),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -361,7 +382,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             .ops
             .link(&caller(req), Ino(ino.0), Ino(newparent.0), newname)
         {
-            Ok(e) => reply.entry(&self.opts.ttl, &entry_attr(&e), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &entry_ttl(&self.opts, &e),
+                &entry_attr(&e),
+                Generation(e.generation),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -606,7 +631,7 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             .create(&caller(req), Ino(parent.0), name, mode, flags)
         {
             Ok((e, o)) => reply.created(
-                &self.opts.ttl,
+                &entry_ttl(&self.opts, &e),
                 &entry_attr(&e),
                 Generation(e.generation),
                 FileHandle(o.fh.0),
@@ -692,6 +717,15 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
 /// The attributes of an entry.
 fn entry_attr(e: &vfs::Entry) -> FileAttr {
     attr(e.ino, &e.attr)
+}
+
+/// How long the kernel may keep an entry.
+fn entry_ttl(opts: &FuseOptions, e: &vfs::Entry) -> Duration {
+    if e.cacheable {
+        opts.ttl
+    } else {
+        Duration::ZERO
+    }
 }
 
 fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {

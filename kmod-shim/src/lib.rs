@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
 pub mod exitcode;
 pub mod fuse;
 pub mod keyfile;

@@ -116,7 +116,7 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Resolve `dir` to an absolute path without touching a dead mount on it.
-fn absolute(dir: &Path) -> Result<PathBuf, MountError> {
+pub fn absolute(dir: &Path) -> Result<PathBuf, MountError> {
     let bad = |why: String| MountError::BadDir {
         path: dir.display().to_string(),
         why,
@@ -295,6 +295,16 @@ fn mount_devno(path: &Path) -> Option<String> {
 }
 
 impl Mounted {
+    /// A function that drops everything the kernel caches for an inode
+    /// (pages, attributes), for use after a policy change.
+    pub fn invalidator(&self) -> impl Fn(crate::vfs::Ino) + Send + Sync + 'static {
+        let n = self.session.notifier();
+        move |ino| {
+            // Offset 0, length 0: every page of the inode, and its attributes.
+            let _ = n.inval_inode(fuser::INodeNo(ino.0), 0, 0);
+        }
+    }
+
     /// Serve requests until the mount goes away (unmount, or a signal
     /// handled by the caller that unmounts).
     pub fn serve(self) -> std::io::Result<()> {
@@ -341,22 +351,37 @@ pub fn protect_process_memory() {
     }
 }
 
-/// Unmount `path` (lazily) when SIGTERM, SIGINT or SIGHUP arrives, from a
-/// dedicated thread; the serving loop then ends. Call before starting any
-/// other thread so that they inherit the blocked mask.
-pub fn unmount_on_signal(path: PathBuf) -> std::io::Result<()> {
+/// The signals the daemon handles itself.
+fn handled_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
-    set.thread_block().map_err(std::io::Error::from)?;
+    set
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in this thread and every thread it
+/// starts later. Call first thing in the daemon, before any thread exists,
+/// so that no thread takes a signal's default action (termination).
+pub fn block_signals() -> std::io::Result<()> {
+    handled_signals()
+        .thread_block()
+        .map_err(std::io::Error::from)
+}
+
+/// Unmount `path` (lazily) when SIGTERM or SIGINT arrives, and call
+/// `on_hup` on SIGHUP, from a dedicated thread; after an unmount the
+/// serving loop ends. Requires [`block_signals`] to have run first.
+pub fn unmount_on_signal(path: PathBuf, on_hup: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+    use nix::sys::signal::Signal;
+    let set = handled_signals();
     std::thread::Builder::new()
         .name("secfs-signals".into())
         .spawn(move || {
             loop {
                 match set.wait() {
-                    Ok(Signal::SIGHUP) => info!("secfs: SIGHUP (nothing to reload yet)"),
+                    Ok(Signal::SIGHUP) => on_hup(),
                     Ok(sig) => {
                         info!("secfs: {sig:?}: unmounting {}", path.display());
                         if let Err(e) = nix::mount::umount2(&path, MntFlags::MNT_DETACH) {

@@ -153,6 +153,9 @@ pub struct Entry {
     pub ino: Ino,
     pub attr: Attr,
     pub generation: u64,
+    /// Whether the kernel may cache this name-to-inode answer. False when
+    /// the answer depends on who asks (views isolated per caller).
+    pub cacheable: bool,
 }
 
 /// How the kernel may cache an opened file's data.

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use guardfs_crypto::{Mode, PolicyKey};
+use guardfs_shim::stack::access::Access;
 use guardfs_shim::stack::keys::StaticKeys;
 use guardfs_shim::stack::{GuardConfig, Stack};
 use guardfs_shim::vfs::*;
@@ -37,7 +38,10 @@ fn stack(mode: Mode) -> (tempfile::TempDir, Stack) {
         1,
         PolicyKey::from_bytes([7; 32]),
     ));
-    let s = Stack::new(fd, GuardConfig { mode, keys }).unwrap();
+    let access = Arc::new(Access::unrestricted(
+        dir.path().as_os_str().as_encoded_bytes(),
+    ));
+    let s = Stack::new(fd, GuardConfig { mode, keys, access }).unwrap();
     (dir, s)
 }
 

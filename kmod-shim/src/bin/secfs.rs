@@ -1,27 +1,35 @@
-//! `secfs`: guard a directory with a key from a key file.
+//! `secfs`: guard a directory with keys from key files, and optionally a
+//! policy deciding who sees plaintext.
 //!
 //! ```text
 //! secfs genkey FILE
 //! secfs mount DIR --key-file FILE [--mode xts|cbc-cs1|gcm|clear] [--foreground]
+//!                 [--policy FILE [--host-settings FILE]] [--key NAME=FILE]...
 //! secfs umount DIR [--lazy]
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use guardfs_crypto::Mode;
+use guardfs_policy::{CompiledPolicy, HostSettings};
+use guardfs_shim::audit::{AuditOptions, Auditor};
 use guardfs_shim::exitcode;
 use guardfs_shim::fuse::FuseOptions;
 use guardfs_shim::keyfile;
 use guardfs_shim::mount::{self, MountSpec};
-use guardfs_shim::stack::GuardConfig;
+use guardfs_shim::stack::access::Access;
 use guardfs_shim::stack::keys::StaticKeys;
+use guardfs_shim::stack::{GuardConfig, Stack};
+use guardfs_shim::vfs::Ino;
 
 #[derive(Parser)]
 #[command(name = "secfs", version, about = "GuardFS transparent-encryption filesystem", after_help = exitcode::TABLE)]
@@ -35,30 +43,7 @@ enum Cmd {
     /// Write a new random 256-bit key (hex) to FILE, mode 0600. Never overwrites.
     Genkey { file: PathBuf },
     /// Guard DIR: mount secfs over it so its files are encrypted at rest.
-    Mount {
-        dir: PathBuf,
-        /// Key file (from `secfs genkey`); the key is named `default`.
-        #[arg(long)]
-        key_file: PathBuf,
-        /// Mode for new files; existing files keep the mode in their header.
-        #[arg(long, default_value = "xts")]
-        mode: Mode,
-        /// Stay in the foreground (logs to stderr).
-        #[arg(long)]
-        foreground: bool,
-        /// Disable the kernel writeback cache (writes go straight through).
-        #[arg(long)]
-        no_writeback_cache: bool,
-        /// Worker threads (default: number of CPUs).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Log file of the background daemon.
-        #[arg(long, default_value = "/var/log/guardfs/secfs.log")]
-        log_file: PathBuf,
-        /// Internal: fd on which the daemon reports readiness to its parent.
-        #[arg(long, hide = true)]
-        ready_fd: Option<i32>,
-    },
+    Mount(MountArgs),
     /// Unmount the GuardPoint at DIR.
     Umount {
         dir: PathBuf,
@@ -66,6 +51,50 @@ enum Cmd {
         #[arg(long)]
         lazy: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    dir: PathBuf,
+    /// Key file (from `secfs genkey`): the key named `default`, used when
+    /// the policy has no key rules.
+    #[arg(long, required_unless_present = "key")]
+    key_file: Option<PathBuf>,
+    /// A key that the policy's key rules name, as NAME=FILE (repeatable).
+    #[arg(long, value_name = "NAME=FILE")]
+    key: Vec<String>,
+    /// Policy (CipherTrust-style JSON) deciding who may do what and who
+    /// sees plaintext. Without one, Unix permissions alone decide and every
+    /// permitted process sees plaintext. SIGHUP reloads it.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Host settings (`|authenticator|`, `|trust|`, `|path_no_trust|` lines).
+    #[arg(long, requires = "policy")]
+    host_settings: Option<PathBuf>,
+    /// Audit log (records also go to syslog).
+    #[arg(long, default_value = "/var/log/guardfs/audit.log")]
+    audit_log: PathBuf,
+    /// Concise logging: identical audit records once per minute.
+    #[arg(long)]
+    concise_logging: bool,
+    /// Mode for new files; existing files keep the mode in their header.
+    #[arg(long, default_value = "xts")]
+    mode: Mode,
+    /// Stay in the foreground (logs to stderr).
+    #[arg(long)]
+    foreground: bool,
+    /// Disable the kernel writeback cache (writes go straight through).
+    #[arg(long)]
+    no_writeback_cache: bool,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Log file of the background daemon.
+    #[arg(long, default_value = "/var/log/guardfs/secfs.log")]
+    log_file: PathBuf,
+    /// Internal: fd on which the daemon reports readiness to its parent.
+    #[arg(long, hide = true)]
+    ready_fd: Option<i32>,
 }
 
 fn main() -> ExitCode {
@@ -95,25 +124,7 @@ fn main() -> ExitCode {
             Ok(()) => exitcode::OK,
             Err(e) => fail(e.exit_code(), &e),
         },
-        Cmd::Mount {
-            dir,
-            key_file,
-            mode,
-            foreground,
-            no_writeback_cache,
-            threads,
-            log_file,
-            ready_fd,
-        } => run_mount(MountArgs {
-            dir,
-            key_file,
-            mode,
-            foreground,
-            no_writeback_cache,
-            threads,
-            log_file,
-            ready_fd,
-        }),
+        Cmd::Mount(a) => run_mount(a),
     };
     ExitCode::from(code as u8)
 }
@@ -123,42 +134,113 @@ fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
     code
 }
 
-struct MountArgs {
-    dir: PathBuf,
-    key_file: PathBuf,
-    mode: Mode,
-    foreground: bool,
-    no_writeback_cache: bool,
-    threads: Option<usize>,
-    log_file: PathBuf,
-    ready_fd: Option<i32>,
+/// Load the keys: `default` from --key-file, named ones from --key.
+fn load_keys(a: &MountArgs) -> Result<StaticKeys, String> {
+    let keys = StaticKeys::default();
+    if let Some(f) = &a.key_file {
+        keys.insert(
+            "default",
+            1,
+            keyfile::load(f).map_err(|e| e.to_string())?,
+            true,
+        );
+    }
+    for spec in &a.key {
+        let (name, file) = spec
+            .split_once('=')
+            .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+            .ok_or_else(|| format!("--key {spec}: expected NAME=FILE"))?;
+        let key = keyfile::load(Path::new(file)).map_err(|e| e.to_string())?;
+        keys.insert(name, 1, key, a.key_file.is_none());
+    }
+    Ok(keys)
+}
+
+/// Read and compile a policy and its host settings.
+fn load_policy(
+    policy: &Path,
+    host: Option<&Path>,
+) -> Result<(CompiledPolicy, HostSettings), String> {
+    let text =
+        std::fs::read_to_string(policy).map_err(|e| format!("policy {}: {e}", policy.display()))?;
+    let compiled = CompiledPolicy::from_json(&text)
+        .map_err(|e| format!("policy {}: {e}", policy.display()))?;
+    let settings = match host {
+        Some(h) => {
+            let text = std::fs::read_to_string(h)
+                .map_err(|e| format!("host settings {}: {e}", h.display()))?;
+            HostSettings::parse(&text).map_err(|e| format!("host settings {}: {e}", h.display()))?
+        }
+        None => HostSettings::default(),
+    };
+    Ok((compiled, settings))
+}
+
+/// What `secfs mount` loads before it starts anything.
+struct Prepared {
+    keys: StaticKeys,
+    policy: Option<(CompiledPolicy, HostSettings)>,
 }
 
 /// Checks that give a clear error before anything is started.
-fn precheck(a: &MountArgs) -> Result<guardfs_crypto::PolicyKey, (i32, String)> {
+fn precheck(a: &MountArgs) -> Result<Prepared, (i32, String)> {
     mount::require_root().map_err(|e| (e.exit_code(), e.to_string()))?;
     drop(mount::open_fuse_device().map_err(|e| (e.exit_code(), e.to_string()))?);
     mount::prepare_dir(&a.dir).map_err(|e| (e.exit_code(), e.to_string()))?;
-    keyfile::load(&a.key_file).map_err(|e| (exitcode::BAD_KEY, e.to_string()))
+    let keys = load_keys(a).map_err(|e| (exitcode::BAD_KEY, e))?;
+    let policy = match &a.policy {
+        Some(p) => Some(
+            load_policy(p, a.host_settings.as_deref()).map_err(|e| (exitcode::BAD_POLICY, e))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared { keys, policy })
 }
 
 fn run_mount(a: MountArgs) -> i32 {
-    let key = match precheck(&a) {
-        Ok(k) => k,
+    let prepared = match precheck(&a) {
+        Ok(p) => p,
         Err((code, msg)) => {
             report_ready(a.ready_fd, Err(&msg));
             return fail(code, &msg);
         }
     };
     if !a.foreground {
-        drop(key);
+        drop(prepared);
         return spawn_daemon(&a);
     }
+    // Before any thread starts (the audit writer, the FUSE workers).
+    if let Err(e) = mount::block_signals() {
+        return fail(exitcode::FAILURE, &format!("cannot block signals: {e}"));
+    }
+    let gp = match mount::absolute(&a.dir) {
+        Ok(p) => p.into_os_string().into_vec(),
+        Err(e) => return fail(e.exit_code(), &e),
+    };
+    let access = match prepared.policy {
+        None => Access::unrestricted(&gp),
+        Some((policy, host)) => {
+            let opts = AuditOptions {
+                file: Some(a.audit_log.clone()),
+                syslog: true,
+                concise: a.concise_logging.then_some(Duration::from_secs(60)),
+            };
+            match Auditor::start(opts) {
+                Ok(audit) => Access::with_policy(&gp, policy, host, Some(audit)),
+                Err(e) => {
+                    let msg = format!("audit log {}: {e}", a.audit_log.display());
+                    report_ready(a.ready_fd, Err(&msg));
+                    return fail(exitcode::FAILURE, &msg);
+                }
+            }
+        }
+    };
     let spec = MountSpec {
         dir: a.dir.clone(),
         guard: GuardConfig {
             mode: a.mode,
-            keys: Arc::new(StaticKeys::single("default", 1, key)),
+            keys: Arc::new(prepared.keys),
+            access: Arc::new(access),
         },
         fuse: FuseOptions {
             writeback_cache: !a.no_writeback_cache,
@@ -180,7 +262,13 @@ fn run_mount(a: MountArgs) -> i32 {
             return fail(e.exit_code(), &e);
         }
     };
-    if let Err(e) = mount::unmount_on_signal(mounted.path.clone()) {
+    let on_hup: Box<dyn Fn() + Send> = {
+        let stack = mounted.stack.clone();
+        let invalidate = mounted.invalidator();
+        let (policy, host) = (a.policy.clone(), a.host_settings.clone());
+        Box::new(move || reload(&stack, policy.as_deref(), host.as_deref(), &invalidate))
+    };
+    if let Err(e) = mount::unmount_on_signal(mounted.path.clone(), on_hup) {
         let _ = mount::unmount(&mounted.path, true);
         let msg = format!("cannot install signal handling: {e}");
         report_ready(a.ready_fd, Err(&msg));
@@ -190,6 +278,25 @@ fn run_mount(a: MountArgs) -> i32 {
     match mounted.serve() {
         Ok(()) => exitcode::OK,
         Err(e) => fail(exitcode::FAILURE, &e),
+    }
+}
+
+/// SIGHUP: read the policy files again and switch to them atomically; on
+/// any error keep the current policy. Then drop every kernel cache, so
+/// nothing cached under the old policy outlives it.
+fn reload(stack: &Stack, policy: Option<&Path>, host: Option<&Path>, invalidate: &dyn Fn(Ino)) {
+    let Some(policy) = policy else {
+        log::info!("secfs: SIGHUP: mounted without --policy; nothing to reload");
+        return;
+    };
+    match load_policy(policy, host) {
+        Ok((compiled, settings)) => {
+            let name = compiled.name().to_owned();
+            let generation = stack.access().load(compiled, settings);
+            stack.invalidate_all(invalidate);
+            log::info!("secfs: SIGHUP: policy {name} loaded (generation {generation})");
+        }
+        Err(e) => log::error!("secfs: SIGHUP: {e}; keeping the current policy"),
     }
 }
 
@@ -205,8 +312,8 @@ fn report_ready(fd: Option<i32>, r: Result<(), &str>) {
     };
 }
 
-/// Start the daemon (this program with `--foreground`) detached, and wait
-/// until it reports that the mount is up.
+/// Start the daemon (this program, same arguments, plus `--foreground`)
+/// detached, and wait until it reports that the mount is up.
 fn spawn_daemon(a: &MountArgs) -> i32 {
     let run = || -> anyhow::Result<i32> {
         if let Some(dir) = a.log_file.parent() {
@@ -218,26 +325,14 @@ fn spawn_daemon(a: &MountArgs) -> i32 {
             .open(&a.log_file)
             .with_context(|| format!("opening log file {}", a.log_file.display()))?;
         let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        // The write end must survive exec in the child: clear CLOEXEC on a dup.
+        // The write end must survive exec in the child: a dup has no CLOEXEC.
         let w_inherit = nix::unistd::dup(&w)?;
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("mount")
-            .arg(&a.dir)
-            .arg("--key-file")
-            .arg(&a.key_file)
-            .arg("--mode")
-            .arg(a.mode.name())
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(std::env::args_os().skip(1))
             .arg("--foreground")
             .arg("--ready-fd")
-            .arg(w_inherit.as_raw_fd().to_string());
-        if a.no_writeback_cache {
-            cmd.arg("--no-writeback-cache");
-        }
-        if let Some(t) = a.threads {
-            cmd.arg("--threads").arg(t.to_string());
-        }
-        cmd.stdin(Stdio::null())
+            .arg(w_inherit.as_raw_fd().to_string())
+            .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);

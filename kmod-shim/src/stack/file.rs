@@ -23,6 +23,7 @@ use guardfs_crypto::offsets::MAX_PLAIN_SIZE;
 use guardfs_crypto::{ContentCipher, HEADER_LEN, Header, Layout, LowerOff, Mode, PlainOff, UnitNo};
 use log::{error, warn};
 
+use crate::stack::access::NewKey;
 use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node};
 use crate::sys;
@@ -71,6 +72,16 @@ pub struct Io<'a> {
     pub fd: BorrowedFd<'a>,
     pub keys: &'a dyn KeySource,
     pub mode: Mode,
+    /// The key rule's key for new contents at this file's path.
+    pub new_key: &'a NewKey,
+}
+
+impl Io<'_> {
+    /// Whether headerless files are plaintext here: a `clear` GuardPoint,
+    /// or a resource whose key rule is `clear_key`.
+    fn clear_allowed(&self) -> bool {
+        self.mode == Mode::Clear || *self.new_key == NewKey::Clear
+    }
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +157,7 @@ impl FileState {
     /// Decide what the lower file holds, once per inode. `mount_mode` is
     /// the GuardPoint's mode for new files.
     pub fn load(&self, io: &Io<'_>) -> VfsResult<()> {
-        let (node, fd, keys, mount_mode) = (io.node, io.fd, io.keys, io.mode);
+        let (node, fd, keys) = (io.node, io.fd, io.keys);
         if !matches!(*self.read_contents(), Contents::Unloaded) {
             return Ok(());
         }
@@ -157,7 +168,7 @@ impl FileState {
         let size = lower_size(fd)?;
         let marker = read_marker(fd);
         *c = if size < HEADER_LEN as u64 {
-            if mount_mode == Mode::Clear && marker.is_none() {
+            if io.clear_allowed() && marker.is_none() {
                 Contents::Plain
             } else if size == 0 || marker.is_some() {
                 Contents::Empty
@@ -203,7 +214,7 @@ impl FileState {
                         ),
                     ),
                 },
-                Err(_) if mount_mode == Mode::Clear && marker.is_none() => Contents::Plain,
+                Err(_) if io.clear_allowed() && marker.is_none() => Contents::Plain,
                 Err(e) => self.refuse(node, &format!("no valid GuardFS header: {e}")),
             }
         };
@@ -238,9 +249,15 @@ impl FileState {
         } else {
             io.mode
         };
-        let (name, version, pk) = keys.current().ok_or_else(|| {
+        let key = match io.new_key {
+            NewKey::Default => keys.current(),
+            NewKey::Named(n) => keys.latest(n).map(|(v, k)| (n.clone(), v, k)),
+            // clear_key: new contents stay plaintext, without a header.
+            NewKey::Clear => return Ok(Contents::Plain),
+        };
+        let (name, version, pk) = key.ok_or_else(|| {
             error!(
-                "secfs: {}: no key to encrypt new files with",
+                "secfs: {}: the key for new files here is not available",
                 node.display_path()
             );
             Errno::EIO

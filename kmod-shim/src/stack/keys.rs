@@ -13,6 +13,8 @@ pub trait KeySource: Send + Sync {
     fn current(&self) -> Option<(String, u32, Arc<PolicyKey>)>;
     /// A key by name and version, to open existing headers.
     fn get(&self, name: &str, version: u32) -> Option<Arc<PolicyKey>>;
+    /// The newest version of the key `name`, for new files under a key rule.
+    fn latest(&self, name: &str) -> Option<(u32, Arc<PolicyKey>)>;
 }
 
 /// Keys held in memory, replaceable at run time.
@@ -66,5 +68,15 @@ impl KeySource for StaticKeys {
     fn get(&self, name: &str, version: u32) -> Option<Arc<PolicyKey>> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner.keys.get(&(name.to_owned(), version)).cloned()
+    }
+
+    fn latest(&self, name: &str) -> Option<(u32, Arc<PolicyKey>)> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .keys
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .max_by_key(|((_, v), _)| *v)
+            .map(|((_, v), k)| (*v, k.clone()))
     }
 }

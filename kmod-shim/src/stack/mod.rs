@@ -12,9 +12,11 @@
 //! credentials (fsuid, fsgid, groups) so ownership and setgid-directory
 //! inheritance follow the lower filesystem's own rules.
 
+pub mod access;
 pub mod file;
 pub mod keys;
 pub mod nodes;
+pub mod procinfo;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -29,6 +31,9 @@ use guardfs_crypto::{Layout, LowerOff, Mode};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode as StatMode, SFlag};
 
+use guardfs_policy::Action;
+
+use crate::stack::access::{Access, Grant, NewKey, View};
 use crate::stack::file::{Io, MODE_XATTR, PRIVATE_XATTR_PREFIX};
 use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node, Nodes};
@@ -42,6 +47,8 @@ pub struct GuardConfig {
     pub mode: Mode,
     /// Policy keys.
     pub keys: Arc<dyn KeySource>,
+    /// Access control (a policy, or none: everyone gets plaintext).
+    pub access: Arc<Access>,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -53,14 +60,26 @@ impl std::fmt::Debug for GuardConfig {
 }
 
 enum Handle {
-    File {
-        node: Arc<Node>,
-        fd: OwnedFd,
-    },
+    File(FileHandle),
     Dir {
         node: Arc<Node>,
         entries: Mutex<Option<Vec<DirRec>>>,
     },
+}
+
+/// An open file: the lower fd and the decision made at open.
+struct FileHandle {
+    node: Arc<Node>,
+    fd: OwnedFd,
+    view: View,
+    new_key: NewKey,
+    /// Who opened it, for deciding again after a policy change.
+    caller: Caller,
+    reads: bool,
+    writes: bool,
+    append: bool,
+    /// The policy generation the decision was made under.
+    generation: AtomicU64,
 }
 
 struct DirRec {
@@ -99,21 +118,6 @@ fn check_name(name: &OsStr) -> VfsResult<()> {
         return Err(Errno(libc::ENAMETOOLONG));
     }
     Ok(())
-}
-
-/// Supplementary groups of a process, from /proc. Empty if it is gone.
-fn groups_of(pid: u32) -> Vec<u32> {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    s.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Stack {
@@ -206,6 +210,7 @@ impl Stack {
         let kind = FileKind::from_mode(st.st_mode);
         let mut size = st.st_size as u64;
         if kind == FileKind::Regular
+            && node.view == View::Plain
             && let Some(mode) = self.class_of(node).mode()
         {
             size = Layout::of(mode).plain_size(LowerOff(size)).0;
@@ -227,13 +232,25 @@ impl Stack {
         }
     }
 
-    /// Look `name` up in `parent` and count one lookup of it.
+    /// Look `name` up in `parent` and count one lookup of it, for a caller
+    /// of the plaintext view.
     fn do_lookup(&self, parent: &Node, name: &OsStr) -> VfsResult<Entry> {
+        self.lookup_view(parent, name, |_| Ok(View::Plain))
+    }
+
+    /// Look `name` up; `view_of(kind)` picks the view (and may refuse).
+    fn lookup_view(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        view_of: impl Fn(FileKind) -> VfsResult<View>,
+    ) -> VfsResult<Entry> {
         for _ in 0..4 {
             let st = nix::sys::stat::fstatat(parent.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
             let key = key_of(&st);
             let kind = FileKind::from_mode(st.st_mode);
-            let res = self.nodes.lookup(key, kind, || {
+            let view = view_of(kind)?;
+            let res = self.nodes.lookup(key, view, kind, || {
                 let fd = nix::fcntl::openat(
                     parent.fd(),
                     name,
@@ -250,10 +267,12 @@ impl Stack {
             match res {
                 Ok(node) => {
                     let attr = self.attr_of(&node, &st);
+                    let cacheable = !(kind == FileKind::Regular && self.cfg.access.isolated());
                     return Ok(Entry {
                         ino: node.ino,
                         attr,
                         generation: 0,
+                        cacheable,
                     });
                 }
                 Err(Errno(libc::EAGAIN)) => continue,
@@ -263,13 +282,111 @@ impl Stack {
         Err(Errno::EIO)
     }
 
-    fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>) -> Io<'a> {
+    fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>, new_key: &'a NewKey) -> Io<'a> {
         Io {
             node,
             fd,
             keys: &*self.cfg.keys,
             mode: self.cfg.mode,
+            new_key,
         }
+    }
+
+    /// The path of a node relative to the GuardPoint, written absolute
+    /// (`/` is the GuardPoint), as policies name resources.
+    fn rel_path(&self, node: &Node) -> Vec<u8> {
+        use std::os::unix::ffi::OsStringExt;
+        if node.ino == Ino::ROOT {
+            return b"/".to_vec();
+        }
+        let Ok(p) = std::fs::read_link(format!("/proc/self/fd/{}", node.fd.as_raw_fd())) else {
+            return b"/".to_vec();
+        };
+        let mut p = p.into_os_string().into_vec();
+        if p.ends_with(b" (deleted)") {
+            p.truncate(p.len() - b" (deleted)".len());
+        }
+        let gp = self.cfg.access.guard_point();
+        match p.strip_prefix(gp) {
+            Some(rest) if rest.starts_with(b"/") => rest.to_vec(),
+            Some([]) => b"/".to_vec(),
+            _ => p,
+        }
+    }
+
+    /// The path of `name` in `parent`, relative to the GuardPoint.
+    fn child_path(&self, parent: &Node, name: &OsStr) -> Vec<u8> {
+        let mut p = self.rel_path(parent);
+        if p != b"/" {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name.as_bytes());
+        p
+    }
+
+    /// Ask the policy about `action` on `node` (skipping path work when no
+    /// policy is loaded).
+    fn check_node(&self, c: &Caller, node: &Node, action: Action) -> VfsResult<Grant> {
+        if self.cfg.access.generation() == 0 {
+            return Ok(Grant::unrestricted());
+        }
+        self.cfg.access.check(c, &self.rel_path(node), action)
+    }
+
+    fn check_child(
+        &self,
+        c: &Caller,
+        parent: &Node,
+        name: &OsStr,
+        action: Action,
+    ) -> VfsResult<Grant> {
+        if self.cfg.access.generation() == 0 {
+            return Ok(Grant::unrestricted());
+        }
+        self.cfg
+            .access
+            .check(c, &self.child_path(parent, name), action)
+    }
+
+    /// Re-check an open file after the policy changed under it.
+    fn recheck(&self, h: &FileHandle) -> VfsResult<()> {
+        let now = self.cfg.access.generation();
+        if h.generation.load(Ordering::Acquire) == now {
+            return Ok(());
+        }
+        let path = self.rel_path(&h.node);
+        let mut actions = Vec::with_capacity(2);
+        if h.reads {
+            actions.push(Action::FRd);
+        }
+        if h.writes {
+            actions.push(if h.append {
+                Action::FWrApp
+            } else {
+                Action::FWr
+            });
+        }
+        for a in actions {
+            let g = self.cfg.access.check(&h.caller, &path, a)?;
+            if g.view != h.view {
+                return Err(Errno::EACCES);
+            }
+        }
+        h.generation.store(now, Ordering::Release);
+        Ok(())
+    }
+
+    /// Invalidate everything the kernel caches for every inode (after a
+    /// policy change), through `invalidate`.
+    pub fn invalidate_all(&self, invalidate: &dyn Fn(Ino)) {
+        for ino in self.nodes.all() {
+            invalidate(ino);
+        }
+    }
+
+    /// Load a new policy generation into this GuardPoint.
+    pub fn access(&self) -> &Access {
+        &self.cfg.access
     }
 
     /// Run a creating operation with the caller's filesystem credentials.
@@ -292,7 +409,7 @@ impl Stack {
         // the caller owns the directory).
         let pst = self.stat_node(parent)?;
         let groups = if pst.st_gid != c.gid {
-            groups_of(c.pid)
+            procinfo::groups_of(c.pid)
         } else {
             Vec::new()
         };
@@ -317,18 +434,66 @@ impl Stack {
             .ok_or(Errno::EBADF)
     }
 
+    fn with_file<T>(&self, fh: Fh, f: impl FnOnce(&FileHandle) -> VfsResult<T>) -> VfsResult<T> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File(file) => f(file),
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
     fn file_handle(&self, fh: Fh) -> VfsResult<(Arc<Handle>, Arc<Node>)> {
         let h = self.handle(fh)?;
         match &*h {
-            Handle::File { node, .. } => {
-                let node = node.clone();
+            Handle::File(f) => {
+                let node = f.node.clone();
                 Ok((h, node))
             }
             Handle::Dir { .. } => Err(Errno::EISDIR),
         }
     }
 
-    fn open_node(&self, node: Arc<Node>, flags: i32) -> VfsResult<Opened> {
+    /// Decide an open of `node` with `flags` for `c`.
+    fn decide_open(&self, c: &Caller, node: &Node, flags: i32) -> VfsResult<Grant> {
+        let acc = flags & libc::O_ACCMODE;
+        let reads = acc != libc::O_WRONLY;
+        let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let write_action = if flags & libc::O_APPEND != 0 {
+            Action::FWrApp
+        } else {
+            Action::FWr
+        };
+        let mut grant = None;
+        for (wanted, action) in [(reads, Action::FRd), (writes, write_action)] {
+            if !wanted {
+                continue;
+            }
+            let g = self.check_node(c, node, action)?;
+            // Writing is only ever done in the plaintext view: a write
+            // without the key would store plaintext or garbage.
+            if action != Action::FRd && g.view != View::Plain {
+                return Err(Errno::EACCES);
+            }
+            if grant.as_ref().is_some_and(|p: &Grant| p.view != g.view) {
+                return Err(Errno::EACCES);
+            }
+            grant = Some(g);
+        }
+        let grant = grant.unwrap_or_else(Grant::unrestricted);
+        // The inode must show the view this caller was granted.
+        if grant.view != node.view {
+            return Err(Errno::EACCES);
+        }
+        Ok(grant)
+    }
+
+    fn open_node(
+        &self,
+        c: &Caller,
+        node: Arc<Node>,
+        flags: i32,
+        grant: Grant,
+    ) -> VfsResult<Opened> {
         let acc = flags & libc::O_ACCMODE;
         // Encrypted writes read-modify-write whole units, so any writable
         // open needs read access to the lower file. O_APPEND, O_TRUNC and
@@ -347,12 +512,26 @@ impl Stack {
             }
             r => r?,
         };
-        node.file().load(&self.io(&node, fd.as_fd()))?;
-        let fh = self.add_handle(Handle::File { node, fd });
+        let raw = grant.view == View::Raw;
+        if !raw {
+            node.file().load(&self.io(&node, fd.as_fd(), &grant.key))?;
+        }
+        let fh = self.add_handle(Handle::File(FileHandle {
+            node,
+            fd,
+            view: grant.view,
+            new_key: grant.key,
+            caller: *c,
+            reads: acc != libc::O_WRONLY,
+            writes: acc != libc::O_RDONLY,
+            append: flags & libc::O_APPEND != 0,
+            generation: AtomicU64::new(self.cfg.access.generation()),
+        }));
+        // Raw views never use the page cache (see access.rs).
         Ok(Opened {
             fh,
-            keep_cache: true,
-            direct_io: false,
+            keep_cache: !raw,
+            direct_io: raw,
         })
     }
 
@@ -363,7 +542,7 @@ impl Stack {
     ) -> VfsResult<(Option<Arc<Handle>>, Option<OwnedFd>)> {
         if let Some(fh) = fh
             && let Ok(h) = self.handle(fh)
-            && let Handle::File { fd, .. } = &*h
+            && let Handle::File(FileHandle { fd, .. }) = &*h
             && nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
                 .map(|f| f & libc::O_ACCMODE == libc::O_RDWR)
                 .unwrap_or(false)
@@ -377,16 +556,35 @@ impl Stack {
     pub fn header_of(&self, ino: Ino) -> VfsResult<Option<guardfs_crypto::Header>> {
         let node = self.nodes.get(ino)?;
         let fd = self.reopen(&node, OFlag::O_RDONLY)?;
-        node.file().load(&self.io(&node, fd.as_fd()))?;
+        node.file()
+            .load(&self.io(&node, fd.as_fd(), &NewKey::Default))?;
         Ok(node.file().header())
     }
 }
 
 fn handle_fd(h: &Handle) -> VfsResult<BorrowedFd<'_>> {
     match h {
-        Handle::File { fd, .. } => Ok(fd.as_fd()),
+        Handle::File(f) => Ok(f.fd.as_fd()),
         Handle::Dir { .. } => Err(Errno::EISDIR),
     }
+}
+
+/// The action that reads or changes metadata of a kind of node.
+fn attr_action(kind: FileKind, write: bool, security: bool) -> Action {
+    let dir = kind == FileKind::Directory;
+    match (dir, write, security) {
+        (false, false, false) => Action::FRdAtt,
+        (false, false, true) => Action::FRdSec,
+        (false, true, false) => Action::FWrAtt,
+        (false, true, true) => Action::FChgSec,
+        (true, false, _) => Action::DRdAtt,
+        (true, true, false) => Action::DWrAtt,
+        (true, true, true) => Action::DChgSec,
+    }
+}
+
+fn is_security_xattr(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"security.") || name.as_bytes().starts_with(b"system.posix_acl")
 }
 
 fn is_private(name: &OsStr) -> bool {
@@ -416,10 +614,31 @@ fn timespec(t: SetTime) -> nix::sys::time::TimeSpec {
 }
 
 impl VnodeOps for Stack {
-    fn lookup(&self, _c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry> {
+    fn lookup(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry> {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
-        self.do_lookup(&p, name)
+        if self.cfg.access.generation() == 0 {
+            return self.do_lookup(&p, name);
+        }
+        let path = self.child_path(&p, name);
+        self.lookup_view(&p, name, |kind| {
+            // Looking up a name reads its attributes.
+            self.cfg
+                .access
+                .check(c, &path, attr_action(kind, false, false))?;
+            // When views are isolated, the caller's read decision picks the
+            // inode it reaches (a refused reader reaches the plaintext
+            // inode, which it cannot open).
+            if kind == FileKind::Regular && self.cfg.access.isolated() {
+                return Ok(self
+                    .cfg
+                    .access
+                    .check(c, &path, Action::FRd)
+                    .map(|g| g.view)
+                    .unwrap_or(View::Plain));
+            }
+            Ok(View::Plain)
+        })
     }
 
     fn forget(&self, ino: Ino, nlookup: u64) {
@@ -432,8 +651,22 @@ impl VnodeOps for Stack {
         Ok(self.attr_of(&node, &st))
     }
 
-    fn setattr(&self, _c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
+    fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
         let node = self.nodes.get(ino)?;
+        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+            self.check_node(c, &node, attr_action(node.kind, true, true))?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            self.check_node(c, &node, attr_action(node.kind, true, false))?;
+        }
+        let mut grant = Grant::unrestricted();
+        if set.size.is_some() {
+            // Truncation changes contents: a write, in the plaintext view.
+            grant = self.check_node(c, &node, Action::FWr)?;
+            if grant.view != View::Plain || node.view != View::Plain {
+                return Err(Errno::EACCES);
+            }
+        }
         if let Some(mode) = set.mode {
             if node.kind == FileKind::Symlink {
                 return Err(Errno::EOPNOTSUPP);
@@ -465,7 +698,7 @@ impl VnodeOps for Stack {
                 (None, None) => return Err(Errno::EBADF),
             };
             let f = node.file();
-            let io = self.io(&node, fd);
+            let io = self.io(&node, fd, &grant.key);
             f.load(&io)?;
             f.truncate(&io, size)?;
         }
@@ -506,6 +739,7 @@ impl VnodeOps for Stack {
         let p = self.nodes.get(parent)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = StatMode::from_bits_truncate(mode & 0o7777);
+        let grant = self.check_child(c, &p, name, Action::FCre)?;
         self.as_caller(c, &p, || {
             Ok(nix::sys::stat::mknodat(
                 p.fd(),
@@ -519,7 +753,8 @@ impl VnodeOps for Stack {
         if kind == SFlag::S_IFREG && self.cfg.mode != Mode::Clear {
             let node = self.nodes.get(e.ino)?;
             let fd = self.reopen(&node, OFlag::O_RDWR)?;
-            node.file().create_header(&self.io(&node, fd.as_fd()))?;
+            node.file()
+                .create_header(&self.io(&node, fd.as_fd(), &grant.key))?;
             return Ok(Entry {
                 attr: self.attr_of(&node, &self.stat_node(&node)?),
                 ..e
@@ -531,6 +766,7 @@ impl VnodeOps for Stack {
     fn mkdir(&self, c: &Caller, parent: Ino, name: &OsStr, mode: u32) -> VfsResult<Entry> {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
+        self.check_child(c, &p, name, Action::DMkdir)?;
         self.as_caller(c, &p, || {
             Ok(nix::sys::stat::mkdirat(
                 p.fd(),
@@ -541,9 +777,10 @@ impl VnodeOps for Stack {
         self.do_lookup(&p, name)
     }
 
-    fn unlink(&self, _c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
+    fn unlink(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
+        self.check_child(c, &p, name, Action::FRm)?;
         Ok(nix::unistd::unlinkat(
             p.fd(),
             name,
@@ -551,9 +788,10 @@ impl VnodeOps for Stack {
         )?)
     }
 
-    fn rmdir(&self, _c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
+    fn rmdir(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
+        self.check_child(c, &p, name, Action::DRmdir)?;
         Ok(nix::unistd::unlinkat(
             p.fd(),
             name,
@@ -564,13 +802,14 @@ impl VnodeOps for Stack {
     fn symlink(&self, c: &Caller, parent: Ino, name: &OsStr, target: &Path) -> VfsResult<Entry> {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
+        self.check_child(c, &p, name, Action::FLink)?;
         self.as_caller(c, &p, || Ok(nix::unistd::symlinkat(target, p.fd(), name)?))?;
         self.do_lookup(&p, name)
     }
 
     fn rename(
         &self,
-        _c: &Caller,
+        c: &Caller,
         parent: Ino,
         name: &OsStr,
         new_parent: Ino,
@@ -581,24 +820,37 @@ impl VnodeOps for Stack {
         check_name(new_name)?;
         let p = self.nodes.get(parent)?;
         let np = self.nodes.get(new_parent)?;
+        if self.cfg.access.generation() != 0 {
+            let st = nix::sys::stat::fstatat(p.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            let action = if FileKind::from_mode(st.st_mode) == FileKind::Directory {
+                Action::DRen
+            } else {
+                Action::FRen
+            };
+            self.check_child(c, &p, name, action)?;
+            self.check_child(c, &np, new_name, action)?;
+        }
         let f = nix::fcntl::RenameFlags::from_bits(flags.0).ok_or(Errno::EINVAL)?;
         Ok(nix::fcntl::renameat2(p.fd(), name, np.fd(), new_name, f)?)
     }
 
-    fn link(&self, _c: &Caller, ino: Ino, new_parent: Ino, new_name: &OsStr) -> VfsResult<Entry> {
+    fn link(&self, c: &Caller, ino: Ino, new_parent: Ino, new_name: &OsStr) -> VfsResult<Entry> {
         check_name(new_name)?;
         let node = self.nodes.get(ino)?;
         let np = self.nodes.get(new_parent)?;
+        self.check_node(c, &node, Action::FLink)?;
+        self.check_child(c, &np, new_name, Action::FLink)?;
         nix::unistd::linkat(node.fd(), c"", np.fd(), new_name, AtFlags::AT_EMPTY_PATH)?;
         self.do_lookup(&np, new_name)
     }
 
-    fn open(&self, _c: &Caller, ino: Ino, flags: i32) -> VfsResult<Opened> {
+    fn open(&self, c: &Caller, ino: Ino, flags: i32) -> VfsResult<Opened> {
         let node = self.nodes.get(ino)?;
         if node.kind != FileKind::Regular {
             return Err(Errno::EINVAL);
         }
-        self.open_node(node, flags)
+        let grant = self.decide_open(c, &node, flags)?;
+        self.open_node(c, node, flags, grant)
     }
 
     fn create(
@@ -612,6 +864,10 @@ impl VnodeOps for Stack {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
         let perm = StatMode::from_bits_truncate(mode & 0o7777);
+        let grant = self.check_child(c, &p, name, Action::FCre)?;
+        if grant.view != View::Plain {
+            return Err(Errno::EACCES);
+        }
         let created = match self.as_caller(c, &p, || {
             Ok(nix::sys::stat::mknodat(
                 p.fd(),
@@ -633,9 +889,16 @@ impl VnodeOps for Stack {
         }
         if created && self.cfg.mode != Mode::Clear {
             let fd = self.reopen(&node, OFlag::O_RDWR)?;
-            node.file().create_header(&self.io(&node, fd.as_fd()))?;
+            node.file()
+                .create_header(&self.io(&node, fd.as_fd(), &grant.key))?;
         }
-        let opened = match self.open_node(node.clone(), flags) {
+        // The creator may write what it created; reading needs f_rd.
+        let grant = if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            grant
+        } else {
+            self.decide_open(c, &node, flags & !libc::O_TRUNC)?
+        };
+        let opened = match self.open_node(c, node.clone(), flags, grant) {
             Ok(o) => o,
             Err(err) => {
                 self.nodes.forget(e.ino, 1);
@@ -654,15 +917,27 @@ impl VnodeOps for Stack {
         offset: u64,
         buf: &mut [u8],
     ) -> VfsResult<usize> {
-        let (h, node) = self.file_handle(fh)?;
-        node.file()
-            .read(&self.io(&node, handle_fd(&h)?), offset, buf)
+        self.with_file(fh, |f| {
+            self.recheck(f)?;
+            if f.view == View::Raw {
+                return file::pread_full(f.fd.as_fd(), buf, offset);
+            }
+            f.node
+                .file()
+                .read(&self.io(&f.node, f.fd.as_fd(), &f.new_key), offset, buf)
+        })
     }
 
     fn write(&self, _c: &Caller, _ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> VfsResult<usize> {
-        let (h, node) = self.file_handle(fh)?;
-        node.file()
-            .write(&self.io(&node, handle_fd(&h)?), offset, data)
+        self.with_file(fh, |f| {
+            self.recheck(f)?;
+            if f.view != View::Plain {
+                return Err(Errno::EACCES);
+            }
+            f.node
+                .file()
+                .write(&self.io(&f.node, f.fd.as_fd(), &f.new_key), offset, data)
+        })
     }
 
     fn flush(&self, _c: &Caller, _ino: Ino, fh: Fh) -> VfsResult<()> {
@@ -688,11 +963,12 @@ impl VnodeOps for Stack {
         Ok(())
     }
 
-    fn opendir(&self, _c: &Caller, ino: Ino) -> VfsResult<Opened> {
+    fn opendir(&self, c: &Caller, ino: Ino) -> VfsResult<Opened> {
         let node = self.nodes.get(ino)?;
         if node.kind != FileKind::Directory {
             return Err(Errno::ENOTDIR);
         }
+        self.check_node(c, &node, Action::DRd)?;
         let fh = self.add_handle(Handle::Dir {
             node,
             entries: Mutex::new(None),
@@ -713,6 +989,9 @@ impl VnodeOps for Stack {
         plus: bool,
         sink: &mut dyn DirSink,
     ) -> VfsResult<()> {
+        // With isolated views an entry's inode depends on who looks it up,
+        // so readdir hands out names only and lets each lookup decide.
+        let plus = plus && !self.cfg.access.isolated();
         let h = self.handle(fh)?;
         let Handle::Dir { node, entries } = &*h else {
             return Err(Errno::ENOTDIR);
@@ -824,7 +1103,7 @@ impl VnodeOps for Stack {
 
     fn setxattr(
         &self,
-        _c: &Caller,
+        c: &Caller,
         ino: Ino,
         name: &OsStr,
         value: &[u8],
@@ -834,19 +1113,30 @@ impl VnodeOps for Stack {
             return Err(Errno::EPERM);
         }
         let node = self.nodes.get(ino)?;
+        self.check_node(
+            c,
+            &node,
+            attr_action(node.kind, true, is_security_xattr(name)),
+        )?;
         sys::setxattr(&node.proc_path(), name, value, flags)
     }
 
-    fn getxattr(&self, _c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
+    fn getxattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
         if is_private(name) {
             return Err(Errno::ENODATA);
         }
         let node = self.nodes.get(ino)?;
+        self.check_node(
+            c,
+            &node,
+            attr_action(node.kind, false, is_security_xattr(name)),
+        )?;
         sys::getxattr(&node.proc_path(), name)
     }
 
-    fn listxattr(&self, _c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
+    fn listxattr(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
         let node = self.nodes.get(ino)?;
+        self.check_node(c, &node, attr_action(node.kind, false, false))?;
         let raw = sys::listxattr(&node.proc_path())?;
         let mut out = Vec::with_capacity(raw.len());
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -858,11 +1148,16 @@ impl VnodeOps for Stack {
         Ok(out)
     }
 
-    fn removexattr(&self, _c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()> {
+    fn removexattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()> {
         if is_private(name) {
             return Err(Errno::EPERM);
         }
         let node = self.nodes.get(ino)?;
+        self.check_node(
+            c,
+            &node,
+            attr_action(node.kind, true, is_security_xattr(name)),
+        )?;
         sys::removexattr(&node.proc_path(), name)
     }
 
@@ -875,14 +1170,31 @@ impl VnodeOps for Stack {
         len: u64,
         mode: i32,
     ) -> VfsResult<()> {
-        let (h, node) = self.file_handle(fh)?;
-        node.file()
-            .fallocate(&self.io(&node, handle_fd(&h)?), offset, len, mode)
+        self.with_file(fh, |f| {
+            self.recheck(f)?;
+            if f.view != View::Plain || !f.writes {
+                return Err(Errno::EACCES);
+            }
+            f.node.file().fallocate(
+                &self.io(&f.node, f.fd.as_fd(), &f.new_key),
+                offset,
+                len,
+                mode,
+            )
+        })
     }
 
     fn lseek(&self, _c: &Caller, _ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64> {
-        let (h, node) = self.file_handle(fh)?;
-        node.file().lseek(handle_fd(&h)?, offset, whence)
+        self.with_file(fh, |f| {
+            if f.view == View::Raw {
+                let w = match whence {
+                    Whence::Data => nix::unistd::Whence::SeekData,
+                    Whence::Hole => nix::unistd::Whence::SeekHole,
+                };
+                return Ok(nix::unistd::lseek(f.fd.as_fd(), offset as i64, w)? as u64);
+            }
+            f.node.file().lseek(f.fd.as_fd(), offset, whence)
+        })
     }
 
     fn ioctl(

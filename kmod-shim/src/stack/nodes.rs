@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use crate::stack::access::View;
 use crate::stack::file::FileState;
 use crate::vfs::{Errno, FileKind, Ino, VfsResult};
 
@@ -69,6 +70,8 @@ pub struct Node {
     pub fd: OwnedFd,
     pub kind: FileKind,
     pub key: (u64, u64),
+    /// Which view of the lower object this inode shows (see `access`).
+    pub view: View,
     class: AtomicU8,
     /// Contents state of a regular file, created on first use.
     file: OnceLock<Arc<FileState>>,
@@ -114,7 +117,7 @@ struct Slot {
 #[derive(Default)]
 struct Inner {
     by_ino: HashMap<u64, Slot>,
-    by_key: HashMap<(u64, u64), u64>,
+    by_key: HashMap<(u64, u64, View), u64>,
     root_dev: u64,
     next_synthetic: u64,
 }
@@ -138,6 +141,7 @@ impl Nodes {
             fd,
             kind: FileKind::Directory,
             key,
+            view: View::Plain,
             class: AtomicU8::new(Class::Plain as u8),
             file: OnceLock::new(),
         });
@@ -146,7 +150,9 @@ impl Nodes {
             next_synthetic: SYNTHETIC_BASE,
             ..Inner::default()
         };
-        inner.by_key.insert(key, Ino::ROOT.0);
+        inner
+            .by_key
+            .insert((key.0, key.1, View::Plain), Ino::ROOT.0);
         // The root is never forgotten: its count starts at one and the
         // kernel never sends a forget for it.
         inner.by_ino.insert(
@@ -175,12 +181,14 @@ impl Nodes {
     pub fn lookup(
         &self,
         key: (u64, u64),
+        view: View,
         kind: FileKind,
         open_fd: impl FnOnce() -> VfsResult<OwnedFd>,
     ) -> VfsResult<Arc<Node>> {
+        let vkey = (key.0, key.1, view);
         {
             let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(&ino) = inner.by_key.get(&key)
+            if let Some(&ino) = inner.by_key.get(&vkey)
                 && let Some(slot) = inner.by_ino.get_mut(&ino)
             {
                 slot.nlookup += 1;
@@ -190,7 +198,7 @@ impl Nodes {
         let fd = open_fd()?;
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         // Another thread may have added it meanwhile.
-        if let Some(&ino) = inner.by_key.get(&key)
+        if let Some(&ino) = inner.by_key.get(&vkey)
             && let Some(slot) = inner.by_ino.get_mut(&ino)
         {
             slot.nlookup += 1;
@@ -198,7 +206,8 @@ impl Nodes {
         }
         // st_ino is the node id (FUSE shows node ids as st_ino), so use the
         // lower inode number when it is unambiguous.
-        let ino = if key.0 == inner.root_dev
+        let ino = if view == View::Plain
+            && key.0 == inner.root_dev
             && key.1 > 1
             && key.1 < SYNTHETIC_BASE
             && !inner.by_ino.contains_key(&key.1)
@@ -213,10 +222,11 @@ impl Nodes {
             fd,
             kind,
             key,
+            view,
             class: AtomicU8::new(Class::Unknown as u8),
             file: OnceLock::new(),
         });
-        inner.by_key.insert(key, ino);
+        inner.by_key.insert(vkey, ino);
         inner.by_ino.insert(
             ino,
             Slot {
@@ -241,8 +251,15 @@ impl Nodes {
             None => false,
         };
         if gone && let Some(slot) = inner.by_ino.remove(&ino.0) {
-            inner.by_key.remove(&slot.node.key);
+            let n = &slot.node;
+            inner.by_key.remove(&(n.key.0, n.key.1, n.view));
         }
+    }
+
+    /// Every node id (to invalidate kernel caches after a policy change).
+    pub fn all(&self) -> Vec<Ino> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.by_ino.keys().map(|&i| Ino(i)).collect()
     }
 
     /// Number of nodes (for tests and status).

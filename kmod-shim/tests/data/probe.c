@@ -1,0 +1,63 @@
+/* A tiny process for policy tests: its path (and copies of it) are what
+ * process-set rules match. It reads a file one way and writes the bytes it
+ * got to stdout, or "ERR <errno>" and exit status 1.
+ *
+ *   probe read FILE          read(2) the whole file
+ *   probe mmap FILE          map it (shared, else private) and copy it out
+ *   probe stat FILE          print st_size
+ *   probe hold FILE SECS     mmap and print, then keep the mapping SECS
+ *   probe reread FILE SECS   read, print, sleep SECS, read again from the
+ *                            same fd: prints "AGAIN OK" or "AGAIN ERR n"
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int fail(void) { printf("ERR %d\n", errno); return 1; }
+
+static ssize_t read_all(int fd, unsigned char *buf, size_t n) {
+    size_t t = 0;
+    while (t < n) {
+        ssize_t r = pread(fd, buf + t, n - t, (off_t)t);
+        if (r < 0) return -1;
+        if (r == 0) break;
+        t += (size_t)r;
+    }
+    return (ssize_t)t;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    int fd = open(argv[2], O_RDONLY);
+    if (fd < 0) return fail();
+    struct stat st;
+    if (fstat(fd, &st) < 0) return fail();
+    size_t n = (size_t)st.st_size;
+    if (!strcmp(argv[1], "stat")) { printf("%lld\n", (long long)st.st_size); return 0; }
+    if (!strcmp(argv[1], "mmap") || !strcmp(argv[1], "hold")) {
+        if (n == 0) return 0;
+        unsigned char *m = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) return fail();
+        fwrite(m, 1, n, stdout);
+        fflush(stdout);
+        if (!strcmp(argv[1], "hold") && argc > 3) sleep((unsigned)atoi(argv[3]));
+        return 0;
+    }
+    unsigned char *buf = malloc(n + 1);
+    ssize_t got = read_all(fd, buf, n);
+    if (got < 0) return fail();
+    fwrite(buf, 1, (size_t)got, stdout);
+    if (!strcmp(argv[1], "reread") && argc > 3) {
+        fflush(stdout);
+        sleep((unsigned)atoi(argv[3]));
+        if (read_all(fd, buf, n) < 0) printf("AGAIN ERR %d\n", errno);
+        else printf("AGAIN OK\n");
+    }
+    return 0;
+}

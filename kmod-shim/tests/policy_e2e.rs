@@ -1,0 +1,496 @@
+//! Policies enforced on a real mount against real processes: user sets,
+//! process sets by path and by signature, ciphertext for backup processes,
+//! deny, learn mode, audit lines, reload under load, and the leak test
+//! (no plaintext through the shared page cache). Run as root (CI does).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+const SECRET: &[u8] = b"TOP-SECRET-PLAINTEXT-CANARY ";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Binaries for process-set rules, built from tests/data/probe.c and
+/// copied under several names (same bytes, different paths).
+struct Bins {
+    dir: tempfile::TempDir,
+}
+
+impl Bins {
+    fn new(names: &[&str]) -> Bins {
+        let dir = tempfile::Builder::new()
+            .prefix("guardfs-bins")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/probe.c");
+        let first = dir.path().join(names[0]);
+        let out = Command::new("gcc")
+            .args(["-O1", "-o"])
+            .arg(&first)
+            .arg(&src)
+            .output()
+            .expect("gcc");
+        assert!(out.status.success(), "{out:?}");
+        for n in &names[1..] {
+            fs::copy(&first, dir.path().join(n)).unwrap();
+        }
+        Bins { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+}
+
+/// Run `prog args...`, optionally as another uid.
+fn run_as(uid: Option<u32>, prog: &Path, args: &[&str]) -> Output {
+    let mut cmd = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={u}"))
+                .arg(format!("--regid={u}"))
+                .arg("--clear-groups")
+                .arg(prog);
+            c
+        }
+        None => Command::new(prog),
+    };
+    cmd.args(args).output().unwrap()
+}
+
+fn is_denied(o: &Output) -> bool {
+    !o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ERR 13")
+        || String::from_utf8_lossy(&o.stderr).contains("Permission denied")
+}
+
+/// A GuardPoint with `policy` (JSON) and extra mount arguments.
+fn guarded(policy: &str, extra: &[&str]) -> (Gp, tempfile::TempDir) {
+    let cfg = tempfile::Builder::new()
+        .prefix("guardfs-policy")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let pfile = cfg.path().join("policy.json");
+    fs::write(&pfile, policy).unwrap();
+    let audit = cfg.path().join("audit.log");
+    let mut args: Vec<String> = vec![
+        "--policy".into(),
+        pfile.display().to_string(),
+        "--audit-log".into(),
+        audit.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gp = Gp::new_with("xts", &refs, |d| {
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap()
+    });
+    (gp, cfg)
+}
+
+fn audit_text(cfg: &tempfile::TempDir) -> String {
+    // The audit writer runs asynchronously.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::read_to_string(cfg.path().join("audit.log")).unwrap_or_default()
+}
+
+fn write_secret(gp: &Gp, name: &str) -> Vec<u8> {
+    let data: Vec<u8> = SECRET.iter().copied().cycle().take(20_000).collect();
+    fs::write(gp.path(name), &data).unwrap();
+    fs::set_permissions(
+        gp.path(name),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    data
+}
+
+#[test]
+fn user_set_rules_decide_by_uid_and_audit() {
+    let policy = r#"{
+      "name": "users", "authenticated_users_only": false,
+      "security_rules": [
+        { "order_number": 1, "user_set_id": "ops", "action": "all_ops", "effect": "permit,applykey,audit" },
+        { "order_number": 2, "user_set_id": "admins", "action": "all_ops", "effect": "permit,applykey" },
+        { "order_number": 3, "action": "all_ops", "effect": "deny,audit" } ],
+      "user_sets": [ { "id": "ops", "users": [ { "uid": 4242 } ] }, { "id": "admins", "users": [ { "uid": 0 } ] } ] }"#;
+    let (gp, cfg) = guarded(policy, &[]);
+    let data = write_secret(&gp, "f");
+    let cat = Path::new("/bin/cat");
+    let ok = run_as(Some(4242), cat, &[gp.path("f").to_str().unwrap()]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(ok.stdout, data);
+    let no = run_as(Some(4343), cat, &[gp.path("f").to_str().unwrap()]);
+    assert!(is_denied(&no), "{no:?}");
+    let audit = audit_text(&cfg);
+    let gp_file = format!("Res[{}/f]", gp.dir.display());
+    assert!(
+        audit.lines().any(|l| l
+            .contains("CGP2601I: [SecFS, 0] [AUDIT] Policy[users] User[4242,uid=4242,gid=4242")
+            && l.contains("Action[read_file]")
+            && l.contains(&gp_file)
+            && l.contains("Effect[PERMIT Code (1M)]")),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("uid=4343") && l.contains("Effect[DENIED Code (1U,2U,3M)]")),
+        "{audit}"
+    );
+}
+
+#[test]
+fn process_set_rules_by_path_and_by_signature() {
+    let bins = Bins::new(&["good", "other"]);
+    // A copy of cat elsewhere: the signature rule follows the bytes.
+    fs::copy("/bin/cat", bins.path("mycat")).unwrap();
+    let sig = {
+        let out = Command::new("sha256sum").arg("/bin/cat").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let policy = format!(
+        r#"{{ "name": "procs", "authenticated_users_only": false,
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "by-sig", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 2, "process_set_id": "by-path", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 3, "user_set_id": "root", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 4, "action": "all_ops", "effect": "deny" }} ],
+      "user_sets": [ {{ "id": "root", "users": [ {{ "uid": 0 }} ] }} ],
+      "process_sets": [
+        {{ "id": "by-sig", "processes": [ {{ "signature": "{sig}" }} ] }},
+        {{ "id": "by-path", "processes": [ {{ "directory": "{}", "file": "good" }} ] }} ] }}"#,
+        bins.dir()
+    );
+    let (gp, _cfg) = guarded(&policy, &[]);
+    let data = write_secret(&gp, "f");
+    let f = gp.path("f");
+    let f = f.to_str().unwrap();
+    for prog in [bins.path("mycat"), PathBuf::from("/bin/cat")] {
+        let o = run_as(Some(4242), &prog, &[f]);
+        assert_eq!(o.stdout, data, "{prog:?}: {o:?}");
+    }
+    let o = run_as(Some(4242), &bins.path("good"), &["read", f]);
+    assert_eq!(o.stdout, data, "{o:?}");
+    let o = run_as(Some(4242), &bins.path("other"), &["read", f]);
+    assert!(is_denied(&o), "same bytes, other path: {o:?}");
+    let o = run_as(Some(4242), Path::new("/usr/bin/head"), &["-c", "10", f]);
+    assert!(is_denied(&o), "{o:?}");
+}
+
+#[test]
+fn backup_process_reads_ciphertext_while_an_application_reads_plaintext() {
+    let bins = Bins::new(&["backup"]);
+    let policy = format!(
+        r#"{{ "name": "backup",
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "backup", "action": "read", "effect": "permit,audit" }},
+        {{ "order_number": 2, "process_set_id": "backup", "action": "all_ops", "effect": "deny" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit,applykey" }} ],
+      "process_sets": [ {{ "id": "backup", "processes": [ {{ "directory": "{}", "file": "backup" }} ] }} ] }}"#,
+        bins.dir()
+    );
+    let (gp, _cfg) = guarded(&policy, &[]);
+    let data = write_secret(&gp, "db.dat");
+    let lower = fs::read(gp.lower("db.dat")).unwrap();
+    let f = gp.path("db.dat");
+    let reader = {
+        let f = f.clone();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                assert_eq!(
+                    fs::read(&f).unwrap(),
+                    data,
+                    "application must keep seeing plaintext"
+                );
+            }
+        })
+    };
+    for _ in 0..10 {
+        let o = run_as(None, &bins.path("backup"), &["read", f.to_str().unwrap()]);
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(
+            o.stdout, lower,
+            "backup must get the exact lower bytes, header included"
+        );
+        assert!(!contains(&o.stdout, SECRET));
+    }
+    reader.join().unwrap();
+    let o = run_as(None, &bins.path("backup"), &["stat", f.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        lower.len().to_string(),
+        "backup sees the lower size"
+    );
+    assert_eq!(
+        fs::metadata(&f).unwrap().len(),
+        data.len() as u64,
+        "applications see the logical size"
+    );
+}
+
+#[test]
+fn learn_mode_permits_and_logs_would_deny() {
+    let bins = Bins::new(&["intruder"]);
+    let policy = format!(
+        r#"{{ "name": "learning", "learn_mode": true,
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "bad", "action": "all_ops", "effect": "deny,applykey,audit" }},
+        {{ "order_number": 2, "action": "all_ops", "effect": "permit,applykey" }} ],
+      "process_sets": [ {{ "id": "bad", "processes": [ {{ "directory": "{}", "file": "intruder" }} ] }} ] }}"#,
+        bins.dir()
+    );
+    let (gp, cfg) = guarded(&policy, &[]);
+    let data = write_secret(&gp, "f");
+    let o = run_as(
+        None,
+        &bins.path("intruder"),
+        &["read", gp.path("f").to_str().unwrap()],
+    );
+    assert_eq!(o.stdout, data, "learn mode permits: {o:?}");
+    let audit = audit_text(&cfg);
+    assert!(
+        audit.contains("[LEARN MODE: WOULD DENY]") && audit.contains("intruder"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn deny_gives_eacces_and_writes_need_the_key_except_under_clear_key() {
+    let bins = Bins::new(&["unused"]);
+    // cp under another name: the process set matches the copy's path.
+    fs::copy("/bin/cp", bins.path("keyless")).unwrap();
+    fs::copy("/bin/cp", bins.path("blocked")).unwrap();
+    let policy = format!(
+        r#"{{ "name": "writes",
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "blocked", "action": "all_ops", "effect": "deny,audit" }},
+        {{ "order_number": 2, "process_set_id": "keyless", "action": "all_ops", "effect": "permit" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit,applykey" }} ],
+      "key_rules": [
+        {{ "resource_set_id": "public", "key_id": "clear_key" }},
+        {{ "key_id": "default" }} ],
+      "resource_sets": [ {{ "id": "public", "resources": [ {{ "directory": "/public", "include_subfolders": true }} ] }} ],
+      "process_sets": [
+        {{ "id": "keyless", "processes": [ {{ "directory": "{d}", "file": "keyless" }} ] }},
+        {{ "id": "blocked", "processes": [ {{ "directory": "{d}", "file": "blocked" }} ] }} ] }}"#,
+        d = bins.dir()
+    );
+    let (gp, _cfg) = guarded(&policy, &[]);
+    fs::create_dir(gp.path("public")).unwrap();
+    let cp = |bin: &str, to: &str| {
+        run_as(
+            None,
+            &bins.path(bin),
+            &["/etc/hostname", gp.path(to).to_str().unwrap()],
+        )
+    };
+    let denied = |o: &Output| {
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied")
+    };
+    // deny: EACCES, nothing created
+    assert!(denied(&cp("blocked", "a")));
+    assert!(!gp.path("a").exists());
+    // permit without applykey: writing would store plaintext, so refused
+    assert!(denied(&cp("keyless", "b")));
+    // ...except where the key rule is clear_key: access control only,
+    // the file stays plaintext on disk.
+    let o = cp("keyless", "public/c");
+    assert!(o.status.success(), "{o:?}");
+    let host = fs::read("/etc/hostname").unwrap();
+    assert_eq!(fs::read(gp.lower("public/c")).unwrap(), host);
+    assert_eq!(fs::read(gp.path("public/c")).unwrap(), host);
+    // Elsewhere, files written with the key are encrypted as usual.
+    let o = run_as(
+        None,
+        Path::new("/bin/cp"),
+        &["/etc/hostname", gp.path("d").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(&fs::read(gp.lower("d")).unwrap()[..8], b"GuardFS\0");
+}
+
+#[test]
+fn no_plaintext_through_shared_caches_either_order() {
+    let bins = Bins::new(&["plainapp", "rawapp", "deniedapp"]);
+    let policy = format!(
+        r#"{{ "name": "leak",
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "raw", "action": "read", "effect": "permit" }},
+        {{ "order_number": 2, "process_set_id": "raw", "action": "all_ops", "effect": "deny" }},
+        {{ "order_number": 3, "process_set_id": "denied", "action": "all_ops", "effect": "deny" }},
+        {{ "order_number": 4, "action": "all_ops", "effect": "permit,applykey" }} ],
+      "process_sets": [
+        {{ "id": "raw", "processes": [ {{ "directory": "{d}", "file": "rawapp" }} ] }},
+        {{ "id": "denied", "processes": [ {{ "directory": "{d}", "file": "deniedapp" }} ] }} ] }}"#,
+        d = bins.dir()
+    );
+    let (gp, _cfg) = guarded(&policy, &[]);
+    for (round, name) in ["a-first", "b-first"].iter().enumerate() {
+        let data = write_secret(&gp, name);
+        let lower = fs::read(gp.lower(name)).unwrap();
+        let f = gp.path(name);
+        let f = f.to_str().unwrap();
+        let run = |bin: &str, mode: &str| run_as(None, &bins.path(bin), &[mode, f]);
+        let hold = |bin: &str| {
+            Command::new(bins.path(bin))
+                .args(["hold", f, "3"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        if round == 0 {
+            // A reads and maps plaintext, and keeps the mapping.
+            assert_eq!(run("plainapp", "read").stdout, data);
+            let mut a = hold("plainapp");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            for mode in ["read", "mmap", "read"] {
+                let b = run("rawapp", mode);
+                assert!(!contains(&b.stdout, SECRET), "B ({mode}) saw plaintext");
+                assert_eq!(b.stdout, lower, "B ({mode}) gets the lower bytes");
+                assert!(is_denied(&run("deniedapp", mode)), "denied ({mode})");
+            }
+            a.wait().unwrap();
+        } else {
+            // B first, keeping its mapping; then A.
+            let mut b = hold("rawapp");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert_eq!(run("plainapp", "mmap").stdout, data);
+            assert_eq!(run("plainapp", "read").stdout, data);
+            let b2 = run("rawapp", "mmap");
+            assert!(!contains(&b2.stdout, SECRET));
+            assert_eq!(b2.stdout, lower);
+            b.wait().unwrap();
+        }
+    }
+}
+
+#[test]
+fn policy_reload_under_load_applies_to_new_and_open_files() {
+    let bins = Bins::new(&["app"]);
+    let permit = r#"{ "name": "v1", "security_rules": [
+        { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ] }"#
+        .to_owned();
+    let deny_app = format!(
+        r#"{{ "name": "v2", "security_rules": [
+        {{ "order_number": 1, "process_set_id": "app", "action": "all_ops", "effect": "deny" }},
+        {{ "order_number": 2, "action": "all_ops", "effect": "permit,applykey" }} ],
+      "process_sets": [ {{ "id": "app", "processes": [ {{ "directory": "{}", "file": "app" }} ] }} ] }}"#,
+        bins.dir()
+    );
+    let (gp, cfg) = guarded(&permit, &[]);
+    let data = write_secret(&gp, "f");
+    // Load: a writer keeps writing other files through the reload.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dir) = (stop.clone(), gp.dir.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let d = bytes(i, 30_000);
+                fs::write(dir.join(format!("load{}", i % 8)), &d).unwrap();
+                assert_eq!(fs::read(dir.join(format!("load{}", i % 8))).unwrap(), d);
+                i += 1;
+            }
+            i
+        })
+    };
+    // The app opens the file under v1 and reads it; the policy changes to
+    // v2 while it holds the fd; its next read must fail.
+    let app = Command::new(bins.path("app"))
+        .args(["reread", gp.path("f").to_str().unwrap(), "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    fs::write(cfg.path().join("policy.json"), deny_app).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let out = app.wait_with_output().unwrap();
+    assert!(
+        out.stdout.starts_with(&data),
+        "first read under v1 sees plaintext"
+    );
+    let tail = String::from_utf8_lossy(&out.stdout[data.len()..]).into_owned();
+    assert!(
+        tail.contains("AGAIN ERR 13"),
+        "read after the reload must be refused: {tail}"
+    );
+    // New opens follow v2.
+    assert!(is_denied(&run_as(
+        None,
+        &bins.path("app"),
+        &["read", gp.path("f").to_str().unwrap()]
+    )));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 0);
+    assert!(
+        gp.log_text().contains("policy v2 loaded"),
+        "{}",
+        gp.log_text()
+    );
+    // A broken policy file is refused and the current one stays.
+    fs::write(cfg.path().join("policy.json"), "{ not json").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(gp.log_text().contains("keeping the current policy"));
+    assert!(is_denied(&run_as(
+        None,
+        &bins.path("app"),
+        &["read", gp.path("f").to_str().unwrap()]
+    )));
+}
+
+#[test]
+fn bad_policies_are_refused_at_mount() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let key = tmp.path().join("k");
+    assert!(run(&["genkey", key.to_str().unwrap()]).status.success());
+    let dir = tmp.path().join("gp");
+    fs::create_dir(&dir).unwrap();
+    let pol = tmp.path().join("p.json");
+    for bad in [
+        "{",
+        r#"{ "name": "x", "security_rules": [ { "order_number": 1, "action": "fly", "effect": "permit" } ] }"#,
+        r#"{ "name": "x", "security_rules": [ { "order_number": 1, "user_set_id": "nope", "action": "read", "effect": "permit" } ] }"#,
+    ] {
+        fs::write(&pol, bad).unwrap();
+        let o = run(&[
+            "mount",
+            dir.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--policy",
+            pol.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(18), "{o:?}");
+        assert!(!is_mounted(&dir));
+    }
+}
