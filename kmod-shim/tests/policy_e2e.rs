@@ -494,3 +494,46 @@ fn bad_policies_are_refused_at_mount() {
         assert!(!is_mounted(&dir));
     }
 }
+
+/// User-set rules match only authenticated processes: a process that
+/// descends from an authenticator (`su`) that changed identity.
+#[test]
+fn user_sets_need_an_authenticator_by_default() {
+    let cfg = tempfile::Builder::new()
+        .prefix("guardfs-host")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let su = fs::canonicalize("/bin/su").unwrap();
+    let host = cfg.path().join("host_settings");
+    fs::write(
+        &host,
+        format!(
+            "# who may authenticate users\n|authenticator|{}\n",
+            su.display()
+        ),
+    )
+    .unwrap();
+    // Rule 1 matches nobody only when authenticated; rule 2 matches the
+    // same uid whatever its authentication (the per-rule override), so it
+    // catches nobody when no authenticator vouched for it.
+    let policy = r#"{
+      "name": "auth",
+      "security_rules": [
+        { "order_number": 1, "user_set_id": "nobody", "action": "all_ops", "effect": "permit,applykey" },
+        { "order_number": 2, "user_set_id": "nobody", "authenticated_users_only": false, "action": "all_ops", "effect": "deny,audit" },
+        { "order_number": 3, "action": "all_ops", "effect": "permit,applykey" } ],
+      "user_sets": [ { "id": "nobody", "users": [ { "uid": 65534 } ] } ] }"#;
+    let (gp, _c) = guarded(&policy, &["--host-settings", host.to_str().unwrap()]);
+    let data = write_secret(&gp, "f");
+    let f = gp.path("f");
+    // Through su: authenticated, in the user set, plaintext.
+    let o = Command::new("su")
+        .args(["-s", "/bin/sh", "nobody", "-c"])
+        .arg(format!("cat {}", f.display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, data, "{o:?}");
+    // The same uid without an authenticator: rule 2 denies it.
+    let o = run_as(Some(65534), Path::new("/bin/cat"), &[f.to_str().unwrap()]);
+    assert!(is_denied(&o), "{o:?}");
+}
