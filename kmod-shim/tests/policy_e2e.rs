@@ -523,7 +523,7 @@ fn user_sets_need_an_authenticator_by_default() {
         { "order_number": 2, "user_set_id": "nobody", "authenticated_users_only": false, "action": "all_ops", "effect": "deny,audit" },
         { "order_number": 3, "action": "all_ops", "effect": "permit,applykey" } ],
       "user_sets": [ { "id": "nobody", "users": [ { "uid": 65534 } ] } ] }"#;
-    let (gp, _c) = guarded(&policy, &["--host-settings", host.to_str().unwrap()]);
+    let (gp, _c) = guarded(policy, &["--host-settings", host.to_str().unwrap()]);
     let data = write_secret(&gp, "f");
     let f = gp.path("f");
     // Through su: authenticated, in the user set, plaintext.
