@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::vfs::{self, Caller, DirSink, Fh, Ino, SetAttr, SetTime, VnodeOps};
@@ -24,6 +24,9 @@ pub const MAX_IO: u32 = 1 << 20;
 pub struct FuseOptions {
     /// Let the kernel cache writes (FUSE writeback cache).
     pub writeback_cache: bool,
+    /// Negotiate FUSE passthrough (the kernel refuses it together with
+    /// the writeback cache, so this wins over `writeback_cache`).
+    pub passthrough: bool,
     /// How long the kernel may cache attributes and entries.
     pub ttl: Duration,
 }
@@ -32,6 +35,7 @@ impl Default for FuseOptions {
     fn default() -> Self {
         FuseOptions {
             writeback_cache: true,
+            passthrough: false,
             ttl: Duration::from_secs(1),
         }
     }
@@ -41,11 +45,75 @@ impl Default for FuseOptions {
 pub struct FuseBinding<V: VnodeOps> {
     ops: Arc<V>,
     opts: FuseOptions,
+    /// Passthrough backing files, one per inode while it has passthrough
+    /// handles open (the kernel wants the same backing id for every open of
+    /// an inode), counted by handle.
+    backing: std::sync::Mutex<std::collections::HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// Which handles hold a backing reference, and on which inode.
+    backed: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
 }
 
 impl<V: VnodeOps> FuseBinding<V> {
-    pub fn new(ops: Arc<V>, opts: FuseOptions) -> Self {
-        FuseBinding { ops, opts }
+    pub fn new(ops: Arc<V>, mut opts: FuseOptions) -> Self {
+        if opts.passthrough {
+            opts.writeback_cache = false;
+        }
+        FuseBinding {
+            ops,
+            opts,
+            backing: Default::default(),
+            backed: Default::default(),
+        }
+    }
+
+    /// The backing id for a passthrough open of `ino` by handle `fh`.
+    fn backing_for(
+        &self,
+        ino: u64,
+        fh: Fh,
+        open: impl FnOnce(std::os::fd::OwnedFd) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut map = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match map.get_mut(&ino) {
+            Some((id, n)) => {
+                *n += 1;
+                id.clone()
+            }
+            None => {
+                let fd = self.ops.backing_fd(fh)?;
+                let id = Arc::new(
+                    open(fd)
+                        .map_err(|e| log::warn!("secfs: passthrough refused: {e}"))
+                        .ok()?,
+                );
+                map.insert(ino, (id.clone(), 1));
+                id
+            }
+        };
+        self.backed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh.0, ino);
+        Some(id)
+    }
+
+    /// Drop the backing reference of handle `fh`, if it has one.
+    fn release_backing(&self, fh: u64) {
+        let Some(ino) = self
+            .backed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
+        else {
+            return;
+        };
+        let mut map = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino);
+            }
+        }
     }
 }
 
@@ -188,6 +256,15 @@ impl DirSink for PlusSink<'_> {
 impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
+        if self.opts.passthrough {
+            // The lower filesystem is one level below this one.
+            let ok = config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+            if !ok {
+                log::warn!("secfs: kernel lacks FUSE passthrough; clear files go through secfs");
+                self.opts.passthrough = false;
+            }
+        }
         let _ = config.set_max_background(64);
         let wanted = [
             (InitFlags::FUSE_WRITEBACK_CACHE, self.opts.writeback_cache),
@@ -393,6 +470,12 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ops.open(&caller(req), Ino(ino.0), flags.0) {
+            Ok(o) if o.passthrough && self.opts.passthrough => {
+                match self.backing_for(ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                    Some(id) => reply.opened_passthrough(FileHandle(o.fh.0), open_flags(&o), &id),
+                    None => reply.opened(FileHandle(o.fh.0), open_flags(&o)),
+                }
+            }
             Ok(o) => reply.opened(FileHandle(o.fh.0), open_flags(&o)),
             Err(e) => reply.error(errno(e)),
         }
@@ -470,6 +553,7 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.release_backing(fh.0);
         match self.ops.release(Ino(ino.0), Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -630,6 +714,26 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             .ops
             .create(&caller(req), Ino(parent.0), name, mode, flags)
         {
+            Ok((e, o)) if o.passthrough && self.opts.passthrough => {
+                let ttl = entry_ttl(&self.opts, &e);
+                match self.backing_for(e.ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &entry_attr(&e),
+                        Generation(e.generation),
+                        FileHandle(o.fh.0),
+                        open_flags(&o),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &ttl,
+                        &entry_attr(&e),
+                        Generation(e.generation),
+                        FileHandle(o.fh.0),
+                        open_flags(&o),
+                    ),
+                }
+            }
             Ok((e, o)) => reply.created(
                 &entry_ttl(&self.opts, &e),
                 &entry_attr(&e),

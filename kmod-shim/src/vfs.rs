@@ -167,6 +167,9 @@ pub struct Opened {
     pub keep_cache: bool,
     /// Bypass the page cache for this handle.
     pub direct_io: bool,
+    /// Let the kernel do this handle's I/O on the lower file directly
+    /// (FUSE passthrough); the binding gets the fd from `backing_fd`.
+    pub passthrough: bool,
 }
 
 /// A time to set.
@@ -309,6 +312,8 @@ pub trait VnodeOps: Send + Sync {
         mode: i32,
     ) -> VfsResult<()>;
     fn lseek(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64>;
+    /// A duplicate of the lower fd of an open file, for passthrough.
+    fn backing_fd(&self, fh: Fh) -> Option<std::os::fd::OwnedFd>;
     /// Returns (result, output bytes).
     fn ioctl(
         &self,

@@ -41,7 +41,16 @@ fn stack(mode: Mode) -> (tempfile::TempDir, Stack) {
     let access = Arc::new(Access::unrestricted(
         dir.path().as_os_str().as_encoded_bytes(),
     ));
-    let s = Stack::new(fd, GuardConfig { mode, keys, access }).unwrap();
+    let s = Stack::new(
+        fd,
+        GuardConfig {
+            mode,
+            keys,
+            access,
+            passthrough: false,
+        },
+    )
+    .unwrap();
     (dir, s)
 }
 

@@ -241,9 +241,14 @@ fn run_mount(a: MountArgs) -> i32 {
             mode: a.mode,
             keys: Arc::new(prepared.keys),
             access: Arc::new(access),
+            passthrough: a.mode == Mode::Clear,
         },
+        // A `clear` GuardPoint transforms nothing: after the open-time
+        // decision the kernel does its files' I/O (FUSE passthrough, which
+        // excludes the writeback cache).
         fuse: FuseOptions {
             writeback_cache: !a.no_writeback_cache,
+            passthrough: a.mode == Mode::Clear,
             ..FuseOptions::default()
         },
         threads: a.threads.unwrap_or_else(|| {

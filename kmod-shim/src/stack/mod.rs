@@ -49,6 +49,9 @@ pub struct GuardConfig {
     pub keys: Arc<dyn KeySource>,
     /// Access control (a policy, or none: everyone gets plaintext).
     pub access: Arc<Access>,
+    /// Offer FUSE passthrough for untransformed files (the binding must
+    /// have negotiated it; `clear` GuardPoints).
+    pub passthrough: bool,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -516,6 +519,7 @@ impl Stack {
         if !raw {
             node.file().load(&self.io(&node, fd.as_fd(), &grant.key))?;
         }
+        let plain = !raw && node.file().is_plain();
         let fh = self.add_handle(Handle::File(FileHandle {
             node,
             fd,
@@ -527,11 +531,17 @@ impl Stack {
             append: flags & libc::O_APPEND != 0,
             generation: AtomicU64::new(self.cfg.access.generation()),
         }));
-        // Raw views never use the page cache (see access.rs).
+        // Raw views never use the page cache (see access.rs). Plain files
+        // of a `clear` GuardPoint need no transformation: once the policy
+        // has decided, the kernel may do their I/O on the lower file itself.
+        let passthrough = self.cfg.passthrough && plain;
         Ok(Opened {
             fh,
-            keep_cache: !raw,
+            // Passthrough opens must not ask for the page cache: the
+            // kernel refuses (EIO) to mix its cached and passthrough modes.
+            keep_cache: !raw && !passthrough,
             direct_io: raw,
+            passthrough,
         })
     }
 
@@ -977,6 +987,7 @@ impl VnodeOps for Stack {
             fh,
             keep_cache: false,
             direct_io: false,
+            passthrough: false,
         })
     }
 
@@ -1195,6 +1206,14 @@ impl VnodeOps for Stack {
             }
             f.node.file().lseek(f.fd.as_fd(), offset, whence)
         })
+    }
+
+    fn backing_fd(&self, fh: Fh) -> Option<OwnedFd> {
+        let h = self.handle(fh).ok()?;
+        match &*h {
+            Handle::File(f) => f.fd.try_clone().ok(),
+            Handle::Dir { .. } => None,
+        }
     }
 
     fn ioctl(
