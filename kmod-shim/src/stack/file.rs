@@ -273,8 +273,10 @@ impl FileState {
         // Marker first: a crash before the header leaves an empty file with
         // a marker, which reads as empty and gets a header on next write.
         sys::fsetxattr(fd, MODE_XATTR, mode.name().as_bytes())?;
+        // The file is shorter than a header (empty, or cut short by a crash
+        // before its header was written), so this leaves it exactly one
+        // header long.
         pwrite_all(fd, &h.to_bytes(), 0)?;
-        nix::unistd::ftruncate(fd, HEADER_LEN as i64)?;
         node.set_class(Class::of_mode(mode));
         Ok(Contents::Encrypted(
             Arc::new(Crypt { header: h, cipher }),
