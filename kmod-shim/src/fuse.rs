@@ -272,6 +272,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             (InitFlags::FUSE_READDIRPLUS_AUTO, true),
             (InitFlags::FUSE_PARALLEL_DIROPS, true),
             (InitFlags::FUSE_CACHE_SYMLINKS, true),
+            // secfs clears set-id bits and file capabilities itself on write
+            // and truncate, which spares the kernel a GETXATTR round trip
+            // for security.capability on every write(2). Not with
+            // passthrough: those writes never reach secfs.
+            (InitFlags::FUSE_HANDLE_KILLPRIV_V2, !self.opts.passthrough),
         ];
         for (flag, on) in wanted {
             if on && let Err(e) = config.add_capabilities(flag) {
@@ -515,14 +520,15 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self
             .ops
-            .write(&caller(req), Ino(ino.0), Fh(fh.0), offset, data)
+            .write(&caller(req), Ino(ino.0), Fh(fh.0), offset, data, kill)
         {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),

@@ -164,3 +164,10 @@ pub fn take_inherited_fd(fd: i32) -> Option<OwnedFd> {
     // for this one purpose, and nothing else in the process refers to it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `fremovexattr(2)` on an open fd.
+pub fn fremovexattr(fd: BorrowedFd<'_>, name: &CStr) -> VfsResult<()> {
+    // SAFETY: valid fd for the call's duration; NUL-terminated name.
+    let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}

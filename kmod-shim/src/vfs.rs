@@ -273,7 +273,17 @@ pub trait VnodeOps: Send + Sync {
     ) -> VfsResult<(Entry, Opened)>;
     /// Read up to `buf.len()` bytes at `offset`; returns the count (short at EOF).
     fn read(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> VfsResult<usize>;
-    fn write(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> VfsResult<usize>;
+    /// Write `data` at `offset`. `kill_suidgid`: the kernel asks to clear
+    /// set-user-id and set-group-id bits (the writer lacks CAP_FSETID).
+    fn write(
+        &self,
+        c: &Caller,
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> VfsResult<usize>;
     fn flush(&self, c: &Caller, ino: Ino, fh: Fh) -> VfsResult<()>;
     fn release(&self, ino: Ino, fh: Fh) -> VfsResult<()>;
     fn fsync(&self, c: &Caller, ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()>;

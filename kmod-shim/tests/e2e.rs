@@ -688,3 +688,61 @@ fn cli_errors_are_clear() {
     assert_eq!(code(&["umount", gp.dir.to_str().unwrap()]), 17);
     drop(held);
 }
+
+/// With FUSE_HANDLE_KILLPRIV_V2 secfs itself clears the set-user-id bit
+/// when an unprivileged process writes or truncates, and file capabilities
+/// on any write, as the kernel does for local filesystems.
+#[test]
+fn writes_clear_setid_bits_and_capabilities() {
+    for mode in ["xts", "clear"] {
+        let gp = Gp::new(mode);
+        fs::set_permissions(&gp.dir, fs::Permissions::from_mode(0o777)).unwrap();
+        for (name, how) in [("w", "echo x >> {}"), ("t", "truncate -s 1 {}")] {
+            let p = gp.path(name);
+            fs::write(&p, b"#!/bin/sh\n").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o4777)).unwrap();
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+                0o4777
+            );
+            let cmd = how.replace("{}", p.to_str().unwrap());
+            let out = sh(&format!(
+                "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{cmd}'"
+            ));
+            assert!(out.status.success(), "{mode} {name}: {out:?}");
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+                0o777,
+                "{mode} {name}: set-user-id must be cleared by an unprivileged {name}"
+            );
+        }
+        // A file capability (cap_net_raw, permitted) goes away on write.
+        let p = gp.path("cap");
+        fs::write(&p, b"binary").unwrap();
+        let set = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import os,struct;os.setxattr('{}','security.capability',struct.pack('<IIIII',0x02000001,1<<13,0,0,0))",
+                p.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(set.status.success(), "{set:?}");
+        let list = || {
+            let o = Command::new("python3")
+                .arg("-c")
+                .arg(format!("import os;print(os.listxattr('{}'))", p.display()))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        assert!(list().contains("security.capability"));
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b" more").unwrap();
+        drop(f);
+        assert!(
+            !list().contains("security.capability"),
+            "{mode}: capability survived a write"
+        );
+    }
+}

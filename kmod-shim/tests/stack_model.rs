@@ -73,7 +73,7 @@ fn create_write_read_through_the_trait() {
         let (e, o) = s
             .create(&C, Ino::ROOT, name("f"), 0o100644, libc::O_RDWR)
             .unwrap();
-        assert_eq!(s.write(&C, e.ino, o.fh, 10, b"hello").unwrap(), 5);
+        assert_eq!(s.write(&C, e.ino, o.fh, 10, b"hello", false).unwrap(), 5);
         let mut buf = [0u8; 32];
         let n = s.read(&C, e.ino, o.fh, 0, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"\0\0\0\0\0\0\0\0\0\0hello");
@@ -208,7 +208,7 @@ fn run_model(mode: Mode, ops: &[Op]) -> Result<(), TestCaseError> {
                 let Some(m) = model.get(&n) else { continue };
                 let (ino, fh) = open(&n).unwrap();
                 let data: Vec<u8> = (0..len).map(|k| byte.wrapping_add(k as u8)).collect();
-                prop_assert_eq!(s.write(&C, ino, fh, off, &data).unwrap(), data.len());
+                prop_assert_eq!(s.write(&C, ino, fh, off, &data, false).unwrap(), data.len());
                 s.release(ino, fh).unwrap();
                 let mut m = m.borrow_mut();
                 let end = off as usize + data.len();

@@ -88,6 +88,49 @@ impl Io<'_> {
 pub struct FileState {
     contents: RwLock<Contents>,
     ranges: RangeLocks,
+    /// The file has no security.capability xattr (checked since the last
+    /// time one could have been set); writes need not look again.
+    no_caps: std::sync::atomic::AtomicBool,
+}
+
+const CAPS_XATTR: &CStr = c"security.capability";
+
+impl FileState {
+    /// Clear what a write or truncate must clear (with the kernel's
+    /// FUSE_HANDLE_KILLPRIV_V2 this is secfs's job): file capabilities
+    /// always, and the set-user-id bit (and set-group-id when group-
+    /// executable) when `suidgid`.
+    pub fn kill_privs(&self, fd: BorrowedFd<'_>, suidgid: bool) -> VfsResult<()> {
+        use std::sync::atomic::Ordering;
+        if !self.no_caps.load(Ordering::Acquire) {
+            match sys::fremovexattr(fd, CAPS_XATTR) {
+                Ok(()) => {}
+                Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => {}
+                Err(e) => return Err(e),
+            }
+            self.no_caps.store(true, Ordering::Release);
+        }
+        if suidgid {
+            let mode = nix::sys::stat::fstat(fd)?.st_mode;
+            let mut kill = libc::S_ISUID;
+            if mode & libc::S_IXGRP != 0 {
+                kill |= libc::S_ISGID;
+            }
+            if mode & kill != 0 {
+                nix::sys::stat::fchmod(
+                    fd,
+                    nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777 & !kill),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A capability xattr may have been set: look again on the next write.
+    pub fn caps_may_exist(&self) {
+        self.no_caps
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 thread_local! {

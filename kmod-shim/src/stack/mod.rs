@@ -711,6 +711,10 @@ impl VnodeOps for Stack {
             let io = self.io(&node, fd, &grant.key);
             f.load(&io)?;
             f.truncate(&io, size)?;
+            // Truncation kills privileges like a write; the kernel's own
+            // flag for it is not passed through, so a caller other than
+            // root (CAP_FSETID) loses the set-id bits.
+            f.kill_privs(fd, c.uid != 0)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let omit = nix::sys::time::TimeSpec::UTIME_OMIT;
@@ -938,12 +942,21 @@ impl VnodeOps for Stack {
         })
     }
 
-    fn write(&self, _c: &Caller, _ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> VfsResult<usize> {
+    fn write(
+        &self,
+        _c: &Caller,
+        _ino: Ino,
+        fh: Fh,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> VfsResult<usize> {
         self.with_file(fh, |f| {
             self.recheck(f)?;
             if f.view != View::Plain {
                 return Err(Errno::EACCES);
             }
+            f.node.file().kill_privs(f.fd.as_fd(), kill_suidgid)?;
             f.node
                 .file()
                 .write(&self.io(&f.node, f.fd.as_fd(), &f.new_key), offset, data)
@@ -1129,7 +1142,11 @@ impl VnodeOps for Stack {
             &node,
             attr_action(node.kind, true, is_security_xattr(name)),
         )?;
-        sys::setxattr(&node.proc_path(), name, value, flags)
+        sys::setxattr(&node.proc_path(), name, value, flags)?;
+        if node.kind == FileKind::Regular && name.as_bytes() == b"security.capability" {
+            node.file().caps_may_exist();
+        }
+        Ok(())
     }
 
     fn getxattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
