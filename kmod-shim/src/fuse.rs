@@ -274,9 +274,9 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             (InitFlags::FUSE_CACHE_SYMLINKS, true),
             // secfs clears set-id bits and file capabilities itself on write
             // and truncate, which spares the kernel a GETXATTR round trip
-            // for security.capability on every write(2). Not with
-            // passthrough: those writes never reach secfs.
-            (InitFlags::FUSE_HANDLE_KILLPRIV_V2, !self.opts.passthrough),
+            // for security.capability on every write(2). (Files that carry
+            // either are never opened in passthrough, see the stack.)
+            (InitFlags::FUSE_HANDLE_KILLPRIV_V2, true),
         ];
         for (flag, on) in wanted {
             if on && let Err(e) = config.add_capabilities(flag) {

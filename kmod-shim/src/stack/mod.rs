@@ -520,6 +520,7 @@ impl Stack {
             node.file().load(&self.io(&node, fd.as_fd(), &grant.key))?;
         }
         let plain = !raw && node.file().is_plain();
+        let privileged = plain && self.cfg.passthrough && self.has_privileges(&node);
         let fh = self.add_handle(Handle::File(FileHandle {
             node,
             fd,
@@ -534,15 +535,34 @@ impl Stack {
         // Raw views never use the page cache (see access.rs). Plain files
         // of a `clear` GuardPoint need no transformation: once the policy
         // has decided, the kernel may do their I/O on the lower file itself.
-        let passthrough = self.cfg.passthrough && plain;
+        // Passthrough writes never reach secfs, so it could not clear set-id
+        // bits or capabilities on them (FUSE_HANDLE_KILLPRIV_V2): files
+        // that carry any go through secfs, uncached, instead.
+        let passthrough = self.cfg.passthrough && plain && !privileged;
         Ok(Opened {
             fh,
-            // Passthrough opens must not ask for the page cache: the
-            // kernel refuses (EIO) to mix its cached and passthrough modes.
-            keep_cache: !raw && !passthrough,
-            direct_io: raw,
+            // Passthrough opens must not ask for the page cache, and other
+            // opens of a passthrough file must bypass it: the kernel
+            // refuses (EIO) to mix its cached and passthrough modes.
+            keep_cache: !raw && !passthrough && !privileged,
+            direct_io: raw || privileged,
             passthrough,
         })
+    }
+
+    /// Whether a file has set-id bits or file capabilities, which a write
+    /// by an unprivileged process must clear.
+    fn has_privileges(&self, node: &Node) -> bool {
+        let Ok(st) = self.stat_node(node) else {
+            return true;
+        };
+        if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            return true;
+        }
+        !matches!(
+            sys::getxattr(&node.proc_path(), OsStr::new("security.capability")),
+            Err(Errno::ENODATA) | Err(Errno(libc::ENOTSUP))
+        )
     }
 
     fn writable_fd(
