@@ -565,6 +565,28 @@ impl Stack {
         )
     }
 
+    /// The node of an xattr operation on `name`, after refusing GuardFS's
+    /// own attributes (with `private`) and asking the policy.
+    fn xattr_node(
+        &self,
+        c: &Caller,
+        ino: Ino,
+        name: &OsStr,
+        write: bool,
+        private: Errno,
+    ) -> VfsResult<Arc<Node>> {
+        if is_private(name) {
+            return Err(private);
+        }
+        let node = self.nodes.get(ino)?;
+        self.check_node(
+            c,
+            &node,
+            attr_action(node.kind, write, is_security_xattr(name)),
+        )?;
+        Ok(node)
+    }
+
     fn writable_fd(
         &self,
         node: &Node,
@@ -1157,15 +1179,7 @@ impl VnodeOps for Stack {
         value: &[u8],
         flags: i32,
     ) -> VfsResult<()> {
-        if is_private(name) {
-            return Err(Errno::EPERM);
-        }
-        let node = self.nodes.get(ino)?;
-        self.check_node(
-            c,
-            &node,
-            attr_action(node.kind, true, is_security_xattr(name)),
-        )?;
+        let node = self.xattr_node(c, ino, name, true, Errno::EPERM)?;
         sys::setxattr(&node.proc_path(), name, value, flags)?;
         if node.kind == FileKind::Regular && name.as_bytes() == b"security.capability" {
             node.file().caps_may_exist();
@@ -1174,15 +1188,7 @@ impl VnodeOps for Stack {
     }
 
     fn getxattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
-        if is_private(name) {
-            return Err(Errno::ENODATA);
-        }
-        let node = self.nodes.get(ino)?;
-        self.check_node(
-            c,
-            &node,
-            attr_action(node.kind, false, is_security_xattr(name)),
-        )?;
+        let node = self.xattr_node(c, ino, name, false, Errno::ENODATA)?;
         sys::getxattr(&node.proc_path(), name)
     }
 
@@ -1201,15 +1207,7 @@ impl VnodeOps for Stack {
     }
 
     fn removexattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()> {
-        if is_private(name) {
-            return Err(Errno::EPERM);
-        }
-        let node = self.nodes.get(ino)?;
-        self.check_node(
-            c,
-            &node,
-            attr_action(node.kind, true, is_security_xattr(name)),
-        )?;
+        let node = self.xattr_node(c, ino, name, true, Errno::EPERM)?;
         sys::removexattr(&node.proc_path(), name)
     }
 
