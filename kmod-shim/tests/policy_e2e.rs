@@ -537,3 +537,34 @@ fn user_sets_need_an_authenticator_by_default() {
     let o = run_as(Some(65534), Path::new("/bin/cat"), &[f.to_str().unwrap()]);
     assert!(is_denied(&o), "{o:?}");
 }
+
+/// Key rules pick the key per resource: files under /hr are wrapped with
+/// hr-key, the rest with the default key.
+#[test]
+fn key_rules_pick_keys_per_subtree() {
+    let keys = tempfile::Builder::new()
+        .prefix("guardfs-keys")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let hr = keys.path().join("hr.key");
+    assert!(run(&["genkey", hr.to_str().unwrap()]).status.success());
+    let policy = r#"{ "name": "keys",
+      "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ],
+      "key_rules": [
+        { "resource_set_id": "hr", "key_id": "hr-key" },
+        { "key_id": "default" } ],
+      "resource_sets": [ { "id": "hr", "resources": [ { "directory": "/hr", "include_subfolders": true } ] } ] }"#;
+    let spec = format!("hr-key={}", hr.display());
+    let (gp, _cfg) = guarded(policy, &["--key", &spec]);
+    fs::create_dir(gp.path("hr")).unwrap();
+    fs::write(gp.path("hr/salaries"), b"confidential").unwrap();
+    fs::write(gp.path("public"), b"open").unwrap();
+    let key_name = |name: &str| {
+        let h = fs::read(gp.lower(name)).unwrap();
+        let n = h[11] as usize;
+        String::from_utf8(h[16..16 + n].to_vec()).unwrap()
+    };
+    assert_eq!(key_name("hr/salaries"), "hr-key");
+    assert_eq!(key_name("public"), "default");
+    assert_eq!(fs::read(gp.path("hr/salaries")).unwrap(), b"confidential");
+}
