@@ -27,10 +27,10 @@ pub struct AuditOptions {
     pub concise: Option<Duration>,
 }
 
-/// The sending side, shared by all worker threads.
-#[derive(Debug)]
+/// The sending side, shared by all worker threads (clones share one queue).
+#[derive(Debug, Clone)]
 pub struct Auditor {
-    tx: Mutex<Option<SyncSender<String>>>,
+    tx: Arc<Mutex<Option<SyncSender<String>>>>,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
 }
@@ -65,7 +65,7 @@ impl Auditor {
             .name("secfs-audit".into())
             .spawn(move || writer(rx, &mut file, syslog, opts.concise, &d, &w))?;
         Ok(Auditor {
-            tx: Mutex::new(Some(tx)),
+            tx: Arc::new(Mutex::new(Some(tx))),
             dropped,
             written,
         })
@@ -206,7 +206,7 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let (tx, _rx) = sync_channel::<String>(1);
         let a = Auditor {
-            tx: Mutex::new(Some(tx)),
+            tx: Arc::new(Mutex::new(Some(tx))),
             dropped: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
         };

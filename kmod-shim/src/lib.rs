@@ -15,6 +15,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
+pub mod ctl;
 pub mod exitcode;
 pub mod fuse;
 pub mod keyfile;

@@ -228,22 +228,52 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
         path: shown.clone(),
         why: e.desc().to_owned(),
     })?;
-    let dev = open_fuse_device()?;
     let stack =
         Arc::new(Stack::new(lower, spec.guard.clone()).map_err(|e| failed(format!("{e:?}")))?);
-    let root_mode = std::fs::metadata(&path)
-        .map(|m| m.mode())
-        .unwrap_or(0o40755)
-        & libc::S_IFMT;
+    let binding = FuseBinding::new(stack.clone(), spec.fuse);
+    let session = mount_fuse(
+        &path,
+        binding,
+        &format!("guardfs:{shown}"),
+        FS_SUBTYPE,
+        spec.threads,
+    )?;
+    raise_readahead(&path);
+    info!("secfs: mounted {shown} (mode {})", spec.guard.mode);
+    Ok(Mounted {
+        path,
+        stack,
+        session,
+    })
+}
+
+/// Mount a FUSE filesystem `fs` on `path` with mount(2) (root, no
+/// fusermount) and complete the FUSE handshake. The kernel checks
+/// permissions itself (`default_permissions`) and every user may enter
+/// (`allow_other`).
+pub fn mount_fuse<F: fuser::Filesystem>(
+    path: &Path,
+    fs: F,
+    source: &str,
+    subtype: &str,
+    threads: usize,
+) -> Result<Session<F>, MountError> {
+    let shown = path.display().to_string();
+    let failed = |why: String| MountError::MountFailed {
+        path: shown.clone(),
+        why,
+    };
+    let dev = open_fuse_device()?;
+    let root_mode = std::fs::metadata(path).map(|m| m.mode()).unwrap_or(0o40755) & libc::S_IFMT;
     let data = format!(
         "fd={},rootmode={:o},user_id=0,group_id=0,default_permissions,allow_other",
         dev.as_raw_fd(),
         root_mode
     );
     nix::mount::mount(
-        Some(format!("guardfs:{shown}").as_str()),
-        &path,
-        Some(format!("fuse.{FS_SUBTYPE}").as_str()),
+        Some(source),
+        path,
+        Some(format!("fuse.{subtype}").as_str()),
         MsFlags::empty(),
         Some(data.as_str()),
     )
@@ -251,24 +281,13 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
     let config = {
         let mut c = Config::default();
         c.acl = SessionACL::All;
-        c.n_threads = Some(spec.threads.max(1));
+        c.n_threads = Some(threads.max(1));
         c.clone_fd = true;
         c
     };
-    let binding = FuseBinding::new(stack.clone(), spec.fuse);
-    let session = match Session::from_fd(binding, dev, SessionACL::All, config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
-            return Err(failed(format!("FUSE handshake: {e}")));
-        }
-    };
-    raise_readahead(&path);
-    info!("secfs: mounted {shown} (mode {})", spec.guard.mode);
-    Ok(Mounted {
-        path,
-        stack,
-        session,
+    Session::from_fd(fs, dev, SessionACL::All, config).map_err(|e| {
+        let _ = nix::mount::umount2(path, MntFlags::MNT_DETACH);
+        failed(format!("FUSE handshake: {e}"))
     })
 }
 
@@ -370,6 +389,31 @@ pub fn block_signals() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// Call `before` and then unmount `path` (lazily) when SIGTERM or SIGINT
+/// arrives (SIGHUP is ignored). Requires [`block_signals`] first.
+pub fn unmount_on_signal_then(path: PathBuf, before: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+    let set = handled_signals();
+    std::thread::Builder::new()
+        .name("secfs-signals".into())
+        .spawn(move || {
+            loop {
+                match set.wait() {
+                    Ok(nix::sys::signal::Signal::SIGHUP) => {}
+                    Ok(sig) => {
+                        info!("secfs: {sig:?}: stopping");
+                        before();
+                        if let Err(e) = nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+                            warn!("secfs: unmount on signal failed: {e}");
+                        }
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Unmount `path` (lazily) when SIGTERM or SIGINT arrives, and call
 /// `on_hup` on SIGHUP, from a dedicated thread; after an unmount the
 /// serving loop ends. Requires [`block_signals`] to have run first.
@@ -394,4 +438,101 @@ pub fn unmount_on_signal(path: PathBuf, on_hup: Box<dyn Fn() + Send>) -> std::io
             }
         })?;
     Ok(())
+}
+
+/// The filesystem type of the control node: `fuse.secfs-ctl`.
+pub const CTL_SUBTYPE: &str = "secfs-ctl";
+
+/// The control node of the secfs service, mounted, not serving yet.
+pub struct ControlMount {
+    pub path: PathBuf,
+    session: Session<FuseBinding<crate::ctl::node::ControlNode>>,
+}
+
+impl std::fmt::Debug for ControlMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlMount")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlMount {
+    /// Serve ioctls until the control node is unmounted.
+    pub fn serve(self) -> std::io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// Whether a live control node is mounted on `dir`; a dead one (its
+/// service was killed) is detached first.
+fn control_mounted(dir: &Path) -> Result<bool, MountError> {
+    let Ok(f) = File::open("/proc/self/mountinfo") else {
+        return Ok(false);
+    };
+    let want = format!("fuse.{CTL_SUBTYPE}");
+    let mounted = BufReader::new(f).lines().map_while(Result::ok).any(|line| {
+        line.split_once(" - ").is_some_and(|(pre, post)| {
+            post.split_whitespace().next() == Some(want.as_str())
+                && pre
+                    .split_whitespace()
+                    .nth(4)
+                    .map(unescape_mountinfo)
+                    .as_deref()
+                    == dir.to_str()
+        })
+    });
+    if !mounted {
+        return Ok(false);
+    }
+    match std::fs::metadata(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(
+                "secfs: {}: previous secfs service is gone; detaching its control node",
+                dir.display()
+            );
+            nix::mount::umount2(dir, MntFlags::MNT_DETACH).map_err(|e| {
+                MountError::MountFailed {
+                    path: dir.display().to_string(),
+                    why: format!("detaching dead control node: {e}"),
+                }
+            })?;
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
+}
+
+/// Mount the control node of `service` on `dir` (created 0700 if missing).
+pub fn mount_control(
+    dir: &Path,
+    service: Arc<crate::ctl::service::Service>,
+) -> Result<ControlMount, MountError> {
+    require_root()?;
+    std::fs::create_dir_all(dir).map_err(|e| MountError::BadDir {
+        path: dir.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let path = absolute(dir)?;
+    if control_mounted(&path)? {
+        return Err(MountError::AlreadyMounted(format!(
+            "{} (another secfs service is running)",
+            path.display()
+        )));
+    }
+    let node = Arc::new(crate::ctl::node::ControlNode::new(service));
+    let opts = FuseOptions {
+        writeback_cache: false,
+        passthrough: false,
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let session = mount_fuse(
+        &path,
+        FuseBinding::new(node, opts),
+        "guardfs-control",
+        CTL_SUBTYPE,
+        2,
+    )?;
+    info!("secfs: control node at {}", path.display());
+    Ok(ControlMount { path, session })
 }

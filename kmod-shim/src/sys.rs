@@ -171,3 +171,15 @@ pub fn fremovexattr(fd: BorrowedFd<'_>, name: &CStr) -> VfsResult<()> {
     let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
     if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
+
+/// `ioctl(2)` with a command whose size field (`_IOC_SIZE`) is `buf.len()`:
+/// the kernel copies `buf` in (and, for `_IOWR`, the reply back into it).
+pub fn ioctl_buf(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> VfsResult<i32> {
+    if ((cmd >> 16) & 0x3fff) as usize != buf.len() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: valid fd for the call's duration; the command's size field
+    // equals the buffer's length, so the kernel reads and writes within it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::Ioctl, buf.as_mut_ptr()) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}

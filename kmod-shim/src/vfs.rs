@@ -233,13 +233,20 @@ pub enum Whence {
 }
 
 /// The vnode operations. Every method is called concurrently from several
-/// worker threads.
+/// worker threads. An operation a filesystem does not implement answers
+/// ENOSYS (ENOTTY for ioctl), as a kernel filesystem without the method
+/// would; the stacking layer implements every one.
+#[allow(unused_variables)] // default bodies ignore their arguments
 pub trait VnodeOps: Send + Sync {
     fn lookup(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry>;
     fn forget(&self, ino: Ino, nlookup: u64);
     fn getattr(&self, c: &Caller, ino: Ino, fh: Option<Fh>) -> VfsResult<Attr>;
-    fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr>;
-    fn readlink(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>>;
+    fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
+        Err(Errno::ENOSYS)
+    }
+    fn readlink(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
+        Err(Errno::ENOSYS)
+    }
     fn mknod(
         &self,
         c: &Caller,
@@ -247,11 +254,21 @@ pub trait VnodeOps: Send + Sync {
         name: &OsStr,
         mode: u32,
         rdev: u32,
-    ) -> VfsResult<Entry>;
-    fn mkdir(&self, c: &Caller, parent: Ino, name: &OsStr, mode: u32) -> VfsResult<Entry>;
-    fn unlink(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()>;
-    fn rmdir(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()>;
-    fn symlink(&self, c: &Caller, parent: Ino, name: &OsStr, target: &Path) -> VfsResult<Entry>;
+    ) -> VfsResult<Entry> {
+        Err(Errno::ENOSYS)
+    }
+    fn mkdir(&self, c: &Caller, parent: Ino, name: &OsStr, mode: u32) -> VfsResult<Entry> {
+        Err(Errno::ENOSYS)
+    }
+    fn unlink(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn rmdir(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn symlink(&self, c: &Caller, parent: Ino, name: &OsStr, target: &Path) -> VfsResult<Entry> {
+        Err(Errno::ENOSYS)
+    }
     fn rename(
         &self,
         c: &Caller,
@@ -260,8 +277,12 @@ pub trait VnodeOps: Send + Sync {
         new_parent: Ino,
         new_name: &OsStr,
         flags: RenameFlags,
-    ) -> VfsResult<()>;
-    fn link(&self, c: &Caller, ino: Ino, new_parent: Ino, new_name: &OsStr) -> VfsResult<Entry>;
+    ) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn link(&self, c: &Caller, ino: Ino, new_parent: Ino, new_name: &OsStr) -> VfsResult<Entry> {
+        Err(Errno::ENOSYS)
+    }
     fn open(&self, c: &Caller, ino: Ino, flags: i32) -> VfsResult<Opened>;
     fn create(
         &self,
@@ -270,9 +291,13 @@ pub trait VnodeOps: Send + Sync {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> VfsResult<(Entry, Opened)>;
+    ) -> VfsResult<(Entry, Opened)> {
+        Err(Errno::ENOSYS)
+    }
     /// Read up to `buf.len()` bytes at `offset`; returns the count (short at EOF).
-    fn read(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> VfsResult<usize>;
+    fn read(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> VfsResult<usize> {
+        Err(Errno::ENOSYS)
+    }
     /// Write `data` at `offset`. `kill_suidgid`: the kernel asks to clear
     /// set-user-id and set-group-id bits (the writer lacks CAP_FSETID).
     fn write(
@@ -283,10 +308,16 @@ pub trait VnodeOps: Send + Sync {
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
-    ) -> VfsResult<usize>;
-    fn flush(&self, c: &Caller, ino: Ino, fh: Fh) -> VfsResult<()>;
+    ) -> VfsResult<usize> {
+        Err(Errno::ENOSYS)
+    }
+    fn flush(&self, c: &Caller, ino: Ino, fh: Fh) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
     fn release(&self, ino: Ino, fh: Fh) -> VfsResult<()>;
-    fn fsync(&self, c: &Caller, ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()>;
+    fn fsync(&self, c: &Caller, ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
     fn opendir(&self, c: &Caller, ino: Ino) -> VfsResult<Opened>;
     fn readdir(
         &self,
@@ -298,8 +329,12 @@ pub trait VnodeOps: Send + Sync {
         sink: &mut dyn DirSink,
     ) -> VfsResult<()>;
     fn releasedir(&self, ino: Ino, fh: Fh) -> VfsResult<()>;
-    fn fsyncdir(&self, c: &Caller, ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()>;
-    fn statfs(&self, c: &Caller, ino: Ino) -> VfsResult<StatFs>;
+    fn fsyncdir(&self, c: &Caller, ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn statfs(&self, c: &Caller, ino: Ino) -> VfsResult<StatFs> {
+        Ok(StatFs::default())
+    }
     fn setxattr(
         &self,
         c: &Caller,
@@ -307,11 +342,19 @@ pub trait VnodeOps: Send + Sync {
         name: &OsStr,
         value: &[u8],
         flags: i32,
-    ) -> VfsResult<()>;
-    fn getxattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>>;
+    ) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn getxattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
+        Err(Errno::ENOSYS)
+    }
     /// The NUL-separated list of attribute names.
-    fn listxattr(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>>;
-    fn removexattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()>;
+    fn listxattr(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    fn removexattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
     fn fallocate(
         &self,
         c: &Caller,
@@ -320,10 +363,16 @@ pub trait VnodeOps: Send + Sync {
         offset: u64,
         len: u64,
         mode: i32,
-    ) -> VfsResult<()>;
-    fn lseek(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64>;
+    ) -> VfsResult<()> {
+        Err(Errno::ENOSYS)
+    }
+    fn lseek(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64> {
+        Err(Errno::ENOSYS)
+    }
     /// A duplicate of the lower fd of an open file, for passthrough.
-    fn backing_fd(&self, fh: Fh) -> Option<std::os::fd::OwnedFd>;
+    fn backing_fd(&self, fh: Fh) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
     /// Returns (result, output bytes).
     fn ioctl(
         &self,
@@ -333,5 +382,7 @@ pub trait VnodeOps: Send + Sync {
         cmd: u32,
         input: &[u8],
         out_size: u32,
-    ) -> VfsResult<(i32, Vec<u8>)>;
+    ) -> VfsResult<(i32, Vec<u8>)> {
+        Err(Errno::ENOTTY)
+    }
 }

@@ -6,7 +6,11 @@
 //! secfs mount DIR --key-file FILE [--mode xts|cbc-cs1|gcm|clear] [--foreground]
 //!                 [--policy FILE [--host-settings FILE]] [--key NAME=FILE]...
 //! secfs umount DIR [--lazy]
+//! secfs serve --vmd PATH [--ctl-dir DIR] [--blob-dir DIR] [--audit-log FILE]
 //! ```
+//!
+//! `serve` is the agent's form: one process serving every GuardPoint,
+//! driven by vmd over the ioctl channel (see `guardfs_shim::ctl`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -44,6 +48,9 @@ enum Cmd {
     Genkey { file: PathBuf },
     /// Guard DIR: mount secfs over it so its files are encrypted at rest.
     Mount(MountArgs),
+    /// Run the secfs service: one process serving every GuardPoint,
+    /// driven by vmd through ioctls on the control node (foreground).
+    Serve(ServeArgs),
     /// Unmount the GuardPoint at DIR.
     Umount {
         dir: PathBuf,
@@ -51,6 +58,29 @@ enum Cmd {
         #[arg(long)]
         lazy: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The installed vmd: only root processes running this binary (same
+    /// path, same SHA-256 as at start) may send requests.
+    #[arg(long)]
+    vmd: PathBuf,
+    /// Where the control node is mounted (root only).
+    #[arg(long, default_value = "/run/guardfs/ctl")]
+    ctl_dir: PathBuf,
+    /// Root-only directory of policy blobs, named by SHA-256.
+    #[arg(long, default_value = "/run/guardfs/blobs")]
+    blob_dir: PathBuf,
+    /// Audit log (refused requests, policy decisions; also syslog).
+    #[arg(long, default_value = "/var/log/guardfs/audit.log")]
+    audit_log: PathBuf,
+    /// Disable the kernel writeback cache on GuardPoints.
+    #[arg(long)]
+    no_writeback_cache: bool,
+    /// Worker threads per GuardPoint (default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -125,6 +155,7 @@ fn main() -> ExitCode {
             Err(e) => fail(e.exit_code(), &e),
         },
         Cmd::Mount(a) => run_mount(a),
+        Cmd::Serve(a) => run_serve(a),
     };
     ExitCode::from(code as u8)
 }
@@ -251,11 +282,7 @@ fn run_mount(a: MountArgs) -> i32 {
             passthrough: a.mode == Mode::Clear,
             ..FuseOptions::default()
         },
-        threads: a.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        }),
+        threads: a.threads.unwrap_or_else(cpus),
     };
     // Files are created with the modes the kernel computed (umask applied).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -281,6 +308,73 @@ fn run_mount(a: MountArgs) -> i32 {
     }
     report_ready(a.ready_fd, Ok(()));
     match mounted.serve() {
+        Ok(()) => exitcode::OK,
+        Err(e) => fail(exitcode::FAILURE, &e),
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// `secfs serve`: mount the control node and serve until SIGTERM, which
+/// unguards every GuardPoint (lazily) and ends the service.
+fn run_serve(a: ServeArgs) -> i32 {
+    use guardfs_shim::ctl::service::{Authority, Service, ServiceOptions};
+    if let Err(e) = mount::require_root() {
+        return fail(e.exit_code(), &e);
+    }
+    if let Err(e) = mount::block_signals() {
+        return fail(exitcode::FAILURE, &format!("cannot block signals: {e}"));
+    }
+    let authority = match Authority::of_binary(&a.vmd) {
+        Ok(x) => x,
+        Err(e) => return fail(exitcode::USAGE, &format!("--vmd {}: {e}", a.vmd.display())),
+    };
+    let audit = match Auditor::start(AuditOptions {
+        file: Some(a.audit_log.clone()),
+        syslog: true,
+        concise: None,
+    }) {
+        Ok(x) => x,
+        Err(e) => {
+            return fail(
+                exitcode::FAILURE,
+                &format!("audit log {}: {e}", a.audit_log.display()),
+            );
+        }
+    };
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    mount::protect_process_memory();
+    let opts = ServiceOptions {
+        blob_dir: a.blob_dir.clone(),
+        threads: a.threads.unwrap_or_else(cpus),
+        writeback_cache: !a.no_writeback_cache,
+    };
+    let service = Arc::new(Service::new(authority, opts, Some(audit)));
+    let ctl = match mount::mount_control(&a.ctl_dir, service.clone()) {
+        Ok(c) => c,
+        Err(e) => return fail(e.exit_code(), &e),
+    };
+    let stop: Box<dyn Fn() + Send> = {
+        let service = service.clone();
+        Box::new(move || service.unguard_all())
+    };
+    if let Err(e) = mount::unmount_on_signal_then(ctl.path.clone(), stop) {
+        let _ = mount::unmount(&ctl.path, true);
+        return fail(
+            exitcode::FAILURE,
+            &format!("cannot install signal handling: {e}"),
+        );
+    }
+    log::info!(
+        "secfs: service ready (pid {}), vmd {}",
+        std::process::id(),
+        a.vmd.display()
+    );
+    match ctl.serve() {
         Ok(()) => exitcode::OK,
         Err(e) => fail(exitcode::FAILURE, &e),
     }

@@ -201,11 +201,14 @@ impl FileState {
     /// the GuardPoint's mode for new files.
     pub fn load(&self, io: &Io<'_>) -> VfsResult<()> {
         let (node, fd, keys) = (io.node, io.fd, io.keys);
-        if !matches!(*self.read_contents(), Contents::Unloaded) {
+        // A refused file is looked at again on every open: the key it
+        // needs may have arrived since (vmd pushes keys after a restart).
+        let settled = |c: &Contents| !matches!(c, Contents::Unloaded | Contents::Refused);
+        if settled(&self.read_contents()) {
             return Ok(());
         }
         let mut c = self.write_contents();
-        if !matches!(*c, Contents::Unloaded) {
+        if settled(&c) {
             return Ok(());
         }
         let size = lower_size(fd)?;
@@ -262,6 +265,16 @@ impl FileState {
             }
         };
         Ok(())
+    }
+
+    /// Drop the unwrapped data key if the file's header uses the policy key
+    /// `name` (after that key is revoked): later reads and writes through
+    /// open handles fail with EIO and a new open needs the key again.
+    pub fn forget_key(&self, name: &str) {
+        let mut c = self.write_contents();
+        if matches!(&*c, Contents::Encrypted(crypt, _) if crypt.header.key_name == name) {
+            *c = Contents::Refused;
+        }
     }
 
     fn refuse(&self, node: &Node, why: &str) -> Contents {

@@ -45,6 +45,61 @@ impl StaticKeys {
             inner.current = Some((name.to_owned(), version));
         }
     }
+
+    /// Remove one version of a key; whether it was there.
+    pub fn remove(&self, name: &str, version: u32) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let was = inner.keys.remove(&(name.to_owned(), version)).is_some();
+        if inner
+            .current
+            .as_ref()
+            .is_some_and(|(n, v)| n == name && *v == version)
+        {
+            inner.current = None;
+        }
+        was
+    }
+
+    /// Number of versions of key `name` held.
+    pub fn versions(&self, name: &str) -> usize {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.keys.keys().filter(|(n, _)| n == name).count()
+    }
+
+    /// Number of key versions held.
+    pub fn count(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .len()
+    }
+}
+
+/// The keys of one GuardPoint served by the secfs service: every key the
+/// service holds, with the newest version of the GuardPoint's own key for
+/// new files (so a rotation takes effect for new files at once).
+#[derive(Debug)]
+pub struct NamedKeys {
+    pub shared: Arc<StaticKeys>,
+    /// The GuardPoint's key for new files; none for `clear` GuardPoints.
+    pub name: Option<String>,
+}
+
+impl KeySource for NamedKeys {
+    fn current(&self) -> Option<(String, u32, Arc<PolicyKey>)> {
+        let name = self.name.as_deref()?;
+        let (v, k) = self.shared.latest(name)?;
+        Some((name.to_owned(), v, k))
+    }
+
+    fn get(&self, name: &str, version: u32) -> Option<Arc<PolicyKey>> {
+        self.shared.get(name, version)
+    }
+
+    fn latest(&self, name: &str) -> Option<(u32, Arc<PolicyKey>)> {
+        self.shared.latest(name)
+    }
 }
 
 impl std::fmt::Debug for StaticKeys {

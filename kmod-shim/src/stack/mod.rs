@@ -388,6 +388,16 @@ impl Stack {
     }
 
     /// Load a new policy generation into this GuardPoint.
+    /// Forget every data key unwrapped with the policy key `name` (it was
+    /// revoked). The caller invalidates the kernel's caches afterwards.
+    pub fn forget_key(&self, name: &str) {
+        for ino in self.nodes.all() {
+            if let Ok(node) = self.nodes.get(ino) {
+                node.file().forget_key(name);
+            }
+        }
+    }
+
     pub fn access(&self) -> &Access {
         &self.cfg.access
     }
