@@ -24,6 +24,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+step "quickstart (the README's main job), twice: running it again must be fine"
+./scripts/quickstart.sh /var/tmp/guardfs-ci-quickstart
+./scripts/quickstart.sh /var/tmp/guardfs-ci-quickstart
+/opt/guardfs/agent/bin/voradmin shutdown
+
 step "pjdfstest: every mode, with and without the writeback cache"
 ./integration/pjdfstest.sh
 

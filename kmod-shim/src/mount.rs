@@ -509,17 +509,31 @@ pub fn mount_control(
     service: Arc<crate::ctl::service::Service>,
 ) -> Result<ControlMount, MountError> {
     require_root()?;
-    std::fs::create_dir_all(dir).map_err(|e| MountError::BadDir {
-        path: dir.display().to_string(),
-        why: e.to_string(),
-    })?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| MountError::BadDir {
+            path: parent.display().to_string(),
+            why: e.to_string(),
+        })?;
+    }
     let path = absolute(dir)?;
+    // First: a dead control node on the path fails every other check.
     if control_mounted(&path)? {
         return Err(MountError::AlreadyMounted(format!(
             "{} (another secfs service is running)",
             path.display()
         )));
     }
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(MountError::BadDir {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            });
+        }
+    }
+    let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let node = Arc::new(crate::ctl::node::ControlNode::new(service));
     let opts = FuseOptions {
         writeback_cache: false,

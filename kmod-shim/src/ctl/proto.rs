@@ -7,7 +7,8 @@
 //! off len field
 //!   0   4 magic "GFC1"
 //!   4   2 version = 1
-//!   6   2 op (1 push key, 2 revoke key, 3 load policy, 4 guard, 5 unguard, 6 status)
+//!   6   2 op (1 push key, 2 revoke key, 3 load policy, 4 guard, 5 unguard, 6 status,
+//!         7 file info)
 //!   8   8 seq: strictly increasing per secfs process; a repeated or older seq is a replay
 //!  16   4 payload length: exactly the op's payload size
 //!  20  12 reserved, zero
@@ -45,16 +46,18 @@ pub enum Op {
     Guard = 4,
     Unguard = 5,
     Status = 6,
+    FileInfo = 7,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::PushKey,
         Op::RevokeKey,
         Op::LoadPolicy,
         Op::Guard,
         Op::Unguard,
         Op::Status,
+        Op::FileInfo,
     ];
 
     /// Size of the whole struct (header included) of this op.
@@ -67,13 +70,18 @@ impl Op {
                 Op::Guard => PATH_LEN + 8 + NAME_LEN + 64,
                 Op::Unguard => PATH_LEN + 8,
                 Op::Status => STATUS_FIXED + PATH_LEN + NAME_LEN,
+                Op::FileInfo => PATH_LEN + guardfs_crypto::HEADER_LEN,
             }
     }
 
     /// The ioctl command number: `_IOW('G', op, size)`, or `_IOWR` for
-    /// status, which returns data.
+    /// status and file info, which return data.
     pub const fn ioctl_cmd(self) -> u32 {
-        let dir: u32 = if matches!(self, Op::Status) { 3 } else { 1 };
+        let dir: u32 = if matches!(self, Op::Status | Op::FileInfo) {
+            3
+        } else {
+            1
+        };
         (dir << 30) | ((self.size() as u32) << 16) | ((IOC_TYPE as u32) << 8) | (self as u32)
     }
 
@@ -227,6 +235,11 @@ pub enum Request {
     Status {
         index: u32,
     },
+    /// The raw header of a file in a GuardPoint (the reply carries its
+    /// 4096 bytes after the path).
+    FileInfo {
+        path: String,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -263,6 +276,7 @@ impl fmt::Debug for Request {
             }
             Request::Unguard { path, lazy } => write!(f, "Unguard {{ {path:?}, lazy: {lazy} }}"),
             Request::Status { index } => write!(f, "Status {{ {index} }}"),
+            Request::FileInfo { path } => write!(f, "FileInfo {{ {path:?} }}"),
         }
     }
 }
@@ -284,6 +298,7 @@ impl Request {
             Request::Guard { .. } => Op::Guard,
             Request::Unguard { .. } => Op::Unguard,
             Request::Status { .. } => Op::Status,
+            Request::FileInfo { .. } => Op::FileInfo,
         }
     }
 
@@ -348,6 +363,7 @@ impl Request {
                 p[PATH_LEN] = u8::from(*lazy);
             }
             Request::Status { index } => p[..4].copy_from_slice(&index.to_le_bytes()),
+            Request::FileInfo { path } => put_text(&mut p[..PATH_LEN], path)?,
         }
         Ok(b)
     }
@@ -491,6 +507,14 @@ impl Request {
                     index: le_u32(p, 0),
                 }
             }
+            Op::FileInfo => {
+                if !zeros(&p[PATH_LEN..]) {
+                    return Err(ProtoError::Reserved("file info request"));
+                }
+                Request::FileInfo {
+                    path: path("path", &p[..PATH_LEN])?,
+                }
+            }
         };
         Ok((req, seq))
     }
@@ -592,6 +616,9 @@ mod tests {
                 lazy: true,
             },
             Request::Status { index: 3 },
+            Request::FileInfo {
+                path: "/data/f".into(),
+            },
         ]
     }
 

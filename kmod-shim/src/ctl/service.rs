@@ -180,12 +180,13 @@ impl Service {
             self.refuse(pid, uid, &format!("malformed {op:?}: {e}"));
             Errno::EINVAL
         })?;
-        if op != Op::Status && seq <= self.last_seq.load(Ordering::Acquire) {
+        let query = matches!(op, Op::Status | Op::FileInfo);
+        if !query && seq <= self.last_seq.load(Ordering::Acquire) {
             self.refuse(pid, uid, &format!("replayed request (seq {seq})"));
             return Err(Errno(libc::EPROTO));
         }
         let out = self.execute(&req, seq)?;
-        if op != Op::Status {
+        if !query {
             self.last_seq.fetch_max(seq, Ordering::AcqRel);
             info!("secfs: control: {req:?} done");
         }
@@ -233,6 +234,7 @@ impl Service {
             } => self.guard(path, *mode, key.clone(), policy.as_ref(), host.as_ref()),
             Request::Unguard { path, lazy } => self.unguard(path, *lazy),
             Request::Status { index } => self.status(*index, seq),
+            Request::FileInfo { path } => self.file_info(path, req, seq),
         }
     }
 
@@ -395,6 +397,24 @@ impl Service {
             }
         };
         entry.encode(seq).map_err(|_| Errno::EINVAL)
+    }
+
+    /// The lower header of the file at `path` inside a GuardPoint.
+    fn file_info(&self, path: &str, req: &Request, seq: u64) -> VfsResult<Vec<u8>> {
+        let served = self.lock();
+        let (gp, s) = served
+            .iter()
+            .find(|(gp, _)| {
+                path.strip_prefix(gp.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            })
+            .ok_or(Errno::ENOENT)?;
+        let rel = &path[gp.len() + 1..];
+        let header = s.stack.lower_header(rel)?;
+        let mut out = req.encode(seq).map_err(|_| Errno::EINVAL)?;
+        let at = out.len() - header.len();
+        out[at..].copy_from_slice(&header);
+        Ok(out)
     }
 
     /// Unguard everything (lazily), at shutdown.

@@ -388,6 +388,22 @@ impl Stack {
     }
 
     /// Load a new policy generation into this GuardPoint.
+    /// The first 4096 bytes of the lower file at `rel` (relative to the
+    /// GuardPoint, final symlink not followed), for `voradmin secfs iv get`.
+    /// Shorter files are padded with zeros.
+    pub fn lower_header(&self, rel: &str) -> VfsResult<[u8; guardfs_crypto::HEADER_LEN]> {
+        let root = self.nodes.get(Ino::ROOT)?;
+        let fd = nix::fcntl::openat(
+            root.fd(),
+            rel,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let mut hdr = [0u8; guardfs_crypto::HEADER_LEN];
+        file::pread_full(fd.as_fd(), &mut hdr, 0)?;
+        Ok(hdr)
+    }
+
     /// Forget every data key unwrapped with the policy key `name` (it was
     /// revoked). The caller invalidates the kernel's caches afterwards.
     pub fn forget_key(&self, name: &str) {

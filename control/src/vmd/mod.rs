@@ -1,0 +1,784 @@
+//! vmd: the agent's control daemon on one host. It owns the persistent
+//! state ([`crate::state`]), unlocks the host key, keeps the secfs service
+//! running and in step (keys, policies, GuardPoints pushed over the ioctl
+//! channel), retries GuardPoints that are busy, and answers the admin
+//! commands on its local socket ([`server`]).
+//!
+//! Key material lives only in this process's memory (locked, not dumpable)
+//! and in secfs; it never appears in a reply, a log line or a file outside
+//! `.sec/`.
+
+pub mod busy;
+pub mod secfs;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use guardfs_crypto::Mode;
+use guardfs_shim::ctl::client::ClientError;
+use guardfs_shim::ctl::proto::{Request as Ctl, SERVICE_INDEX, StatusEntry};
+use log::{error, info, warn};
+use serde_json::{Value, json};
+
+use crate::api::{Reply, Request};
+use crate::state::{
+    AgentConf, GpType, GuardPoints, HostKey, HostKeyStore, KeyStore, Layout, PolicyStore,
+    Protection, StateError, Unlock,
+};
+use secfs::{Liveness, SecfsProcess};
+
+/// `voradmin secfs config` parameters: name, check, secfs argument.
+const SECFS_PARAMS: &[(&str, &str)] = &[
+    (
+        "pagecache_writeback",
+        "0 or 1: the kernel writeback cache on GuardPoints (default 1)",
+    ),
+    (
+        "threads",
+        "1..64: FUSE worker threads per GuardPoint (default: CPUs)",
+    ),
+];
+
+/// What vmd knows about one registered GuardPoint beyond the registry.
+#[derive(Debug, Clone, Default)]
+struct GpRuntime {
+    /// Config state: whether it should be guarded now.
+    wanted: bool,
+    /// Why it is not guarded, when wanted and not guarded.
+    reason: Option<String>,
+    retries: u64,
+    attempt: Option<SystemTime>,
+}
+
+/// The daemon's state.
+pub struct Agent {
+    pub layout: Layout,
+    conf: AgentConf,
+    hostkeys: HostKeyStore,
+    host_key: Option<HostKey>,
+    keys: Option<KeyStore>,
+    policies: PolicyStore,
+    gps: GuardPoints,
+    runtime: BTreeMap<String, GpRuntime>,
+    secfs: SecfsProcess,
+    started: SystemTime,
+    /// Set by a shutdown request.
+    pub stopping: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("root", &self.layout.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn now_text(t: Option<SystemTime>) -> String {
+    let Some(t) = t else {
+        return "0-00-00 00:00:00".into();
+    };
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn sha256_hex(b: &[u8]) -> ([u8; 32], String) {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    (out, hex::encode(out))
+}
+
+impl Agent {
+    /// Load the state under `layout` and unlock the host key if it needs
+    /// no password. `secfs_bin` and `vmd_bin` are the installed binaries.
+    pub fn open(layout: Layout, secfs_bin: PathBuf, vmd_bin: PathBuf) -> Result<Agent, String> {
+        layout.create_dirs().map_err(err)?;
+        let conf = AgentConf::load(&layout.agent_conf()).map_err(err)?;
+        let hostkeys = HostKeyStore::new(&layout.sec);
+        let policies = PolicyStore::new(&layout.etc);
+        let gps = GuardPoints::load(&layout.guardpoints()).map_err(err)?;
+        let mut secfs = SecfsProcess::new(&layout, secfs_bin, vmd_bin);
+        secfs.extra_args = secfs_args(&conf);
+        let mut agent = Agent {
+            layout,
+            conf,
+            hostkeys,
+            host_key: None,
+            keys: None,
+            policies,
+            gps,
+            runtime: BTreeMap::new(),
+            secfs,
+            started: SystemTime::now(),
+            stopping: false,
+        };
+        match agent.hostkeys.init_or_load_auto().map_err(err)? {
+            Unlock::Ready(k) => agent.unlock(k)?,
+            Unlock::NeedsPassword => {
+                warn!(
+                    "vmd: the host key is password protected; keys are unavailable until `vmsec passwd`"
+                )
+            }
+        }
+        for gp in agent.gps.list() {
+            let wanted = gp.gp_type == GpType::Auto;
+            agent.runtime.insert(
+                gp.path.clone(),
+                GpRuntime {
+                    wanted,
+                    ..GpRuntime::default()
+                },
+            );
+        }
+        Ok(agent)
+    }
+
+    fn unlock(&mut self, key: HostKey) -> Result<(), String> {
+        let store = KeyStore::load(&self.layout.keys(), &key).map_err(err)?;
+        self.host_key = Some(key);
+        self.keys = Some(store);
+        Ok(())
+    }
+
+    /// One round of supervision: secfs alive (restart and resync if not),
+    /// wanted GuardPoints guarded (retrying busy ones).
+    pub fn tick(&mut self) {
+        if self.stopping {
+            return;
+        }
+        match self.secfs.ensure() {
+            Ok(Liveness::Alive) => {}
+            Ok(Liveness::Adopted) => {
+                info!(
+                    "vmd: found the running secfs service (pid {:?})",
+                    self.secfs.pid()
+                );
+                self.adopt();
+                self.push_all_keys();
+            }
+            Ok(Liveness::Started) => self.push_all_keys(),
+            Err(e) => {
+                error!("vmd: {e}");
+                return;
+            }
+        }
+        let served = self.served();
+        let todo: Vec<String> = self
+            .runtime
+            .iter()
+            .filter(|(p, r)| r.wanted && !served.contains_key(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in todo {
+            if let Err(e) = self.try_guard(&path) {
+                warn!("vmd: {path}: not guarded: {e}");
+            }
+        }
+    }
+
+    /// vmd restarted while secfs kept running: what secfs serves stays
+    /// guarded (config state guarded), whatever its type.
+    fn adopt(&mut self) {
+        for path in self.served().into_keys() {
+            if let Some(r) = self.runtime.get_mut(&path) {
+                r.wanted = true;
+            }
+        }
+    }
+
+    /// What secfs serves now, by path.
+    fn served(&mut self) -> BTreeMap<String, StatusEntry> {
+        let Some(c) = self.secfs.client() else {
+            return BTreeMap::new();
+        };
+        match c.list() {
+            Ok(l) => l.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            Err(e) => {
+                if secfs::is_dead(&e) {
+                    self.secfs.disconnect();
+                }
+                BTreeMap::new()
+            }
+        }
+    }
+
+    fn ctl(&mut self, req: &Ctl) -> Result<Vec<u8>, ClientError> {
+        let Some(c) = self.secfs.client() else {
+            return Err(ClientError::Refused {
+                op: req.op(),
+                errno: guardfs_shim::vfs::Errno(nix::errno::Errno::ENOTCONN as i32),
+            });
+        };
+        let r = c.send(req);
+        if let Err(e) = &r
+            && secfs::is_dead(e)
+        {
+            self.secfs.disconnect();
+        }
+        r
+    }
+
+    fn push_key(&mut self, name: &str, version: u32) -> Result<(), String> {
+        let Some(store) = &self.keys else {
+            return Err("keys are unavailable (host key locked)".into());
+        };
+        let info = store.get(name).ok_or_else(|| format!("no key {name:?}"))?;
+        if info.mode == Mode::Clear {
+            return Ok(());
+        }
+        let material = store.material(name, version).map_err(err)?;
+        let req = Ctl::PushKey {
+            name: name.to_owned(),
+            version,
+            mode: info.mode,
+            material: *material.expose(),
+        };
+        self.ctl(&req).map(|_| ()).map_err(err)
+    }
+
+    fn push_all_keys(&mut self) {
+        let Some(store) = &self.keys else { return };
+        let all: Vec<(String, u32)> = store
+            .list()
+            .into_iter()
+            .flat_map(|k| {
+                k.versions
+                    .into_iter()
+                    .map(move |(v, _)| (k.name.clone(), v))
+            })
+            .collect();
+        for (name, v) in all {
+            if let Err(e) = self.push_key(&name, v) {
+                error!("vmd: pushing key {name} v{v}: {e}");
+            }
+        }
+    }
+
+    /// Write a blob (policy or host settings) to the blob directory under
+    /// its digest.
+    fn blob(&self, text: &str) -> Result<[u8; 32], String> {
+        let (digest, name) = sha256_hex(text.as_bytes());
+        crate::state::write_atomic(&self.layout.blob_dir.join(name), text.as_bytes(), 0o600)
+            .map_err(err)?;
+        Ok(digest)
+    }
+
+    /// The key and mode a policy guards with: its first key rule's key
+    /// (`default` without key rules); `clear` when it only uses clear_key.
+    fn policy_key(&self, policy: &str) -> Result<(Option<String>, Mode), String> {
+        let compiled = self.policies.compiled(policy).map_err(err)?;
+        let name = match self.policies.policy_key(policy).map_err(err)? {
+            Some(k) => k,
+            None if !compiled.has_key_rules() => "default".to_owned(),
+            None => return Ok((None, Mode::Clear)),
+        };
+        match &self.keys {
+            None => {
+                // Locked: guard anyway (files stay unreadable until the
+                // password is entered); the mode is only known from the key.
+                Ok((Some(name), Mode::Xts))
+            }
+            Some(store) => {
+                let info = store.get(&name).ok_or_else(|| {
+                    format!("policy {policy} uses key {name:?}, which is not in the key store")
+                })?;
+                Ok(if info.mode == Mode::Clear {
+                    (None, Mode::Clear)
+                } else {
+                    (Some(name), info.mode)
+                })
+            }
+        }
+    }
+
+    fn policy_blobs(&self, policy: &str) -> Result<([u8; 32], Option<[u8; 32]>), String> {
+        let text = self
+            .policies
+            .get(policy)
+            .map_err(err)?
+            .ok_or_else(|| format!("no policy {policy:?}"))?;
+        let host = match self.policies.host_settings().map_err(err)? {
+            Some(h) => Some(self.blob(&h)?),
+            None => None,
+        };
+        Ok((self.blob(&text)?, host))
+    }
+
+    /// Guard a registered GuardPoint now, unless processes are using it.
+    fn try_guard(&mut self, path: &str) -> Result<(), String> {
+        let entry = self
+            .gps
+            .get(path)
+            .cloned()
+            .ok_or_else(|| format!("{path} is not a GuardPoint"))?;
+        let rt = self.runtime.entry(path.to_owned()).or_default();
+        rt.wanted = true;
+        rt.retries += 1;
+        rt.attempt = Some(SystemTime::now());
+        let result = self.guard_now(path, &entry.policy);
+        let rt = self.runtime.entry(path.to_owned()).or_default();
+        match &result {
+            Ok(()) => {
+                rt.reason = None;
+                rt.retries = 0;
+            }
+            Err(e) => rt.reason = Some(e.clone()),
+        }
+        result
+    }
+
+    fn guard_now(&mut self, path: &str, policy: &str) -> Result<(), String> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            // A dead mount left by a killed secfs: guarding replaces it.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => {}
+            Ok(_) => return Err("not a directory".into()),
+            Err(e) => return Err(format!("directory unavailable: {e}")),
+        }
+        let users = busy::users(Path::new(path), self.secfs.pid());
+        if !users.is_empty() {
+            return Err(format!("busy: in use by pid {}", busy::describe(&users)));
+        }
+        let (key, mode) = self.policy_key(policy)?;
+        let (pdigest, hdigest) = self.policy_blobs(policy)?;
+        if let Some(k) = &key
+            && let Some(info) = self.keys.as_ref().and_then(|s| s.get(k))
+        {
+            for (v, _) in info.versions {
+                self.push_key(k, v)?;
+            }
+        }
+        let req = Ctl::Guard {
+            path: path.to_owned(),
+            mode,
+            key,
+            policy: Some(pdigest),
+            host: hdigest,
+        };
+        match self.ctl(&req) {
+            Ok(_) => {
+                info!("vmd: guarded {path} (policy {policy}, {mode})");
+                Ok(())
+            }
+            Err(e) => Err(format!("secfs: {e}")),
+        }
+    }
+
+    fn save_keys(&self) -> Result<(), String> {
+        match &self.keys {
+            Some(k) => k.save(&self.layout.keys()).map_err(err),
+            None => Err("keys are unavailable: the host key is locked (enter the password with `vmsec passwd`)".into()),
+        }
+    }
+
+    fn keys_mut(&mut self) -> Result<&mut KeyStore, String> {
+        self.keys
+            .as_mut()
+            .ok_or_else(|| "keys are unavailable: the host key is locked (enter the password with `vmsec passwd`)".into())
+    }
+
+    /// Answer one request.
+    pub fn handle(&mut self, req: Request) -> Reply {
+        match self.dispatch(req) {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(e),
+        }
+    }
+
+    fn dispatch(&mut self, req: Request) -> Result<Value, String> {
+        match req {
+            Request::Status => Ok(self.status()),
+            Request::Config => Ok(json!({
+                "root": self.layout.root, "run_dir": self.layout.run_dir, "log_dir": self.layout.log_dir,
+                "agent_conf": self.layout.agent_conf(),
+                "entries": self.conf.entries().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            })),
+            Request::KeyCreate {
+                name,
+                mode,
+                persistent,
+            } => {
+                let mode: Mode = mode.parse().map_err(err)?;
+                let v = self
+                    .keys_mut()?
+                    .create(&name, mode, persistent)
+                    .map_err(err)?;
+                if let Err(e) = self.save_keys() {
+                    let _ = self.keys_mut()?.remove(&name);
+                    return Err(e);
+                }
+                if self.secfs.client().is_some() {
+                    self.push_key(&name, v)?;
+                }
+                info!("vmd: key {name} created ({mode})");
+                Ok(json!({ "name": name, "version": v, "mode": mode.name() }))
+            }
+            Request::KeyRotate { name } => {
+                let v = self.keys_mut()?.rotate(&name).map_err(err)?;
+                if let Err(e) = self.save_keys() {
+                    // Put the store back as it was on disk.
+                    if let Some(hk) = self.host_key.clone() {
+                        self.keys = KeyStore::load(&self.layout.keys(), &hk).ok();
+                    }
+                    return Err(e);
+                }
+                if self.secfs.client().is_some() {
+                    self.push_key(&name, v)?;
+                }
+                info!("vmd: key {name} rotated to version {v}");
+                Ok(json!({ "name": name, "version": v }))
+            }
+            Request::KeyList => {
+                let store = self
+                    .keys
+                    .as_ref()
+                    .ok_or("keys are unavailable: the host key is locked")?;
+                Ok(serde_json::to_value(store.list()).map_err(err)?)
+            }
+            Request::KeyShow { name } => {
+                let store = self
+                    .keys
+                    .as_ref()
+                    .ok_or("keys are unavailable: the host key is locked")?;
+                let info = store.get(&name).ok_or_else(|| format!("no key {name:?}"))?;
+                Ok(serde_json::to_value(info).map_err(err)?)
+            }
+            Request::PolicyApply { json } => {
+                let name = self.policies.apply(&json).map_err(err)?;
+                self.reload_policy(Some(&name))?;
+                Ok(json!({ "name": name }))
+            }
+            Request::PolicyList => Ok(json!(self.policies.list().map_err(err)?)),
+            Request::PolicyShow { name } => {
+                let text = self
+                    .policies
+                    .get(&name)
+                    .map_err(err)?
+                    .ok_or_else(|| format!("no policy {name:?}"))?;
+                Ok(serde_json::from_str(&text).map_err(err)?)
+            }
+            Request::HostSettingsSet { text } => {
+                self.policies.set_host_settings(&text).map_err(err)?;
+                self.reload_policy(None)?;
+                Ok(json!({}))
+            }
+            Request::HostSettingsShow => Ok(json!(
+                self.policies
+                    .host_settings()
+                    .map_err(err)?
+                    .unwrap_or_default()
+            )),
+            Request::Guard {
+                path,
+                policy,
+                gp_type,
+            } => self.guard(&path, policy, gp_type),
+            Request::Unguard { path, keep } => self.unguard(&path, keep),
+            Request::Passwd { password } => self.passwd(&password),
+            Request::SetPassword { password } => {
+                let hk = self
+                    .host_key
+                    .clone()
+                    .ok_or("the host key is locked: enter the current password first")?;
+                self.hostkeys.set_password(&hk, &password).map_err(err)?;
+                info!("vmd: host key is now password protected");
+                Ok(json!({ "protection": "password" }))
+            }
+            Request::SecfsConfig { param, value } => self.secfs_config(&param, &value),
+            Request::FileInfo { path } => self.file_info(&path),
+            Request::Shutdown => {
+                info!("vmd: shutdown requested: unguarding and stopping secfs");
+                self.stopping = true;
+                self.secfs.stop();
+                Ok(json!({}))
+            }
+        }
+    }
+
+    fn passwd(&mut self, password: &str) -> Result<Value, String> {
+        match self.hostkeys.protection().map_err(err)? {
+            Some(Protection::Password) => {}
+            _ => {
+                return Err(
+                    "no static host password is set (the host key unlocks automatically)".into(),
+                );
+            }
+        }
+        let hk = self.hostkeys.unlock_with_password(password).map_err(err)?;
+        if self.host_key.is_none() {
+            self.unlock(hk)?;
+            self.push_all_keys();
+            info!("vmd: host key unlocked; keys are available");
+        }
+        Ok(json!({ "keys_available": true }))
+    }
+
+    fn guard(
+        &mut self,
+        path: &str,
+        policy: Option<String>,
+        gp_type: Option<GpType>,
+    ) -> Result<Value, String> {
+        let path = normalize(path)?;
+        if let Some(policy) = policy {
+            if self.policies.get(&policy).map_err(err)?.is_none() {
+                return Err(format!(
+                    "no policy {policy:?} (apply one with `voradmin policy apply FILE`)"
+                ));
+            }
+            self.policy_key(&policy)?;
+            let mut gps = self.gps.clone();
+            gps.add(&path, &policy, gp_type.unwrap_or(GpType::Auto))
+                .map_err(err)?;
+            gps.save(&self.layout.guardpoints()).map_err(err)?;
+            self.gps = gps;
+        } else if self.gps.get(&path).is_none() {
+            return Err(format!(
+                "{path} is not a GuardPoint (add it with `voradmin guard {path} --policy NAME`)"
+            ));
+        }
+        if self.served().contains_key(&path) {
+            return Ok(json!({ "path": path, "status": "guarded" }));
+        }
+        match self.try_guard(&path) {
+            Ok(()) => Ok(json!({ "path": path, "status": "guarded" })),
+            Err(reason) => Ok(json!({ "path": path, "status": "not guarded", "reason": reason })),
+        }
+    }
+
+    fn unguard(&mut self, path: &str, keep: bool) -> Result<Value, String> {
+        let path = normalize(path)?;
+        if self.gps.get(&path).is_none() {
+            return Err(format!("{path} is not a GuardPoint"));
+        }
+        if self.served().contains_key(&path) {
+            let users = busy::users(Path::new(&path), self.secfs.pid());
+            if !users.is_empty() {
+                return Err(format!(
+                    "{path} is busy: in use by pid {}; nothing changed",
+                    busy::describe(&users)
+                ));
+            }
+            self.ctl(&Ctl::Unguard {
+                path: path.clone(),
+                lazy: false,
+            })
+            .map_err(|e| format!("secfs: {e}"))?;
+        }
+        if keep {
+            self.runtime.entry(path.clone()).or_default().wanted = false;
+        } else {
+            let mut gps = self.gps.clone();
+            gps.remove(&path).map_err(err)?;
+            gps.save(&self.layout.guardpoints()).map_err(err)?;
+            self.gps = gps;
+            self.runtime.remove(&path);
+        }
+        info!("vmd: unguarded {path}");
+        Ok(json!({ "path": path, "status": "not guarded" }))
+    }
+
+    /// Send the current policy (and host settings) to every guarded
+    /// GuardPoint using `policy` (all of them when `None`).
+    fn reload_policy(&mut self, policy: Option<&str>) -> Result<(), String> {
+        let served = self.served();
+        let targets: Vec<(String, String)> = self
+            .gps
+            .list()
+            .iter()
+            .filter(|g| served.contains_key(&g.path) && policy.is_none_or(|p| p == g.policy))
+            .map(|g| (g.path.clone(), g.policy.clone()))
+            .collect();
+        for (path, pol) in targets {
+            let (pd, hd) = self.policy_blobs(&pol)?;
+            self.ctl(&Ctl::LoadPolicy {
+                path: path.clone(),
+                policy: pd,
+                host: hd,
+            })
+            .map_err(|e| format!("{path}: loading policy {pol}: {e}"))?;
+            info!("vmd: {path}: policy {pol} reloaded");
+        }
+        Ok(())
+    }
+
+    fn secfs_config(&mut self, param: &str, value: &str) -> Result<Value, String> {
+        let ok = match param {
+            "pagecache_writeback" => matches!(value, "0" | "1"),
+            "threads" => value.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n)),
+            _ => {
+                let known: Vec<String> = SECFS_PARAMS
+                    .iter()
+                    .map(|(n, d)| format!("{n} ({d})"))
+                    .collect();
+                return Err(format!(
+                    "unknown secfs parameter {param:?}; known: {}",
+                    known.join(", ")
+                ));
+            }
+        };
+        if !ok {
+            let d = SECFS_PARAMS
+                .iter()
+                .find(|(n, _)| *n == param)
+                .map(|(_, d)| *d)
+                .unwrap_or("");
+            return Err(format!("{param}: bad value {value:?}: expected {d}"));
+        }
+        let mut conf = self.conf.clone();
+        conf.set(&format!("secfs_{param}"), value).map_err(err)?;
+        conf.save(&self.layout.agent_conf()).map_err(err)?;
+        self.conf = conf;
+        self.secfs.extra_args = secfs_args(&self.conf);
+        Ok(
+            json!({ "param": param, "value": value, "applies": "when the secfs service next starts" }),
+        )
+    }
+
+    fn file_info(&mut self, path: &str) -> Result<Value, String> {
+        let canon = std::fs::canonicalize(path).map_err(|e| format!("{path}: {e}"))?;
+        let canon = canon.to_str().ok_or("path is not UTF-8")?.to_owned();
+        let reply = self
+            .ctl(&Ctl::FileInfo {
+                path: canon.clone(),
+            })
+            .map_err(|e| {
+                format!("{canon}: {e} (is it a regular file inside a guarded GuardPoint?)")
+            })?;
+        let raw = &reply[reply.len() - guardfs_crypto::HEADER_LEN..];
+        match guardfs_crypto::Header::parse(raw) {
+            Ok(h) => Ok(json!({
+                "path": canon, "mode": h.mode.name(), "key_name": h.key_name, "key_version": h.key_version,
+                "file_id": hex::encode(h.file_id.0), "base_iv": hex::encode(h.base_iv),
+            })),
+            Err(e) => Err(format!(
+                "{canon}: no GuardFS header in the lower file ({e}): clear or plaintext file"
+            )),
+        }
+    }
+
+    /// Everything `status`-like commands show.
+    fn status(&mut self) -> Value {
+        let served = self.served();
+        let keys_available = self.host_key.is_some();
+        let gps: Vec<Value> = self
+            .gps
+            .list()
+            .iter()
+            .map(|g| {
+                let rt = self.runtime.get(&g.path).cloned().unwrap_or_default();
+                let s = served.get(&g.path);
+                let reason = match (s, &rt.reason) {
+                    (Some(e), _) if e.keys == 0 => "keys unavailable".to_owned(),
+                    (Some(_), _) => "N/A".to_owned(),
+                    (None, _) if !rt.wanted => "Inactive".to_owned(),
+                    (None, Some(r)) => r.clone(),
+                    (None, None) => "pending".to_owned(),
+                };
+                json!({
+                    "path": g.path, "policy": g.policy, "type": g.gp_type.name(),
+                    "config_state": if rt.wanted { "guarded" } else { "unguarded" },
+                    "status": if s.is_some() { "guarded" } else { "not guarded" },
+                    "reason": reason,
+                    "mode": s.map(|e| e.mode.name()),
+                    "policy_generation": s.map(|e| e.generation),
+                    "key_versions": s.map(|e| e.keys),
+                    "retry_count": rt.retries,
+                    "attempt_time": now_text(rt.attempt),
+                })
+            })
+            .collect();
+        let svc = self
+            .secfs
+            .client()
+            .and_then(|c| c.status(SERVICE_INDEX).ok());
+        let protection = match self.hostkeys.protection() {
+            Ok(Some(Protection::Password)) => "password",
+            Ok(_) => "auto",
+            Err(_) => "damaged",
+        };
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "vmd_pid": std::process::id(),
+            "vmd_started": now_text(Some(self.started)),
+            "secfs_pid": self.secfs.pid(),
+            "secfs_running": svc.is_some(),
+            "secfs_keys": svc.map(|s| s.keys),
+            "keys_available": keys_available,
+            "host_key": protection,
+            "guardpoints": gps,
+            "policies": self.policies.list().unwrap_or_default(),
+            "host_settings": self.policies.host_settings().ok().flatten().unwrap_or_default(),
+            "keys": self.keys.as_ref().map(|k| serde_json::to_value(k.list()).unwrap_or_default()),
+            "root": self.layout.root,
+            "log_dir": self.layout.log_dir,
+            "audit_log": self.secfs.audit_log,
+            "conf": self.conf.entries().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Arguments for `secfs serve` from agent.conf.
+fn secfs_args(conf: &AgentConf) -> Vec<String> {
+    let mut out = Vec::new();
+    if conf.get("secfs_pagecache_writeback") == Some("0") {
+        out.push("--no-writeback-cache".to_owned());
+    }
+    if let Some(t) = conf.get("secfs_threads") {
+        out.push("--threads".to_owned());
+        out.push(t.to_owned());
+    }
+    out
+}
+
+/// An absolute path without `.`/`..`/`//`/trailing `/`, resolving symlinks
+/// in existing parents so the same directory has one name.
+fn normalize(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path}: GuardPoint paths must be absolute"));
+    }
+    let p = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(_) => PathBuf::from(path),
+    };
+    let s = p
+        .to_str()
+        .ok_or("path is not UTF-8")?
+        .trim_end_matches('/')
+        .to_owned();
+    if s.is_empty() {
+        return Err("/ cannot be a GuardPoint".into());
+    }
+    Ok(s)
+}
+
+impl From<StateError> for Reply {
+    fn from(e: StateError) -> Reply {
+        Reply::err(e.to_string())
+    }
+}

@@ -1,0 +1,695 @@
+//! The agent end to end: real vmd and secfs daemons, real FUSE mounts,
+//! the admin commands as an administrator runs them. Each test has its own
+//! install root, runtime and log directories, so tests run side by side.
+//! Needs root and /dev/fuse (CI has both); never skipped.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const VMD: &str = env!("CARGO_BIN_EXE_vmd");
+const VORADMIN: &str = env!("CARGO_BIN_EXE_voradmin");
+
+fn secfs_bin() -> PathBuf {
+    let p = Path::new(VMD).with_file_name("secfs");
+    assert!(
+        p.is_file(),
+        "{} missing: build the workspace (cargo test --workspace builds it)",
+        p.display()
+    );
+    p
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One agent: install root, its daemons, and CLI helpers.
+struct Agent {
+    base: tempfile::TempDir,
+    root: PathBuf,
+    bin: PathBuf,
+}
+
+impl Agent {
+    fn new() -> Agent {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (CI runs as root)"
+        );
+        let base = tempfile::Builder::new()
+            .prefix("guardfs-agent")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = base.path().join("agent");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(
+            root.join("etc/agent.conf"),
+            format!(
+                "# test agent\nrun_dir={b}/run\nlog_dir={b}/log\nsecfs_path={}\n",
+                secfs_bin().display(),
+                b = base.path().display()
+            ),
+        )
+        .unwrap();
+        // The CTE names are the same binary under other names.
+        let bin = base.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        for name in ["voradmin", "secfsd", "vmsec"] {
+            std::os::unix::fs::symlink(VORADMIN, bin.join(name)).unwrap();
+        }
+        Agent { base, root, bin }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.base.path().join("run")
+    }
+
+    fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.base.path().join("log").join(name)).unwrap_or_default()
+    }
+
+    fn cmd(&self, prog: &str, args: &[&str]) -> Output {
+        let exe = if prog == "vmd" {
+            PathBuf::from(VMD)
+        } else {
+            self.bin.join(prog)
+        };
+        Command::new(exe)
+            .args(args)
+            .env("GUARDFS_ROOT", &self.root)
+            .env("GUARDFS_PBKDF2_ITERATIONS", "1000")
+            .output()
+            .unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let o = self.cmd(prog, args);
+        assert!(
+            o.status.success(),
+            "{prog} {args:?}: {}\nvmd log:\n{}",
+            text(&o),
+            self.log("vmd.log")
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn start(&self) {
+        self.ok("vmd", &[]);
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.base.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pid(&self, name: &str) -> u32 {
+        fs::read_to_string(self.run_dir().join(format!("{name}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok("voradmin", &["status", "--json"])).unwrap()
+    }
+
+    fn gp_status(&self, path: &Path) -> (String, String) {
+        let v = self.status_json();
+        let g = v["guardpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["path"] == path.to_str().unwrap())
+            .cloned()
+            .unwrap_or_default();
+        (
+            g["status"].as_str().unwrap_or("").to_owned(),
+            g["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
+    fn guarded(&self, path: &Path) -> bool {
+        self.gp_status(path).0 == "guarded"
+    }
+
+    /// A key, a policy using it, and `dir` guarded with it.
+    fn guard_with_key(&self, dir: &Path, key: &str, mode: &str) {
+        self.ok("voradmin", &["key", "create", key, "--mode", mode]);
+        let policy = self.base.path().join(format!("{key}.json"));
+        fs::write(&policy, policy_json(&format!("p_{key}"), key)).unwrap();
+        self.ok("voradmin", &["policy", "apply", policy.to_str().unwrap()]);
+        let out = self.ok(
+            "voradmin",
+            &[
+                "guard",
+                dir.to_str().unwrap(),
+                "--policy",
+                &format!("p_{key}"),
+            ],
+        );
+        assert!(out.contains(": guarded"), "{out}");
+    }
+
+    /// The lower (on-disk) bytes of a file, read in a private mount
+    /// namespace where the GuardPoint is unmounted.
+    fn lower(&self, gp: &Path, name: &str) -> Vec<u8> {
+        let o = Command::new("unshare")
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                &format!(
+                    "umount -l '{}' && cat '{}/{name}'",
+                    gp.display(),
+                    gp.display()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        o.stdout
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.cmd("voradmin", &["shutdown"]);
+        for name in ["vmd", "secfs"] {
+            if let Ok(pid) = fs::read_to_string(self.run_dir().join(format!("{name}.pid")))
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Lazy-unmount anything left under the base.
+        let base = self.base.path().to_str().unwrap().to_owned();
+        for line in fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(mp) = line.split_whitespace().nth(4)
+                && mp.starts_with(&base)
+            {
+                let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+fn policy_json(name: &str, key: &str) -> String {
+    format!(
+        r#"{{ "name": "{name}", "authenticated_users_only": false,
+  "security_rules": [ {{ "order_number": 1, "action": "all_ops", "effect": "permit,applykey,audit" }} ],
+  "key_rules": [ {{ "key_id": "{key}" }} ] }}"#
+    )
+}
+
+const SECRET: &[u8] = b"GUARDFS-AGENT-PLAINTEXT-CANARY";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn quickstart_is_idempotent_and_encrypts() {
+    let a = Agent::new();
+    let dir = a.base.path().join("demo");
+    let d = dir.to_str().unwrap();
+    let first = a.ok("voradmin", &["quickstart", d]);
+    assert!(
+        first.contains("created local key quickstart_key"),
+        "{first}"
+    );
+    let second = a.ok("voradmin", &["quickstart", d]);
+    assert!(
+        second.contains(": guarded") && !second.contains("created"),
+        "{second}"
+    );
+    fs::write(dir.join("hello.txt"), SECRET).unwrap();
+    assert_eq!(fs::read(dir.join("hello.txt")).unwrap(), SECRET);
+    let lower = a.lower(&dir, "hello.txt");
+    assert_eq!(&lower[..8], b"GuardFS\0");
+    assert!(!contains(&lower, SECRET));
+    let table = a.ok("secfsd", &["-status", "guard"]);
+    assert!(
+        table.contains("GuardPoint") && table.contains(d) && table.contains("quickstart_policy"),
+        "{table}"
+    );
+    let iv = a.ok(
+        "voradmin",
+        &[
+            "secfs",
+            "iv",
+            "get",
+            dir.join("hello.txt").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        iv.contains("key_name: quickstart_key") && iv.contains("mode: xts"),
+        "{iv}"
+    );
+}
+
+#[test]
+fn guard_unguard_round_trip_keeps_data() {
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_rt", "gcm");
+    let files: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                SECRET.iter().copied().cycle().take(i * 3000 + 1).collect(),
+            )
+        })
+        .collect();
+    for (n, data) in &files {
+        fs::write(dir.join(n), data).unwrap();
+    }
+    a.ok("voradmin", &["unguard", dir.to_str().unwrap()]);
+    // Unguarded: the directory holds ciphertext only.
+    for (n, _) in &files {
+        let raw = fs::read(dir.join(n)).unwrap();
+        assert_eq!(&raw[..8], b"GuardFS\0", "{n}");
+        assert!(!contains(&raw, SECRET), "{n}");
+    }
+    a.ok(
+        "voradmin",
+        &["guard", dir.to_str().unwrap(), "--policy", "p_k_rt"],
+    );
+    for (n, data) in &files {
+        assert_eq!(&fs::read(dir.join(n)).unwrap(), data, "{n}");
+    }
+    // secfsd -unguard keeps it registered; -guard brings it back.
+    a.ok("secfsd", &["-unguard", dir.to_str().unwrap()]);
+    assert_eq!(a.gp_status(&dir), ("not guarded".into(), "Inactive".into()));
+    a.ok("secfsd", &["-guard", dir.to_str().unwrap()]);
+    assert!(a.guarded(&dir));
+    assert_eq!(fs::read(dir.join("f1")).unwrap(), files[1].1);
+}
+
+#[test]
+fn key_rotation_keeps_old_files_readable() {
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_rot", "xts");
+    fs::write(dir.join("old"), b"before rotation").unwrap();
+    let out = a.ok("voradmin", &["key", "rotate", "k_rot"]);
+    assert!(out.contains("version 2"), "{out}");
+    fs::write(dir.join("new"), b"after rotation").unwrap();
+    let version = |f: &str| {
+        let iv = a.ok(
+            "voradmin",
+            &[
+                "--json",
+                "secfs",
+                "iv",
+                "get",
+                dir.join(f).to_str().unwrap(),
+            ],
+        );
+        serde_json::from_str::<serde_json::Value>(&iv).unwrap()["key_version"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((version("old"), version("new")), (1, 2));
+    // Across a full restart of the agent too.
+    a.ok("voradmin", &["shutdown"]);
+    a.start();
+    wait_until("re-guard", 20, || a.guarded(&dir));
+    assert_eq!(fs::read(dir.join("old")).unwrap(), b"before rotation");
+    assert_eq!(fs::read(dir.join("new")).unwrap(), b"after rotation");
+    let show = a.ok("voradmin", &["key", "show", "k_rot"]);
+    assert!(
+        show.contains("versions=1,2") && show.contains("latest=2"),
+        "{show}"
+    );
+}
+
+#[test]
+fn vmd_restart_and_kill9_leave_guardpoints_up() {
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_vmd", "cbc-cs1");
+    fs::write(dir.join("f"), b"one").unwrap();
+    let secfs = a.pid("secfs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid("vmd") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // vmd is gone: the GuardPoint keeps working with the keys it has.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        a.cmd("voradmin", &["status"]).status.code(),
+        Some(4),
+        "vmd not running"
+    );
+    fs::write(dir.join("g"), b"two").unwrap();
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"one");
+    // A new vmd adopts the running secfs (same process) and its GuardPoints.
+    a.start();
+    assert_eq!(a.pid("secfs"), secfs);
+    assert!(a.guarded(&dir));
+    assert_eq!(fs::read(dir.join("g")).unwrap(), b"two");
+    // SIGTERM to vmd: same story.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid("vmd") as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"one");
+    a.start();
+    assert!(a.guarded(&dir));
+    assert!(a.ok("vmsec", &["checkinstall"]).contains("running"));
+}
+
+#[test]
+fn secfs_kill9_is_recovered_within_seconds() {
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_kill", "xts");
+    fs::write(dir.join("f"), b"survives").unwrap();
+    let old = a.pid("secfs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    wait_until("secfs restarted and GuardPoint back", 15, || {
+        fs::read(dir.join("f")).is_ok_and(|d| d == b"survives")
+    });
+    eprintln!("recovered in {:?}", t.elapsed());
+    assert_ne!(a.pid("secfs"), old);
+    assert!(a.guarded(&dir));
+    fs::write(dir.join("g"), b"after").unwrap();
+    assert!(!contains(&a.lower(&dir, "g"), b"after"));
+}
+
+#[test]
+fn guard_is_refused_while_a_process_is_inside() {
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("busy");
+    fs::write(dir.join("plain"), b"x").unwrap();
+    let mut sleeper = Command::new("sleep")
+        .arg("60")
+        .current_dir(&dir)
+        .spawn()
+        .unwrap();
+    a.ok("voradmin", &["key", "create", "k_busy"]);
+    let policy = a.base.path().join("p.json");
+    fs::write(&policy, policy_json("p_busy", "k_busy")).unwrap();
+    a.ok("voradmin", &["policy", "apply", policy.to_str().unwrap()]);
+    let out = a.ok(
+        "voradmin",
+        &["guard", dir.to_str().unwrap(), "--policy", "p_busy"],
+    );
+    assert!(out.contains("not guarded"), "{out}");
+    let (status, reason) = a.gp_status(&dir);
+    assert_eq!(status, "not guarded");
+    assert!(
+        reason.contains(&sleeper.id().to_string()) && reason.contains("sleep"),
+        "{reason}"
+    );
+    let table = a.ok("secfsd", &["-status", "guard"]);
+    assert!(
+        table.contains("not guarded") && table.contains(&sleeper.id().to_string()),
+        "{table}"
+    );
+    // Retried: once the process leaves, vmd guards it.
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    wait_until("guarded after the process left", 15, || a.guarded(&dir));
+    let kv = a.ok("vmsec", &["status"]);
+    assert!(
+        kv.contains("GP_1_status=guarded") && kv.contains("TOTAL_GP=1"),
+        "{kv}"
+    );
+}
+
+/// A root process other than vmd is refused by the agent's secfs, and the
+/// refusal lands in the audit log.
+#[test]
+fn ioctl_from_non_vmd_is_refused_and_audited() {
+    let a = Agent::new();
+    a.start();
+    let control = a.run_dir().join("ctl/control");
+    // A status request (op 6), well formed: refused because of who sends it.
+    let status = guardfs_shim::ctl::proto::Request::Status { index: u32::MAX }
+        .encode(1)
+        .unwrap();
+    let py = format!(
+        "import fcntl\nf=open('{}','r+b',buffering=0)\nb=bytearray(bytes.fromhex('{}'))\n\
+         try:\n    fcntl.ioctl(f,{},b,True)\n    print('ALLOWED')\nexcept OSError as e:\n    print('ERR', e.errno)\n",
+        control.display(),
+        hex::encode(&status),
+        guardfs_shim::ctl::proto::Op::Status.ioctl_cmd()
+    );
+    let o = Command::new("python3").arg("-c").arg(py).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("ERR {}", libc_eperm()),
+        "{}",
+        text(&o)
+    );
+    wait_until("audit record", 10, || {
+        a.log("audit.log").contains("control ioctl refused")
+    });
+    assert!(
+        a.log("audit.log")
+            .contains("caller is not the installed vmd")
+    );
+    // vmd itself still gets through.
+    assert!(a.ok("vmsec", &["checkinstall"]).contains("running"));
+}
+
+fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
+}
+
+/// Key material never appears outside `.sec/`: not in logs, status
+/// output, policy blobs, the registry, or the lower files.
+#[test]
+fn key_material_never_leaves_sec() {
+    use guardfs_control::state::{HostKeyStore, KeyStore, Unlock};
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_leak", "xts");
+    a.ok("voradmin", &["key", "rotate", "k_leak"]);
+    fs::write(dir.join("f"), SECRET).unwrap();
+    // The test unseals the keys itself, with the host key from .sec.
+    let sec = a.root.join(".sec");
+    let Unlock::Ready(hk) = HostKeyStore::new(&sec).init_or_load_auto().unwrap() else {
+        panic!("auto host key")
+    };
+    let store = KeyStore::load(&sec.join("keys.json"), &hk).unwrap();
+    let mut needles: Vec<Vec<u8>> = Vec::new();
+    for v in [1, 2] {
+        let k = store.material("k_leak", v).unwrap();
+        needles.push(k.expose().to_vec());
+        needles.push(hex::encode(k.expose()).into_bytes());
+        needles.push(hex::encode_upper(k.expose()).into_bytes());
+    }
+    let mut outputs = vec![
+        a.ok("voradmin", &["status"]),
+        a.ok("voradmin", &["status", "--json"]),
+        a.ok("voradmin", &["key", "list", "--json"]),
+        a.ok("voradmin", &["key", "show", "k_leak"]),
+        a.ok("vmsec", &["status"]),
+        a.ok("vmsec", &["vmdconfig"]),
+        a.ok("secfsd", &["-status", "guard", "-v"]),
+        a.ok("secfsd", &["-status", "keys"]),
+    ];
+    outputs.push(String::from_utf8_lossy(&a.lower(&dir, "f")).into_owned());
+    let mut checked = 0;
+    let mut check = |what: &str, bytes: &[u8]| {
+        checked += 1;
+        for n in &needles {
+            assert!(!contains(bytes, n), "key material in {what}");
+        }
+    };
+    for (i, o) in outputs.iter().enumerate() {
+        check(&format!("output {i}"), o.as_bytes());
+    }
+    check("lower file", &a.lower(&dir, "f"));
+    fn walk(p: &Path, sec: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            let ft = e.file_type().unwrap();
+            if path.starts_with(sec) || ft.is_symlink() {
+                continue;
+            }
+            if ft.is_dir() {
+                // Not into mounted GuardPoints or the control node.
+                if fs::metadata(&path).map(|m| m.dev()).ok()
+                    == fs::metadata(p).map(|m| m.dev()).ok()
+                {
+                    walk(&path, sec, out);
+                }
+            } else if ft.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    walk(a.base.path(), &sec, &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("vmd.log"))
+            && files.iter().any(|f| f.ends_with("guardpoints.json"))
+    );
+    for f in &files {
+        check(&f.display().to_string(), &fs::read(f).unwrap_or_default());
+    }
+    assert!(checked > 10);
+}
+
+#[test]
+fn password_protected_host_key() {
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_pw", "xts");
+    fs::write(dir.join("f"), b"locked away").unwrap();
+    // Too short a password is refused, nothing changes.
+    assert_eq!(
+        a.cmd("voradmin", &["hostkey", "password", "-p", "short"])
+            .status
+            .code(),
+        Some(1)
+    );
+    a.ok(
+        "voradmin",
+        &["hostkey", "password", "-p", "correct horse battery"],
+    );
+    a.ok("voradmin", &["shutdown"]);
+    a.start();
+    // Locked: guarded, but keys unavailable and files unreadable.
+    wait_until("re-guard", 20, || a.guarded(&dir));
+    let kv = a.ok("vmsec", &["status"]);
+    assert!(
+        kv.contains("KEYS_AVAILABLE=FALSE") && kv.contains("GP_1_reason=keys unavailable"),
+        "{kv}"
+    );
+    assert!(
+        a.ok("secfsd", &["-status", "keys"])
+            .contains("not available")
+    );
+    assert!(fs::read(dir.join("f")).is_err());
+    assert!(a.cmd("voradmin", &["key", "list"]).status.code() == Some(1));
+    let wrong = a.cmd("vmsec", &["passwd", "-p", "wrong password"]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(text(&wrong).contains("wrong password"));
+    assert!(fs::read(dir.join("f")).is_err());
+    assert_eq!(
+        a.ok("vmsec", &["passwd", "-p", "correct horse battery"])
+            .trim(),
+        "OK passwd"
+    );
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=TRUE"));
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"locked away");
+    // The password never reaches the logs.
+    assert!(!a.log("vmd.log").contains("correct horse"));
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let a = Agent::new();
+    assert_eq!(
+        a.cmd("voradmin", &["status"]).status.code(),
+        Some(4),
+        "vmd not running"
+    );
+    a.start();
+    assert_eq!(a.cmd("voradmin", &["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        a.cmd("secfsd", &["-status", "nonsense"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(a.cmd("vmsec", &["bogus"]).status.code(), Some(2));
+    let bad = a.base.path().join("bad.json");
+    fs::write(&bad, r#"{ "name": "x", "security_rules": [ { "order_number": 1, "action": "fly", "effect": "permit" } ] }"#)
+        .unwrap();
+    let o = a.cmd("voradmin", &["policy", "apply", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("fly"), "{}", text(&o));
+    assert_eq!(a.ok("voradmin", &["policy", "list"]).trim(), "");
+    let dir = a.dir("gp");
+    let o = a.cmd(
+        "voradmin",
+        &["guard", dir.to_str().unwrap(), "--policy", "missing"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no policy"), "{}", text(&o));
+    let o = a.cmd("voradmin", &["key", "create", "bad name"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = a.cmd("voradmin", &["key", "create", "k", "--mode", "rot13"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("rot13"));
+    let o = a.cmd("voradmin", &["secfs", "config", "turbo", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("unknown secfs parameter"));
+    a.ok("voradmin", &["secfs", "config", "pagecache_writeback", "0"]);
+    assert!(
+        a.ok("vmsec", &["vmdconfig"])
+            .contains("secfs_pagecache_writeback=0")
+    );
+    assert_eq!(a.ok("voradmin", &["key", "list"]).trim(), "no keys");
+    assert!(
+        a.status_json()["guardpoints"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Only root may administer.
+    let o = Command::new("su")
+        .args([
+            "nobody",
+            "-s",
+            "/bin/sh",
+            "-c",
+            &format!("{} status; echo rc=$?", a.bin.join("voradmin").display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("rc=3"), "{}", text(&o));
+    // A corrupt state file is reported, not overwritten.
+    let gps = a.root.join("etc/guardpoints.json");
+    fs::write(&gps, b"[{\"path\": ").unwrap();
+    a.ok("voradmin", &["shutdown"]);
+    let o = a.cmd("vmd", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("guardpoints.json"), "{}", text(&o));
+    assert_eq!(fs::read(&gps).unwrap(), b"[{\"path\": ");
+}
