@@ -9,6 +9,7 @@
 //! `.sec/`.
 
 pub mod busy;
+pub mod keys;
 pub mod secfs;
 pub mod server;
 
@@ -24,9 +25,10 @@ use serde_json::{Value, json};
 
 use crate::api::{Reply, Request};
 use crate::state::{
-    AgentConf, GpType, GuardPoints, HostKey, HostKeyStore, KeyStore, Layout, PolicyStore,
-    Protection, StateError, Unlock,
+    AgentConf, GpType, GuardPoints, HostKey, HostKeyStore, Layout, PolicyStore, Protection,
+    StateError, Unlock,
 };
+use keys::{KeySource, LocalKeys};
 use secfs::{Liveness, SecfsProcess};
 
 /// `voradmin secfs config` parameters: name, check, secfs argument.
@@ -58,7 +60,8 @@ pub struct Agent {
     conf: AgentConf,
     hostkeys: HostKeyStore,
     host_key: Option<HostKey>,
-    keys: Option<KeyStore>,
+    /// The key source; `None` while the host key is locked.
+    keys: Option<Box<dyn KeySource>>,
     policies: PolicyStore,
     gps: GuardPoints,
     runtime: BTreeMap<String, GpRuntime>,
@@ -159,9 +162,9 @@ impl Agent {
     }
 
     fn unlock(&mut self, key: HostKey) -> Result<(), String> {
-        let store = KeyStore::load(&self.layout.keys(), &key).map_err(err)?;
+        let store = LocalKeys::open(self.layout.keys(), key.clone())?;
         self.host_key = Some(key);
-        self.keys = Some(store);
+        self.keys = Some(Box::new(store));
         Ok(())
     }
 
@@ -389,17 +392,14 @@ impl Agent {
         }
     }
 
-    fn save_keys(&self) -> Result<(), String> {
-        match &self.keys {
-            Some(k) => k.save(&self.layout.keys()).map_err(err),
-            None => Err("keys are unavailable: the host key is locked (enter the password with `vmsec passwd`)".into()),
-        }
-    }
-
-    fn keys_mut(&mut self) -> Result<&mut KeyStore, String> {
+    fn local_keys(&mut self) -> Result<&mut LocalKeys, String> {
+        let locked =
+            "keys are unavailable: the host key is locked (enter the password with `vmsec passwd`)";
         self.keys
             .as_mut()
-            .ok_or_else(|| "keys are unavailable: the host key is locked (enter the password with `vmsec passwd`)".into())
+            .ok_or(locked)?
+            .local_mut()
+            .ok_or_else(|| "keys are managed by the key manager, not on this host".to_owned())
     }
 
     /// Answer one request.
@@ -424,14 +424,7 @@ impl Agent {
                 persistent,
             } => {
                 let mode: Mode = mode.parse().map_err(err)?;
-                let v = self
-                    .keys_mut()?
-                    .create(&name, mode, persistent)
-                    .map_err(err)?;
-                if let Err(e) = self.save_keys() {
-                    let _ = self.keys_mut()?.remove(&name);
-                    return Err(e);
-                }
+                let v = self.local_keys()?.create(&name, mode, persistent)?;
                 if self.secfs.client().is_some() {
                     self.push_key(&name, v)?;
                 }
@@ -439,14 +432,7 @@ impl Agent {
                 Ok(json!({ "name": name, "version": v, "mode": mode.name() }))
             }
             Request::KeyRotate { name } => {
-                let v = self.keys_mut()?.rotate(&name).map_err(err)?;
-                if let Err(e) = self.save_keys() {
-                    // Put the store back as it was on disk.
-                    if let Some(hk) = self.host_key.clone() {
-                        self.keys = KeyStore::load(&self.layout.keys(), &hk).ok();
-                    }
-                    return Err(e);
-                }
+                let v = self.local_keys()?.rotate(&name)?;
                 if self.secfs.client().is_some() {
                     self.push_key(&name, v)?;
                 }
@@ -730,6 +716,7 @@ impl Agent {
             "secfs_running": svc.is_some(),
             "secfs_keys": svc.map(|s| s.keys),
             "keys_available": keys_available,
+            "key_source": self.keys.as_ref().map(|k| k.kind()),
             "host_key": protection,
             "guardpoints": gps,
             "policies": self.policies.list().unwrap_or_default(),
