@@ -72,6 +72,15 @@ pub enum Request {
         path: String,
     },
     Config,
+    /// Read the key-manager registration again (after `register_host`).
+    Reload,
+    /// `vmutil renewcerts`: renew the client certificate now.
+    KmRenew,
+    /// `vmutil reportstate`: send the guard status to the key manager now.
+    KmReport,
+    /// `vmutil unregister`: forget the registration; GuardPoints from the
+    /// key manager are unguarded and removed, its keys forgotten.
+    KmUnregister,
     /// Unguard everything, stop secfs, stop vmd.
     Shutdown,
 }

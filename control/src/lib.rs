@@ -25,5 +25,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod km;
 pub mod state;
 pub mod vmd;

@@ -1,4 +1,4 @@
-//! `voradmin`, and the same binary as `secfsd` and `vmsec` (chosen by the
+//! `voradmin`, and the same binary as `secfsd`, `vmsec`, `register_host` and `vmutil` (chosen by the
 //! name it is run under, as CTE installs them).
 
 use std::process::ExitCode;
@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     let r = match name.as_str() {
         "secfsd" => cli::cte::secfsd(args),
         "vmsec" => cli::cte::vmsec(args),
+        "register_host" => cli::register::register_host(args),
+        "vmutil" => cli::vmutil::vmutil(args),
         _ => cli::voradmin(args),
     };
     match r {

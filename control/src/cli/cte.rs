@@ -292,6 +292,15 @@ fn vmsec_status(v: &Value) -> String {
     out.push(format!("sdk_version={}", s(v, "version")));
     out.push("coreguard_locked=false".into());
     out.push("system_locked=false".into());
+    if let Some(km) = v.get("key_manager").filter(|k| !k.is_null()) {
+        out.push(format!("vmd_URL={}", s(km, "url")));
+        out.push(format!("vmd_PRIMARY_URL={}", s(km, "url")));
+        out.push(format!("vmd_CLIENT_ID={}", s(km, "client_id")));
+        out.push(format!("vmd_SERVER_REACHABLE={}", km["reachable"]));
+        if let Some(e) = km["last_error"].as_str() {
+            out.push(format!("vmd_LAST_ERROR={e}"));
+        }
+    }
     out.push(format!("vmd_pid={}", v["vmd_pid"]));
     out.push(format!("secfs_pid={}", v["secfs_pid"]));
     out.push(format!("secfs_running={}", v["secfs_running"]));

@@ -4,6 +4,8 @@
 //! failed, 2 usage, 3 not root, 4 vmd not running.
 
 pub mod cte;
+pub mod register;
+pub mod vmutil;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

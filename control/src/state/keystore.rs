@@ -261,6 +261,78 @@ impl KeyStore {
         })
     }
 
+    /// Store a key version delivered from elsewhere (a key manager),
+    /// sealed like local keys. Adds the key if new; replaces nothing: a
+    /// version already held is left as is. Returns whether it was added.
+    ///
+    /// # Errors
+    /// [`StateError::InvalidName`], a mode that differs from the stored
+    /// key's, a zero version.
+    pub fn import(
+        &mut self,
+        name: &str,
+        mode: Mode,
+        persistent: bool,
+        version: u32,
+        material: &PolicyKey,
+    ) -> Result<bool> {
+        check_name("key", name)?;
+        if version == 0 {
+            return Err(StateError::invalid(
+                &self.path,
+                format!("key '{name}': version 0"),
+            ));
+        }
+        let sealed = hostkey::seal(
+            self.host.expose(),
+            aad(name, version, mode).as_bytes(),
+            material.expose(),
+        )?;
+        let v = Version {
+            version,
+            created: now_secs(),
+            sealed,
+        };
+        match self.keys.iter_mut().find(|k| k.name == name) {
+            Some(k) if k.mode != mode => Err(StateError::invalid(
+                &self.path,
+                format!("key '{name}' is {} here, not {mode}", k.mode),
+            )),
+            Some(k) if k.versions.iter().any(|x| x.version == version) => Ok(false),
+            Some(k) => {
+                k.persistent = persistent;
+                k.versions.push(v);
+                k.versions.sort_by_key(|x| x.version);
+                Ok(true)
+            }
+            None => {
+                self.keys.push(Key {
+                    name: name.to_owned(),
+                    mode,
+                    persistent,
+                    created: v.created,
+                    versions: vec![v],
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Forget one version of a key (revoked at the key manager); the key
+    /// goes when its last version does.
+    pub fn forget_version(&mut self, name: &str, version: u32) -> bool {
+        let Some(i) = self.keys.iter().position(|k| k.name == name) else {
+            return false;
+        };
+        let before = self.keys[i].versions.len();
+        self.keys[i].versions.retain(|v| v.version != version);
+        let removed = self.keys[i].versions.len() != before;
+        if self.keys[i].versions.is_empty() {
+            self.keys.remove(i);
+        }
+        removed
+    }
+
     /// Create key `name` with fresh random material as version 1 (mode
     /// `Clear` gets material too, though it encrypts nothing). Returns 1.
     ///

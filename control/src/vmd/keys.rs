@@ -26,6 +26,10 @@ pub trait KeySource: Send {
     fn local_mut(&mut self) -> Option<&mut LocalKeys> {
         None
     }
+    /// The key manager's keys, which vmd updates as the server says.
+    fn km_mut(&mut self) -> Option<&mut crate::km::keys::KmKeys> {
+        None
+    }
 }
 
 /// The embedded local key store.

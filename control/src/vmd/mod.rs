@@ -10,6 +10,7 @@
 
 pub mod busy;
 pub mod keys;
+mod kmsync;
 pub mod secfs;
 pub mod server;
 
@@ -67,6 +68,8 @@ pub struct Agent {
     runtime: BTreeMap<String, GpRuntime>,
     secfs: SecfsProcess,
     started: SystemTime,
+    /// Registration with a key manager, when this host is registered.
+    km: Option<kmsync::KmState>,
     /// Set by a shutdown request.
     pub stopping: bool,
 }
@@ -138,8 +141,10 @@ impl Agent {
             runtime: BTreeMap::new(),
             secfs,
             started: SystemTime::now(),
+            km: None,
             stopping: false,
         };
+        agent.km = kmsync::KmState::load(&agent.layout, &agent.conf)?;
         match agent.hostkeys.init_or_load_auto().map_err(err)? {
             Unlock::Ready(k) => agent.unlock(k)?,
             Unlock::NeedsPassword => {
@@ -162,9 +167,11 @@ impl Agent {
     }
 
     fn unlock(&mut self, key: HostKey) -> Result<(), String> {
-        let store = LocalKeys::open(self.layout.keys(), key.clone())?;
+        self.keys = match &self.km {
+            None => Some(Box::new(LocalKeys::open(self.layout.keys(), key.clone())?)),
+            Some(km) => km.key_source(&self.layout, &key)?,
+        };
         self.host_key = Some(key);
-        self.keys = Some(Box::new(store));
         Ok(())
     }
 
@@ -190,6 +197,7 @@ impl Agent {
                 return;
             }
         }
+        self.km_poll();
         let served = self.served();
         let todo: Vec<String> = self
             .runtime
@@ -300,22 +308,23 @@ impl Agent {
             None if !compiled.has_key_rules() => "default".to_owned(),
             None => return Ok((None, Mode::Clear)),
         };
-        match &self.keys {
-            None => {
-                // Locked: guard anyway (files stay unreadable until the
-                // password is entered); the mode is only known from the key.
-                Ok((Some(name), Mode::Xts))
-            }
-            Some(store) => {
-                let info = store.get(&name).ok_or_else(|| {
-                    format!("policy {policy} uses key {name:?}, which is not in the key store")
-                })?;
-                Ok(if info.mode == Mode::Clear {
-                    (None, Mode::Clear)
-                } else {
-                    (Some(name), info.mode)
-                })
-            }
+        // The key's mode: from the key source, or from what the key manager
+        // said about it (a non-persistent key not fetched yet).
+        let mode = self
+            .keys
+            .as_ref()
+            .and_then(|s| s.get(&name))
+            .map(|i| i.mode)
+            .or_else(|| self.km.as_ref().and_then(|k| k.key_mode(&name)));
+        match (mode, &self.keys) {
+            (Some(Mode::Clear), _) => Ok((None, Mode::Clear)),
+            (Some(m), _) => Ok((Some(name), m)),
+            // Locked: guard anyway (files stay unreadable until the password
+            // is entered); the mode is only known from the key.
+            (None, None) => Ok((Some(name), Mode::Xts)),
+            (None, Some(_)) => Err(format!(
+                "policy {policy} uses key {name:?}, which is not in the key store"
+            )),
         }
     }
 
@@ -497,6 +506,21 @@ impl Agent {
             }
             Request::SecfsConfig { param, value } => self.secfs_config(&param, &value),
             Request::FileInfo { path } => self.file_info(&path),
+            Request::Reload => {
+                self.km = kmsync::KmState::load(&self.layout, &self.conf)?;
+                if let Some(hk) = self.host_key.clone() {
+                    self.unlock(hk)?;
+                    self.push_all_keys();
+                }
+                info!(
+                    "vmd: registration reloaded (key manager: {})",
+                    self.km.is_some()
+                );
+                Ok(json!({ "key_manager": self.km.as_ref().map(|k| k.status()) }))
+            }
+            Request::KmRenew => self.km_renew(),
+            Request::KmReport => self.km_report(),
+            Request::KmUnregister => self.km_unregister(),
             Request::Shutdown => {
                 info!("vmd: shutdown requested: unguarding and stopping secfs");
                 self.stopping = true;
@@ -531,6 +555,11 @@ impl Agent {
         gp_type: Option<GpType>,
     ) -> Result<Value, String> {
         let path = normalize(path)?;
+        if policy.is_some() && self.km.is_some() {
+            return Err(
+                "this host is registered with a key manager: GuardPoints are defined there".into(),
+            );
+        }
         if let Some(policy) = policy {
             if self.policies.get(&policy).map_err(err)?.is_none() {
                 return Err(format!(
@@ -671,7 +700,7 @@ impl Agent {
     /// Everything `status`-like commands show.
     fn status(&mut self) -> Value {
         let served = self.served();
-        let keys_available = self.host_key.is_some();
+        let keys_available = self.keys.is_some();
         let gps: Vec<Value> = self
             .gps
             .list()
@@ -716,6 +745,7 @@ impl Agent {
             "secfs_running": svc.is_some(),
             "secfs_keys": svc.map(|s| s.keys),
             "keys_available": keys_available,
+            "key_manager": self.km.as_ref().map(|k| k.status()),
             "key_source": self.keys.as_ref().map(|k| k.kind()),
             "host_key": protection,
             "guardpoints": gps,

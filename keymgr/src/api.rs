@@ -1,0 +1,1268 @@
+//! The REST API as plain synchronous logic: a [`Request`] in, a [`Response`]
+//! out. The HTTPS layer ([`crate::server`]) only moves bytes and tells which
+//! client certificate (if any) the peer presented.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use guardfs_policy::CompiledPolicy;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::ca::Ca;
+use crate::error::ApiError;
+use crate::seal::MasterKey;
+use crate::store::{Client, GuardPoint, Key, Policy, RegToken, Store, StoreError};
+use crate::util::{
+    new_id, now, random_hex, rfc3339, sha256_hex, valid_guard_path, valid_name, valid_ref,
+};
+
+/// Seconds an admin bearer token lives.
+pub const ADMIN_TOKEN_TTL: i64 = 300;
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// One HTTP request, as the application sees it.
+#[derive(Debug, Default)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Path without query.
+    pub path: String,
+    /// `Authorization` header.
+    pub authorization: Option<String>,
+    /// `If-None-Match` header.
+    pub if_none_match: Option<String>,
+    /// Body bytes (already limited to [`MAX_BODY`]).
+    pub body: Vec<u8>,
+    /// SHA-256 (hex) of the verified client certificate, if one was presented.
+    pub peer_fingerprint: Option<String>,
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body, if any.
+    pub body: Option<Vec<u8>>,
+    /// `ETag` header value (already quoted).
+    pub etag: Option<String>,
+}
+
+impl Response {
+    fn json(status: u16, v: &Value) -> Response {
+        Response {
+            status,
+            body: Some(serde_json::to_vec(v).unwrap_or_default()),
+            etag: None,
+        }
+    }
+    fn empty(status: u16) -> Response {
+        Response {
+            status,
+            body: None,
+            etag: None,
+        }
+    }
+    /// The response for an error.
+    pub fn error(e: &ApiError) -> Response {
+        Response::json(e.status, &e.to_json())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The application: store, master key and CA.
+pub struct App {
+    store: Arc<dyn Store>,
+    master: MasterKey,
+    ca: Ca,
+}
+
+fn internal(what: &str) -> impl Fn(String) -> ApiError + '_ {
+    move |e| {
+        log::error!("{what}: {e}");
+        ApiError::internal(format!("{what} failed"))
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("request body required"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn list(items: Vec<Value>) -> Value {
+    json!({"skip": 0, "limit": items.len(), "total": items.len(), "resources": items})
+}
+
+fn check_ref(s: &str) -> Result<(), ApiError> {
+    if valid_ref(s) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid identifier in path"))
+    }
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    if s.len() > max || s.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be at most {max} bytes of printable text"
+        )));
+    }
+    Ok(())
+}
+
+// ----- request bodies
+
+#[derive(Deserialize)]
+struct LoginReq {
+    grant_type: String,
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lifetime {
+    Secs(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegTokenReq {
+    lifetime: Option<Lifetime>,
+    max_clients: Option<i64>,
+    cert_duration: Option<i64>,
+    name_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RegisterReq {
+    token: String,
+    csr: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    profile: String,
+    #[serde(default)]
+    host_group: String,
+    #[serde(default)]
+    hw_signature: String,
+}
+
+#[derive(Deserialize)]
+struct RenewReq {
+    csr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientPatch {
+    description: Option<String>,
+    registration_allowed: Option<bool>,
+    communication_enabled: Option<bool>,
+    client_locked: Option<bool>,
+    system_locked: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpReq {
+    guard_paths: Vec<String>,
+    guard_point_params: GpParams,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpParams {
+    guard_point_type: Option<String>,
+    policy_id: String,
+    guard_enabled: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyReq {
+    name: String,
+    algorithm: Option<String>,
+    size: Option<i64>,
+    meta: Option<KeyMeta>,
+}
+
+#[derive(Deserialize)]
+struct KeyMeta {
+    cte: Option<CteMeta>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CteMeta {
+    persistent_on_client: Option<bool>,
+    encryption_mode: Option<String>,
+    cte_versioned: Option<bool>,
+}
+
+// ----- renderings
+
+fn regtoken_json(t: &RegToken) -> Value {
+    json!({
+        "id": t.id,
+        "token": t.token,
+        "lifetime": t.lifetime,
+        "max_clients": t.max_clients,
+        "clients_registered": t.used,
+        "cert_duration": t.cert_duration,
+        "name_prefix": t.name_prefix,
+        "createdAt": rfc3339(t.created),
+        "expiresAt": rfc3339(t.expires()),
+    })
+}
+
+fn client_json(c: &Client) -> Value {
+    let status: Value = c
+        .reported_status
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "profile_id": c.profile_id,
+        "host_group": c.host_group,
+        "registration_allowed": c.registration_allowed,
+        "communication_enabled": c.communication_enabled,
+        "client_locked": c.client_locked,
+        "system_locked": c.system_locked,
+        "hw_signature": c.hw_signature,
+        "cert_serial": c.cert_serial,
+        "cert_fingerprint": c.cert_fingerprint,
+        "cert_expiresAt": rfc3339(c.cert_not_after),
+        "reported_health": c.reported_health,
+        "reported_version": c.reported_version,
+        "reported_status": status,
+        "createdAt": rfc3339(c.created),
+        "updatedAt": rfc3339(c.updated),
+    })
+}
+
+fn gp_json(g: &GuardPoint) -> Value {
+    json!({
+        "id": g.id,
+        "client_id": g.client_id,
+        "guard_path": g.guard_path,
+        "guard_point_type": g.guard_point_type,
+        "policy_id": g.policy_id,
+        "policy_name": g.policy_name,
+        "guard_enabled": g.guard_enabled,
+        "createdAt": rfc3339(g.created),
+    })
+}
+
+fn policy_json(p: &Policy) -> Value {
+    let doc: Value = serde_json::from_str(&p.json).unwrap_or(Value::Null);
+    let keys: Vec<String> = CompiledPolicy::from_json(&p.json)
+        .map(|c| c.key_names().map(str::to_owned).collect())
+        .unwrap_or_default();
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "keys": keys,
+        "policy": doc,
+        "createdAt": rfc3339(p.created),
+        "updatedAt": rfc3339(p.updated),
+    })
+}
+
+fn key_json(k: &Key) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "algorithm": k.algorithm,
+        "size": k.size,
+        "state": k.state,
+        "version": k.versions.last().copied().unwrap_or(0),
+        "versions": k.versions,
+        "meta": {"cte": {
+            "persistent_on_client": k.persistent_on_client,
+            "encryption_mode": k.encryption_mode,
+            "cte_versioned": k.cte_versioned,
+        }},
+        "createdAt": rfc3339(k.created),
+        "updatedAt": rfc3339(k.updated),
+    })
+}
+
+fn agent_mode(m: &str) -> &'static str {
+    match m {
+        "CBC_CS1" => "cbc-cs1",
+        "GCM" => "gcm",
+        _ => "xts",
+    }
+}
+
+fn parse_mode(m: &str) -> Option<&'static str> {
+    match m.to_ascii_uppercase().replace('-', "_").as_str() {
+        "XTS" => Some("XTS"),
+        "CBC_CS1" => Some("CBC_CS1"),
+        "GCM" => Some("GCM"),
+        _ => None,
+    }
+}
+
+fn parse_lifetime(l: &Lifetime) -> Option<i64> {
+    let secs = match l {
+        Lifetime::Secs(s) => *s,
+        Lifetime::Text(t) => {
+            let t = t.trim();
+            let (num, mult) = match t.char_indices().last() {
+                Some((i, 's')) => (&t[..i], 1),
+                Some((i, 'm')) => (&t[..i], 60),
+                Some((i, 'h')) => (&t[..i], 3600),
+                Some((i, 'd')) => (&t[..i], 86400),
+                _ => (t, 1),
+            };
+            if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || num.len() > 12 {
+                return None;
+            }
+            num.parse::<i64>().ok()?.checked_mul(mult)?
+        }
+    };
+    (1..=10 * 366 * 86400).contains(&secs).then_some(secs)
+}
+
+/// A password hash no password matches, for unknown user names.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let pw = random_hex(32).unwrap_or_else(|_| "x".repeat(64));
+        crate::seal::hash_password(&pw).unwrap_or_default()
+    })
+}
+
+/// Whether `If-None-Match` matches `etag` (quoted), allowing a list and `*`.
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|t| {
+        let t = t.strip_prefix("W/").unwrap_or(t);
+        t == "*" || t == etag || format!("\"{t}\"") == etag
+    })
+}
+
+impl App {
+    /// Build the application.
+    pub fn new(store: Arc<dyn Store>, master: MasterKey, ca: Ca) -> App {
+        App { store, master, ca }
+    }
+
+    /// Answer one request. Never panics on bad input.
+    pub fn handle(&self, req: &Request) -> Response {
+        match self.route(req) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status >= 500 {
+                    log::error!("{} {} -> {}", req.method, req.path, e.status);
+                } else {
+                    log::info!("{} {} -> {} {}", req.method, req.path, e.status, e.message);
+                }
+                Response::error(&e)
+            }
+        }
+    }
+
+    fn route(&self, req: &Request) -> ApiResult {
+        let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        let m = req.method.as_str();
+        if !segs.iter().all(|s| valid_ref(s)) {
+            return Err(ApiError::bad_request(
+                "invalid path: segments are letters, digits, '.', '_' or '-' (no '..')",
+            ));
+        }
+        let Some(rest) = segs.strip_prefix(&["api", "v1"]) else {
+            return Err(ApiError::not_found("no such endpoint"));
+        };
+        let method_na = || {
+            Err(ApiError::method_not_allowed(format!(
+                "{m} not allowed here"
+            )))
+        };
+        match rest {
+            ["auth", "tokens"] => match m {
+                "POST" => self.login(req),
+                _ => method_na(),
+            },
+            ["client-management", "regtokens"] => {
+                self.admin(req)?;
+                match m {
+                    "GET" => self.regtoken_list(),
+                    "POST" => self.regtoken_create(req),
+                    _ => method_na(),
+                }
+            }
+            ["client-management", "regtokens", id] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                match m {
+                    "GET" => self.regtoken_get(id),
+                    "DELETE" => {
+                        self.store.regtoken_delete(id)?;
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "register"] => match m {
+                "POST" => self.register(req),
+                _ => method_na(),
+            },
+            ["transparent-encryption", "clients"] => {
+                self.admin(req)?;
+                match m {
+                    "GET" => {
+                        let items = self.store.client_list()?.iter().map(client_json).collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "clients", id] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let c = self.client(id)?;
+                match m {
+                    "GET" => {
+                        let mut v = client_json(&c);
+                        v["audit_lines"] = json!(self.store.audit_count(&c.id)?);
+                        Ok(Response::json(200, &v))
+                    }
+                    "PATCH" => self.client_patch(c, req),
+                    "DELETE" => {
+                        self.store.client_delete(&c.id)?;
+                        log::info!("client {} deleted", c.name);
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "clients", id, "guardpoints"] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let c = self.client(id)?;
+                match m {
+                    "GET" => {
+                        let items = self
+                            .store
+                            .guardpoints_of(&c.id)?
+                            .iter()
+                            .map(gp_json)
+                            .collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    "POST" => self.guardpoints_add(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "clients", id, "guardpoints", gp] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                check_ref(gp)?;
+                let c = self.client(id)?;
+                match m {
+                    "GET" => self
+                        .store
+                        .guardpoints_of(&c.id)?
+                        .iter()
+                        .find(|g| g.id == *gp)
+                        .map(|g| Response::json(200, &gp_json(g)))
+                        .ok_or_else(|| ApiError::not_found("GuardPoint not found")),
+                    "DELETE" => {
+                        self.store.guardpoint_delete(&c.id, gp)?;
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "policies"] => {
+                self.admin(req)?;
+                match m {
+                    "GET" => {
+                        let items = self.store.policy_list()?.iter().map(policy_json).collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    "POST" => self.policy_create(req),
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "policies", id] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let p = self
+                    .store
+                    .policy_get(id)?
+                    .ok_or_else(|| ApiError::not_found("policy not found"))?;
+                match m {
+                    "GET" => Ok(Response::json(200, &policy_json(&p))),
+                    "PUT" => self.policy_update(&p, req),
+                    "DELETE" => {
+                        self.store.policy_delete(&p.id)?;
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["vault", "keys2"] => {
+                self.admin(req)?;
+                match m {
+                    "GET" => {
+                        let items = self.store.key_list()?.iter().map(key_json).collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    "POST" => self.key_create(req),
+                    _ => method_na(),
+                }
+            }
+            ["vault", "keys2", id] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let k = self.key(id)?;
+                match m {
+                    "GET" => Ok(Response::json(200, &key_json(&k))),
+                    "DELETE" => {
+                        self.store.key_destroy(&k.id, now())?;
+                        log::info!("key {} destroyed", k.name);
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["vault", "keys2", id, "versions"] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let k = self.key(id)?;
+                match m {
+                    "POST" => {
+                        let kid = k.id.clone();
+                        let v = self.store.key_add_version(&k.id, now(), &mut |v| {
+                            self.master.seal_new(&kid, v).map_err(StoreError::Backend)
+                        })?;
+                        log::info!("key {} rotated to version {v}", k.name);
+                        let k = self.key(&k.id)?;
+                        Ok(Response::json(201, &key_json(&k)))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["vault", "keys2", id, "revoke"] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let k = self.key(id)?;
+                match m {
+                    "POST" => {
+                        self.store.key_revoke(&k.id, now())?;
+                        log::info!("key {} revoked", k.name);
+                        let k = self.key(&k.id)?;
+                        Ok(Response::json(200, &key_json(&k)))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["agent", "config"] => {
+                let c = self.agent(req)?;
+                match m {
+                    "GET" => self.agent_config(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["agent", "keys", name, "versions", v] => {
+                let c = self.agent(req)?;
+                check_ref(name)?;
+                match m {
+                    "GET" => self.agent_key(&c, name, v),
+                    _ => method_na(),
+                }
+            }
+            ["agent", "status"] => {
+                let c = self.agent(req)?;
+                match m {
+                    "POST" => self.agent_status(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["agent", "audit"] => {
+                let c = self.agent(req)?;
+                match m {
+                    "POST" => self.agent_audit(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["agent", "renew"] => {
+                let c = self.agent(req)?;
+                match m {
+                    "POST" => self.agent_renew(&c, req),
+                    _ => method_na(),
+                }
+            }
+            _ => Err(ApiError::not_found("no such endpoint")),
+        }
+    }
+
+    // ----- authentication
+
+    fn admin(&self, req: &Request) -> Result<String, ApiError> {
+        let h = req
+            .authorization
+            .as_deref()
+            .ok_or_else(|| ApiError::unauthorized("bearer token required"))?;
+        let tok = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+        self.store
+            .admin_token_check(&sha256_hex(tok.as_bytes()), now())?
+            .ok_or_else(|| ApiError::unauthorized("invalid or expired bearer token"))
+    }
+
+    fn agent(&self, req: &Request) -> Result<Client, ApiError> {
+        let fp = req
+            .peer_fingerprint
+            .as_deref()
+            .ok_or_else(|| ApiError::unauthorized("client certificate required"))?;
+        let c = self.store.client_by_fingerprint(fp)?.ok_or_else(|| {
+            ApiError::forbidden("certificate does not belong to a registered client")
+        })?;
+        if !c.communication_enabled {
+            return Err(ApiError::forbidden(
+                "communication is disabled for this client",
+            ));
+        }
+        Ok(c)
+    }
+
+    fn login(&self, req: &Request) -> ApiResult {
+        let r: LoginReq = serde_json::from_slice(&req.body)
+            .map_err(|_| ApiError::bad_request("expected {grant_type, username, password}"))?;
+        if r.grant_type != "password" {
+            return Err(ApiError::bad_request("unsupported grant_type"));
+        }
+        let bad = || ApiError::unauthorized("invalid username or password");
+        if r.username.len() > 128 || r.password.len() > 1024 {
+            return Err(bad());
+        }
+        let admin = self.store.admin_get(&r.username)?;
+        // Unknown users cost the same PBKDF2 work, so timing does not tell
+        // which names exist; every failure costs the caller a second more.
+        let hash = match &admin {
+            Some(a) => a.password_hash.as_str(),
+            None => dummy_hash(),
+        };
+        let ok = crate::seal::verify_password(&r.password, hash);
+        let Some(admin) = admin.filter(|_| ok) else {
+            log::warn!("failed login for {:?}", r.username);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            return Err(bad());
+        };
+        let token = random_hex(32).map_err(internal("token generation"))?;
+        let t = now();
+        self.store.admin_token_insert(
+            &sha256_hex(token.as_bytes()),
+            &admin.name,
+            t + ADMIN_TOKEN_TTL,
+            t,
+        )?;
+        Ok(Response::json(
+            200,
+            &json!({"jwt": token, "duration": ADMIN_TOKEN_TTL, "token_type": "Bearer"}),
+        ))
+    }
+
+    // ----- registration tokens
+
+    fn regtoken_list(&self) -> ApiResult {
+        let items = self
+            .store
+            .regtoken_list()?
+            .iter()
+            .map(regtoken_json)
+            .collect();
+        Ok(Response::json(200, &list(items)))
+    }
+
+    fn regtoken_get(&self, id: &str) -> ApiResult {
+        self.store
+            .regtoken_list()?
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| Response::json(200, &regtoken_json(t)))
+            .ok_or_else(|| ApiError::not_found("registration token not found"))
+    }
+
+    fn regtoken_create(&self, req: &Request) -> ApiResult {
+        let r: RegTokenReq = parse(&req.body)?;
+        let lifetime = match &r.lifetime {
+            None => 3600,
+            Some(l) => parse_lifetime(l).ok_or_else(|| {
+                ApiError::bad_request("lifetime must be seconds (or Ns/Nm/Nh/Nd), 1s to 10 years")
+            })?,
+        };
+        let max_clients = r.max_clients.unwrap_or(1);
+        if !(1..=1_000_000).contains(&max_clients) {
+            return Err(ApiError::bad_request("max_clients must be 1 to 1000000"));
+        }
+        let cert_duration = r.cert_duration.unwrap_or(730);
+        if !(1..=3650).contains(&cert_duration) {
+            return Err(ApiError::bad_request(
+                "cert_duration must be 1 to 3650 days",
+            ));
+        }
+        let name_prefix = r.name_prefix.unwrap_or_default();
+        if !name_prefix.is_empty() && !valid_name(&name_prefix, 64) {
+            return Err(ApiError::bad_request(
+                "name_prefix must be letters, digits, '.', '_' or '-'",
+            ));
+        }
+        let t = RegToken {
+            id: new_id().map_err(internal("id generation"))?,
+            token: random_hex(32).map_err(internal("token generation"))?,
+            lifetime,
+            max_clients,
+            used: 0,
+            cert_duration,
+            name_prefix,
+            created: now(),
+        };
+        self.store.regtoken_insert(&t)?;
+        Ok(Response::json(201, &regtoken_json(&t)))
+    }
+
+    // ----- clients
+
+    fn client(&self, id: &str) -> Result<Client, ApiError> {
+        self.store
+            .client_get(id)?
+            .ok_or_else(|| ApiError::not_found("client not found"))
+    }
+
+    fn register(&self, req: &Request) -> ApiResult {
+        let r: RegisterReq = parse(&req.body)?;
+        if r.token.is_empty() || r.token.len() > 256 {
+            return Err(ApiError::unauthorized("unknown registration token"));
+        }
+        let t = self
+            .store
+            .regtoken_by_value(&r.token)?
+            .ok_or_else(|| ApiError::unauthorized("unknown registration token"))?;
+        let now = now();
+        if now >= t.expires() {
+            return Err(ApiError::forbidden("registration token expired"));
+        }
+        if t.used >= t.max_clients {
+            return Err(ApiError::forbidden("registration token exhausted"));
+        }
+        let name = if r.name.is_empty() && !t.name_prefix.is_empty() {
+            format!(
+                "{}{}",
+                t.name_prefix,
+                random_hex(4).map_err(internal("name"))?
+            )
+        } else {
+            r.name
+        };
+        if !valid_name(&name, 253) {
+            return Err(ApiError::bad_request(
+                "name must be 1-253 letters, digits, '.', '_' or '-', starting alphanumeric",
+            ));
+        }
+        if !name.starts_with(&t.name_prefix) {
+            return Err(ApiError::forbidden(
+                "client name does not carry the registration token's name_prefix",
+            ));
+        }
+        check_text("description", &r.description, 1024)?;
+        check_text("profile", &r.profile, 128)?;
+        check_text("host_group", &r.host_group, 128)?;
+        check_text("hw_signature", &r.hw_signature, 1024)?;
+        if self.store.client_get(&name)?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "a client named {name:?} is already registered"
+            )));
+        }
+        let id = new_id().map_err(internal("id generation"))?;
+        let issued = self
+            .ca
+            .sign_client(&r.csr, &name, &id, t.cert_duration)
+            .map_err(ApiError::bad_request)?;
+        let c = Client {
+            id,
+            name,
+            description: r.description,
+            profile_id: if r.profile.is_empty() {
+                "DefaultClientProfile".into()
+            } else {
+                r.profile
+            },
+            host_group: r.host_group,
+            registration_allowed: true,
+            communication_enabled: true,
+            client_locked: false,
+            system_locked: false,
+            hw_signature: r.hw_signature,
+            cert_serial: issued.serial,
+            cert_fingerprint: issued.fingerprint,
+            cert_not_after: issued.not_after,
+            cert_duration: t.cert_duration,
+            reported_health: None,
+            reported_version: None,
+            reported_status: None,
+            created: now,
+            updated: now,
+        };
+        self.store
+            .register_client(&r.token, now, &c)
+            .map_err(|e| match e {
+                StoreError::Refused(m) => ApiError::forbidden(m),
+                other => other.into(),
+            })?;
+        log::info!("client {} registered as {}", c.name, c.id);
+        Ok(Response::json(
+            201,
+            &json!({
+                "client_id": c.id,
+                "name": c.name,
+                "certificate": issued.pem,
+                "ca": self.ca.cert_pem,
+            }),
+        ))
+    }
+
+    fn client_patch(&self, mut c: Client, req: &Request) -> ApiResult {
+        let p: ClientPatch = parse(&req.body)?;
+        if let Some(d) = p.description {
+            check_text("description", &d, 1024)?;
+            c.description = d;
+        }
+        if let Some(v) = p.registration_allowed {
+            c.registration_allowed = v;
+        }
+        if let Some(v) = p.communication_enabled {
+            c.communication_enabled = v;
+        }
+        if let Some(v) = p.client_locked {
+            c.client_locked = v;
+        }
+        if let Some(v) = p.system_locked {
+            c.system_locked = v;
+        }
+        c.updated = now();
+        self.store.client_update(&c)?;
+        Ok(Response::json(200, &client_json(&c)))
+    }
+
+    fn guardpoints_add(&self, c: &Client, req: &Request) -> ApiResult {
+        let r: GpReq = parse(&req.body)?;
+        if r.guard_paths.is_empty() || r.guard_paths.len() > 100 {
+            return Err(ApiError::bad_request(
+                "guard_paths must list 1 to 100 paths",
+            ));
+        }
+        let gp_type = match r.guard_point_params.guard_point_type.as_deref() {
+            None | Some("directory_auto") | Some("auto") => "directory_auto",
+            Some("directory_manual") | Some("manual") => "directory_manual",
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "guard_point_type must be directory_auto or directory_manual",
+                ));
+            }
+        };
+        let pid = &r.guard_point_params.policy_id;
+        if !valid_ref(pid) {
+            return Err(ApiError::bad_request("policy_id is not a valid id or name"));
+        }
+        let policy = self
+            .store
+            .policy_get(pid)?
+            .ok_or_else(|| ApiError::unprocessable("policy_id names no policy"))?;
+        let existing = self.store.guardpoints_of(&c.id)?;
+        let mut seen: Vec<&str> = existing.iter().map(|g| g.guard_path.as_str()).collect();
+        let nested = |a: &str, b: &str| {
+            a == b
+                || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'))
+                || b.strip_prefix(a).is_some_and(|r| r.starts_with('/'))
+        };
+        let t = now();
+        let mut gps = Vec::new();
+        for p in &r.guard_paths {
+            if !valid_guard_path(p) {
+                return Err(ApiError::bad_request(
+                    "guard paths must be absolute, normalised (no '.', '..', '//', trailing '/') and not '/'",
+                ));
+            }
+            if let Some(o) = seen.iter().find(|o| nested(p, o)) {
+                return Err(ApiError::conflict(format!(
+                    "GuardPoint {p:?} overlaps existing or requested GuardPoint {o:?}"
+                )));
+            }
+            seen.push(p);
+            gps.push(GuardPoint {
+                id: new_id().map_err(internal("id generation"))?,
+                client_id: c.id.clone(),
+                guard_path: p.clone(),
+                guard_point_type: gp_type.into(),
+                policy_id: policy.id.clone(),
+                policy_name: policy.name.clone(),
+                guard_enabled: r.guard_point_params.guard_enabled.unwrap_or(true),
+                created: t,
+            });
+        }
+        self.store.guardpoints_insert(&gps)?;
+        let items: Vec<Value> = gps.iter().map(gp_json).collect();
+        Ok(Response::json(201, &json!({ "guardpoints": items })))
+    }
+
+    // ----- policies
+
+    fn compile_policy(&self, body: &[u8]) -> Result<(String, CompiledPolicy), ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::bad_request("request body required"));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("policy must be UTF-8 JSON"))?;
+        serde_json::from_str::<Value>(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        let compiled =
+            CompiledPolicy::from_json(text).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        if !valid_name(compiled.name(), 64) {
+            return Err(ApiError::bad_request(
+                "policy name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric",
+            ));
+        }
+        for k in compiled.key_names() {
+            match self.store.key_get(k)? {
+                Some(key) if key.state != "destroyed" => {}
+                _ => {
+                    return Err(ApiError::unprocessable(format!(
+                        "policy uses key {k:?}, which does not exist"
+                    )));
+                }
+            }
+        }
+        Ok((text.to_owned(), compiled))
+    }
+
+    fn policy_create(&self, req: &Request) -> ApiResult {
+        let (text, compiled) = self.compile_policy(&req.body)?;
+        let t = now();
+        let p = Policy {
+            id: new_id().map_err(internal("id generation"))?,
+            name: compiled.name().to_owned(),
+            json: text,
+            created: t,
+            updated: t,
+        };
+        self.store.policy_insert(&p)?;
+        log::info!("policy {} created", p.name);
+        Ok(Response::json(201, &policy_json(&p)))
+    }
+
+    fn policy_update(&self, p: &Policy, req: &Request) -> ApiResult {
+        let (text, compiled) = self.compile_policy(&req.body)?;
+        if compiled.name() != p.name {
+            return Err(ApiError::unprocessable(
+                "the policy document's name differs from the policy being replaced",
+            ));
+        }
+        let t = now();
+        self.store.policy_update(&p.id, &text, t)?;
+        log::info!("policy {} updated", p.name);
+        let p = Policy {
+            json: text,
+            updated: t,
+            ..p.clone()
+        };
+        Ok(Response::json(200, &policy_json(&p)))
+    }
+
+    // ----- keys
+
+    fn key(&self, id: &str) -> Result<Key, ApiError> {
+        self.store
+            .key_get(id)?
+            .ok_or_else(|| ApiError::not_found("key not found"))
+    }
+
+    fn key_create(&self, req: &Request) -> ApiResult {
+        let r: KeyReq = parse(&req.body)?;
+        if !valid_name(&r.name, 64) {
+            return Err(ApiError::bad_request(
+                "key name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric",
+            ));
+        }
+        if r.name == "clear_key" {
+            return Err(ApiError::bad_request("clear_key is reserved"));
+        }
+        if !r
+            .algorithm
+            .as_deref()
+            .unwrap_or("AES")
+            .eq_ignore_ascii_case("AES")
+        {
+            return Err(ApiError::bad_request("algorithm must be AES"));
+        }
+        if r.size.unwrap_or(256) != 256 {
+            return Err(ApiError::bad_request("size must be 256"));
+        }
+        let cte = r.meta.and_then(|m| m.cte);
+        let (persistent, mode, versioned) = match cte {
+            None => (true, "XTS", true),
+            Some(c) => (
+                c.persistent_on_client.unwrap_or(true),
+                match c.encryption_mode.as_deref() {
+                    None => "XTS",
+                    Some(m) => parse_mode(m).ok_or_else(|| {
+                        ApiError::bad_request("encryption_mode must be XTS, CBC_CS1 or GCM")
+                    })?,
+                },
+                c.cte_versioned.unwrap_or(true),
+            ),
+        };
+        let t = now();
+        let mut k = Key {
+            id: new_id().map_err(internal("id generation"))?,
+            name: r.name,
+            algorithm: "AES".into(),
+            size: 256,
+            persistent_on_client: persistent,
+            encryption_mode: mode.into(),
+            cte_versioned: versioned,
+            state: "active".into(),
+            created: t,
+            updated: t,
+            versions: vec![],
+        };
+        let kid = k.id.clone();
+        self.store.key_insert(&k, &mut |v| {
+            self.master.seal_new(&kid, v).map_err(StoreError::Backend)
+        })?;
+        k.versions = vec![1];
+        log::info!("key {} created", k.name);
+        Ok(Response::json(201, &key_json(&k)))
+    }
+
+    // ----- agent side
+
+    /// The configuration of one client and the key names it may fetch.
+    fn config_of(&self, c: &Client) -> Result<(Value, HashSet<String>), ApiError> {
+        let gps = self.store.guardpoints_of(&c.id)?;
+        let mut policies: BTreeMap<String, String> = BTreeMap::new();
+        let mut key_names: BTreeSet<String> = BTreeSet::new();
+        for g in &gps {
+            if policies.contains_key(&g.policy_name) {
+                continue;
+            }
+            let p = self
+                .store
+                .policy_get(&g.policy_id)?
+                .ok_or_else(|| ApiError::internal("GuardPoint names a missing policy"))?;
+            let compiled = CompiledPolicy::from_json(&p.json).map_err(|e| {
+                log::error!("stored policy {} no longer compiles: {e}", p.name);
+                ApiError::internal("stored policy does not compile")
+            })?;
+            key_names.extend(compiled.key_names().map(str::to_owned));
+            if !compiled.has_key_rules() {
+                key_names.insert("default".into());
+            }
+            policies.insert(p.name, p.json);
+        }
+        let mut keys = Vec::new();
+        let mut allowed = HashSet::new();
+        for n in &key_names {
+            let Some(k) = self.store.key_get(n)? else {
+                continue;
+            };
+            allowed.insert(k.name.clone());
+            keys.push(json!({
+                "name": k.name,
+                "mode": agent_mode(&k.encryption_mode),
+                "persistent_on_client": k.persistent_on_client,
+                "versions": if k.state == "destroyed" { vec![] } else { k.versions.clone() },
+                "state": k.state,
+            }));
+        }
+        let gps: Vec<Value> = gps
+            .iter()
+            .map(|g| {
+                json!({
+                    "path": g.guard_path,
+                    "type": if g.guard_point_type == "directory_manual" { "manual" } else { "auto" },
+                    "policy": g.policy_name,
+                    "enabled": g.guard_enabled,
+                })
+            })
+            .collect();
+        let policies: Vec<Value> = policies
+            .into_iter()
+            .map(|(name, json)| json!({"name": name, "json": json}))
+            .collect();
+        Ok((
+            json!({"guardpoints": gps, "policies": policies, "keys": keys}),
+            allowed,
+        ))
+    }
+
+    fn agent_config(&self, c: &Client, req: &Request) -> ApiResult {
+        let (mut cfg, _) = self.config_of(c)?;
+        let etag_raw = sha256_hex(&serde_json::to_vec(&cfg).unwrap_or_default());
+        let etag = format!("\"{etag_raw}\"");
+        if req
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &etag))
+        {
+            return Ok(Response {
+                status: 304,
+                body: None,
+                etag: Some(etag),
+            });
+        }
+        if let Value::Object(o) = &mut cfg {
+            o.insert("etag".into(), Value::String(etag_raw));
+        }
+        let mut r = Response::json(200, &cfg);
+        r.etag = Some(etag);
+        Ok(r)
+    }
+
+    fn agent_key(&self, c: &Client, name: &str, v: &str) -> ApiResult {
+        let version: u32 = v
+            .parse()
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| ApiError::bad_request("version must be a positive integer"))?;
+        let (_, allowed) = self.config_of(c)?;
+        if !allowed.contains(name) {
+            return Err(ApiError::forbidden("key is not assigned to this client"));
+        }
+        let k = self.key(name)?;
+        if k.state != "active" {
+            return Err(ApiError::forbidden(format!("key is {}", k.state)));
+        }
+        let sealed = self
+            .store
+            .key_version_sealed(&k.id, version)?
+            .ok_or_else(|| ApiError::forbidden("key material destroyed"))?;
+        let material = self
+            .master
+            .open(&k.id, version, &sealed)
+            .map_err(internal("unsealing key material"))?;
+        log::info!("client {} fetched key {} version {version}", c.name, k.name);
+        let hex = zeroize::Zeroizing::new(hex::encode(&material[..]));
+        let body = json!({
+            "name": k.name,
+            "version": version,
+            "mode": agent_mode(&k.encryption_mode),
+            "material": hex.as_str(),
+        });
+        Ok(Response::json(200, &body))
+    }
+
+    fn agent_status(&self, c: &Client, req: &Request) -> ApiResult {
+        let v: Value = parse(&req.body)?;
+        let Value::Object(o) = &v else {
+            return Err(ApiError::bad_request("status must be a JSON object"));
+        };
+        let short = |k: &str| {
+            o.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| s.len() <= 64 && !s.chars().any(char::is_control))
+        };
+        let text = serde_json::to_string(&v).map_err(|e| internal("status")(e.to_string()))?;
+        self.store
+            .client_set_status(&c.id, &text, short("health"), short("version"), now())?;
+        Ok(Response::json(200, &json!({"stored": true})))
+    }
+
+    fn agent_audit(&self, c: &Client, req: &Request) -> ApiResult {
+        let lines: Vec<String> = parse(&req.body)?;
+        if lines.len() > 10_000 {
+            return Err(ApiError::bad_request(
+                "at most 10000 audit lines per request",
+            ));
+        }
+        if lines.iter().any(|l| l.is_empty() || l.len() > 8192) {
+            return Err(ApiError::bad_request("audit lines must be 1 to 8192 bytes"));
+        }
+        self.store.audit_append(&c.id, &lines, now())?;
+        Ok(Response::json(200, &json!({"accepted": lines.len()})))
+    }
+
+    fn agent_renew(&self, c: &Client, req: &Request) -> ApiResult {
+        if !c.registration_allowed {
+            return Err(ApiError::forbidden(
+                "registration is not allowed for this client",
+            ));
+        }
+        let r: RenewReq = parse(&req.body)?;
+        let issued = self
+            .ca
+            .sign_client(&r.csr, &c.name, &c.id, c.cert_duration)
+            .map_err(ApiError::bad_request)?;
+        self.store.client_set_cert(
+            &c.id,
+            &issued.serial,
+            &issued.fingerprint,
+            issued.not_after,
+            now(),
+        )?;
+        log::info!("client {} renewed its certificate", c.name);
+        Ok(Response::json(
+            200,
+            &json!({"client_id": c.id, "certificate": issued.pem, "ca": self.ca.cert_pem}),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime(&Lifetime::Secs(60)), Some(60));
+        assert_eq!(parse_lifetime(&Lifetime::Text("3600".into())), Some(3600));
+        assert_eq!(parse_lifetime(&Lifetime::Text("2h".into())), Some(7200));
+        assert_eq!(parse_lifetime(&Lifetime::Text("1d".into())), Some(86400));
+        assert_eq!(parse_lifetime(&Lifetime::Secs(0)), None);
+        assert_eq!(parse_lifetime(&Lifetime::Secs(-5)), None);
+        assert_eq!(parse_lifetime(&Lifetime::Text("h".into())), None);
+        assert_eq!(parse_lifetime(&Lifetime::Text("-1".into())), None);
+        assert_eq!(
+            parse_lifetime(&Lifetime::Text("99999999999999d".into())),
+            None
+        );
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches("\"abc\"", "\"abc\""));
+        assert!(etag_matches("abc", "\"abc\""));
+        assert!(etag_matches("W/\"abc\", \"x\"", "\"abc\""));
+        assert!(etag_matches("*", "\"abc\""));
+        assert!(!etag_matches("\"abd\"", "\"abc\""));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("cbc-cs1"), Some("CBC_CS1"));
+        assert_eq!(parse_mode("xts"), Some("XTS"));
+        assert_eq!(parse_mode("ECB"), None);
+        assert_eq!(agent_mode("GCM"), "gcm");
+    }
+}

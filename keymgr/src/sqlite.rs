@@ -1,0 +1,982 @@
+//! [`Store`] on an embedded SQLite database (one file, WAL journal,
+//! `synchronous=FULL`, foreign keys on, `secure_delete` on so erased key
+//! material does not linger in free pages). Schema changes are versioned
+//! migrations recorded in `schema_migrations` and applied at open.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use crate::store::{
+    Admin, Client, GuardPoint, Key, Policy, RegToken, Sealer, Store, StoreError, StoreResult,
+};
+
+/// Versioned migrations; index + 1 is the version. Never edit one that has
+/// shipped: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE admins (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE admin_tokens (
+    token_hash TEXT PRIMARY KEY,
+    admin TEXT NOT NULL REFERENCES admins(name) ON DELETE CASCADE,
+    expires INTEGER NOT NULL
+);
+CREATE TABLE regtokens (
+    id TEXT PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    lifetime INTEGER NOT NULL,
+    max_clients INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    cert_duration INTEGER NOT NULL,
+    name_prefix TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE clients (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    host_group TEXT NOT NULL,
+    registration_allowed INTEGER NOT NULL,
+    communication_enabled INTEGER NOT NULL,
+    client_locked INTEGER NOT NULL,
+    system_locked INTEGER NOT NULL,
+    hw_signature TEXT NOT NULL,
+    cert_serial TEXT NOT NULL,
+    cert_fingerprint TEXT NOT NULL UNIQUE,
+    cert_not_after INTEGER NOT NULL,
+    cert_duration INTEGER NOT NULL,
+    reported_health TEXT,
+    reported_version TEXT,
+    reported_status TEXT,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE policies (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    json TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE guardpoints (
+    id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    guard_path TEXT NOT NULL,
+    guard_point_type TEXT NOT NULL
+        CHECK (guard_point_type IN ('directory_auto', 'directory_manual')),
+    policy_id TEXT NOT NULL REFERENCES policies(id) ON DELETE RESTRICT,
+    guard_enabled INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    UNIQUE (client_id, guard_path)
+);
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    algorithm TEXT NOT NULL CHECK (algorithm = 'AES'),
+    size INTEGER NOT NULL CHECK (size = 256),
+    persistent_on_client INTEGER NOT NULL,
+    encryption_mode TEXT NOT NULL CHECK (encryption_mode IN ('XTS', 'CBC_CS1', 'GCM')),
+    cte_versioned INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'revoked', 'destroyed')),
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE key_versions (
+    key_id TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL CHECK (version >= 1),
+    sealed BLOB,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version)
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX audit_client ON audit(client_id);
+"#];
+
+/// The SQLite store. One connection behind a mutex: the reference server
+/// is not built for high write rates, and SQLite serialises writers anyway.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn be(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StoreError::Conflict("conflicts with an existing resource".into());
+    }
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and apply pending
+    /// migrations.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or a migration fails.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let mut conn = Connection::open(path).map_err(be)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(be)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(be)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "journal_mode is {mode}, not wal"
+            )));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;",
+        )
+        .map_err(be)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Backend("store lock poisoned".into()))
+    }
+
+    /// Run `f` in an immediate transaction, committing on success.
+    fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(be)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(be)?;
+        Ok(out)
+    }
+
+    /// The schema version in force.
+    ///
+    /// # Errors
+    /// On a backend failure.
+    pub fn schema_version(&self) -> StoreResult<i64> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(be)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)",
+    )
+    .map_err(be)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(be)?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(be)?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if current > known {
+        return Err(StoreError::Backend(format!(
+            "database schema version {current} is newer than this keymgr ({known})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+        if version <= current {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(be)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied) VALUES (?1, ?2)",
+            params![version, crate::util::now()],
+        )
+        .map_err(be)?;
+        log::info!("applied schema migration {version}");
+    }
+    tx.commit().map_err(be)
+}
+
+const REGTOKEN_COLS: &str =
+    "id, token, lifetime, max_clients, used, cert_duration, name_prefix, created";
+
+fn regtoken_row(r: &Row<'_>) -> rusqlite::Result<RegToken> {
+    Ok(RegToken {
+        id: r.get(0)?,
+        token: r.get(1)?,
+        lifetime: r.get(2)?,
+        max_clients: r.get(3)?,
+        used: r.get(4)?,
+        cert_duration: r.get(5)?,
+        name_prefix: r.get(6)?,
+        created: r.get(7)?,
+    })
+}
+
+const CLIENT_COLS: &str = "id, name, description, profile_id, host_group, registration_allowed, \
+    communication_enabled, client_locked, system_locked, hw_signature, cert_serial, \
+    cert_fingerprint, cert_not_after, cert_duration, reported_health, reported_version, \
+    reported_status, created, updated";
+
+fn client_row(r: &Row<'_>) -> rusqlite::Result<Client> {
+    Ok(Client {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        profile_id: r.get(3)?,
+        host_group: r.get(4)?,
+        registration_allowed: r.get(5)?,
+        communication_enabled: r.get(6)?,
+        client_locked: r.get(7)?,
+        system_locked: r.get(8)?,
+        hw_signature: r.get(9)?,
+        cert_serial: r.get(10)?,
+        cert_fingerprint: r.get(11)?,
+        cert_not_after: r.get(12)?,
+        cert_duration: r.get(13)?,
+        reported_health: r.get(14)?,
+        reported_version: r.get(15)?,
+        reported_status: r.get(16)?,
+        created: r.get(17)?,
+        updated: r.get(18)?,
+    })
+}
+
+const GP_SELECT: &str = "SELECT g.id, g.client_id, g.guard_path, g.guard_point_type, \
+    g.policy_id, p.name, g.guard_enabled, g.created \
+    FROM guardpoints g JOIN policies p ON p.id = g.policy_id";
+
+fn gp_row(r: &Row<'_>) -> rusqlite::Result<GuardPoint> {
+    Ok(GuardPoint {
+        id: r.get(0)?,
+        client_id: r.get(1)?,
+        guard_path: r.get(2)?,
+        guard_point_type: r.get(3)?,
+        policy_id: r.get(4)?,
+        policy_name: r.get(5)?,
+        guard_enabled: r.get(6)?,
+        created: r.get(7)?,
+    })
+}
+
+fn policy_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
+    Ok(Policy {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        json: r.get(2)?,
+        created: r.get(3)?,
+        updated: r.get(4)?,
+    })
+}
+
+const KEY_COLS: &str = "id, name, algorithm, size, persistent_on_client, encryption_mode, \
+    cte_versioned, state, created, updated";
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<Key> {
+    Ok(Key {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        algorithm: r.get(2)?,
+        size: r.get(3)?,
+        persistent_on_client: r.get(4)?,
+        encryption_mode: r.get(5)?,
+        cte_versioned: r.get(6)?,
+        state: r.get(7)?,
+        created: r.get(8)?,
+        updated: r.get(9)?,
+        versions: Vec::new(),
+    })
+}
+
+fn key_versions(conn: &Connection, key: &mut Key) -> StoreResult<()> {
+    let mut st = conn
+        .prepare_cached("SELECT version FROM key_versions WHERE key_id = ?1 ORDER BY version")
+        .map_err(be)?;
+    key.versions = st
+        .query_map([&key.id], |r| r.get::<_, u32>(0))
+        .map_err(be)?
+        .collect::<Result<_, _>>()
+        .map_err(be)?;
+    Ok(())
+}
+
+fn key_state(tx: &Connection, id: &str) -> StoreResult<String> {
+    tx.query_row("SELECT state FROM keys WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(be)?
+        .ok_or_else(|| StoreError::NotFound("key not found".into()))
+}
+
+fn changed(n: usize, what: &str) -> StoreResult<()> {
+    if n == 0 {
+        Err(StoreError::NotFound(format!("{what} not found")))
+    } else {
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn admin_put(&self, a: &Admin, now: i64) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO admins (name, password_hash, created) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash",
+                params![a.name, a.password_hash, now],
+            )
+            .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn admin_get(&self, name: &str) -> StoreResult<Option<Admin>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT name, password_hash FROM admins WHERE name = ?1",
+            [name],
+            |r| {
+                Ok(Admin {
+                    name: r.get(0)?,
+                    password_hash: r.get(1)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn admin_token_insert(
+        &self,
+        hash: &str,
+        admin: &str,
+        expires: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM admin_tokens WHERE expires <= ?1", [now])
+                .map_err(be)?;
+            tx.execute(
+                "INSERT INTO admin_tokens (token_hash, admin, expires) VALUES (?1, ?2, ?3)",
+                params![hash, admin, expires],
+            )
+            .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn admin_token_check(&self, hash: &str, now: i64) -> StoreResult<Option<String>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT admin FROM admin_tokens WHERE token_hash = ?1 AND expires > ?2",
+            params![hash, now],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn regtoken_insert(&self, t: &RegToken) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO regtokens ({REGTOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"
+                ),
+                params![
+                    t.id,
+                    t.token,
+                    t.lifetime,
+                    t.max_clients,
+                    t.used,
+                    t.cert_duration,
+                    t.name_prefix,
+                    t.created
+                ],
+            )
+            .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn regtoken_list(&self) -> StoreResult<Vec<RegToken>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {REGTOKEN_COLS} FROM regtokens ORDER BY created, rowid"
+            ))
+            .map_err(be)?;
+        st.query_map([], regtoken_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn regtoken_by_value(&self, token: &str) -> StoreResult<Option<RegToken>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            &format!("SELECT {REGTOKEN_COLS} FROM regtokens WHERE token = ?1"),
+            [token],
+            regtoken_row,
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn regtoken_delete(&self, id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute("DELETE FROM regtokens WHERE id = ?1", [id])
+                .map_err(be)?;
+            changed(n, "registration token")
+        })
+    }
+
+    fn register_client(&self, token: &str, now: i64, c: &Client) -> StoreResult<()> {
+        self.tx(|tx| {
+            let t = tx
+                .query_row(
+                    &format!("SELECT {REGTOKEN_COLS} FROM regtokens WHERE token = ?1"),
+                    [token],
+                    regtoken_row,
+                )
+                .optional()
+                .map_err(be)?
+                .ok_or_else(|| StoreError::Refused("unknown registration token".into()))?;
+            if now >= t.expires() {
+                return Err(StoreError::Refused("registration token expired".into()));
+            }
+            if t.used >= t.max_clients {
+                return Err(StoreError::Refused("registration token exhausted".into()));
+            }
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM clients WHERE name = ?1)",
+                    [&c.name],
+                    |r| r.get(0),
+                )
+                .map_err(be)?;
+            if exists {
+                return Err(StoreError::Conflict(format!(
+                    "a client named {:?} is already registered",
+                    c.name
+                )));
+            }
+            tx.execute(
+                "UPDATE regtokens SET used = used + 1 WHERE id = ?1",
+                [&t.id],
+            )
+            .map_err(be)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO clients ({CLIENT_COLS}) VALUES \
+                     (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
+                ),
+                params![
+                    c.id,
+                    c.name,
+                    c.description,
+                    c.profile_id,
+                    c.host_group,
+                    c.registration_allowed,
+                    c.communication_enabled,
+                    c.client_locked,
+                    c.system_locked,
+                    c.hw_signature,
+                    c.cert_serial,
+                    c.cert_fingerprint,
+                    c.cert_not_after,
+                    c.cert_duration,
+                    c.reported_health,
+                    c.reported_version,
+                    c.reported_status,
+                    c.created,
+                    c.updated
+                ],
+            )
+            .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn client_list(&self) -> StoreResult<Vec<Client>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {CLIENT_COLS} FROM clients ORDER BY created, rowid"
+            ))
+            .map_err(be)?;
+        st.query_map([], client_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn client_get(&self, r: &str) -> StoreResult<Option<Client>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            &format!("SELECT {CLIENT_COLS} FROM clients WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"),
+            [r],
+            client_row,
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn client_by_fingerprint(&self, fp: &str) -> StoreResult<Option<Client>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            &format!("SELECT {CLIENT_COLS} FROM clients WHERE cert_fingerprint = ?1"),
+            [fp],
+            client_row,
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn client_update(&self, c: &Client) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE clients SET description = ?2, registration_allowed = ?3,
+                     communication_enabled = ?4, client_locked = ?5, system_locked = ?6,
+                     updated = ?7 WHERE id = ?1",
+                    params![
+                        c.id,
+                        c.description,
+                        c.registration_allowed,
+                        c.communication_enabled,
+                        c.client_locked,
+                        c.system_locked,
+                        c.updated
+                    ],
+                )
+                .map_err(be)?;
+            changed(n, "client")
+        })
+    }
+
+    fn client_set_cert(
+        &self,
+        id: &str,
+        serial: &str,
+        fp: &str,
+        na: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE clients SET cert_serial = ?2, cert_fingerprint = ?3,
+                     cert_not_after = ?4, updated = ?5 WHERE id = ?1",
+                    params![id, serial, fp, na, now],
+                )
+                .map_err(be)?;
+            changed(n, "client")
+        })
+    }
+
+    fn client_set_status(
+        &self,
+        id: &str,
+        status: &str,
+        health: Option<&str>,
+        version: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE clients SET reported_status = ?2,
+                     reported_health = COALESCE(?3, reported_health),
+                     reported_version = COALESCE(?4, reported_version), updated = ?5
+                     WHERE id = ?1",
+                    params![id, status, health, version, now],
+                )
+                .map_err(be)?;
+            changed(n, "client")
+        })
+    }
+
+    fn client_delete(&self, id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute("DELETE FROM clients WHERE id = ?1", [id])
+                .map_err(be)?;
+            changed(n, "client")
+        })
+    }
+
+    fn audit_append(&self, client_id: &str, lines: &[String], now: i64) -> StoreResult<()> {
+        self.tx(|tx| {
+            let mut st = tx
+                .prepare_cached("INSERT INTO audit (client_id, received, line) VALUES (?1, ?2, ?3)")
+                .map_err(be)?;
+            for l in lines {
+                st.execute(params![client_id, now, l]).map_err(be)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn audit_count(&self, client_id: &str) -> StoreResult<i64> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM audit WHERE client_id = ?1",
+            [client_id],
+            |r| r.get(0),
+        )
+        .map_err(be)
+    }
+
+    fn guardpoints_insert(&self, gps: &[GuardPoint]) -> StoreResult<()> {
+        self.tx(|tx| {
+            for g in gps {
+                tx.execute(
+                    "INSERT INTO guardpoints (id, client_id, guard_path, guard_point_type,
+                     policy_id, guard_enabled, created) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                    params![
+                        g.id,
+                        g.client_id,
+                        g.guard_path,
+                        g.guard_point_type,
+                        g.policy_id,
+                        g.guard_enabled,
+                        g.created
+                    ],
+                )
+                .map_err(|e| match be(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!(
+                        "GuardPoint {:?} already exists on this client",
+                        g.guard_path
+                    )),
+                    other => other,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn guardpoints_of(&self, client_id: &str) -> StoreResult<Vec<GuardPoint>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(&format!(
+                "{GP_SELECT} WHERE g.client_id = ?1 ORDER BY g.created, g.rowid"
+            ))
+            .map_err(be)?;
+        st.query_map([client_id], gp_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn guardpoint_delete(&self, client_id: &str, gp_id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM guardpoints WHERE client_id = ?1 AND id = ?2",
+                    [client_id, gp_id],
+                )
+                .map_err(be)?;
+            changed(n, "GuardPoint")
+        })
+    }
+
+    fn policy_insert(&self, p: &Policy) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO policies (id, name, json, created, updated) VALUES (?1,?2,?3,?4,?5)",
+                params![p.id, p.name, p.json, p.created, p.updated],
+            )
+            .map_err(|e| match be(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("a policy named {:?} already exists", p.name))
+                }
+                other => other,
+            })?;
+            Ok(())
+        })
+    }
+
+    fn policy_update(&self, id: &str, json: &str, now: i64) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE policies SET json = ?2, updated = ?3 WHERE id = ?1",
+                    params![id, json, now],
+                )
+                .map_err(be)?;
+            changed(n, "policy")
+        })
+    }
+
+    fn policy_list(&self) -> StoreResult<Vec<Policy>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(
+                "SELECT id, name, json, created, updated FROM policies ORDER BY created, rowid",
+            )
+            .map_err(be)?;
+        st.query_map([], policy_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn policy_get(&self, r: &str) -> StoreResult<Option<Policy>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT id, name, json, created, updated FROM policies
+             WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+            [r],
+            policy_row,
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn policy_delete(&self, id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let used: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM guardpoints WHERE policy_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(be)?;
+            if used > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "policy is used by {used} GuardPoint(s)"
+                )));
+            }
+            let n = tx
+                .execute("DELETE FROM policies WHERE id = ?1", [id])
+                .map_err(be)?;
+            changed(n, "policy")
+        })
+    }
+
+    fn key_insert(&self, k: &Key, seal: &mut Sealer<'_>) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!("INSERT INTO keys ({KEY_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                params![
+                    k.id,
+                    k.name,
+                    k.algorithm,
+                    k.size,
+                    k.persistent_on_client,
+                    k.encryption_mode,
+                    k.cte_versioned,
+                    k.state,
+                    k.created,
+                    k.updated
+                ],
+            )
+            .map_err(|e| match be(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("a key named {:?} already exists", k.name))
+                }
+                other => other,
+            })?;
+            let sealed = seal(1)?;
+            tx.execute(
+                "INSERT INTO key_versions (key_id, version, sealed, created) VALUES (?1, 1, ?2, ?3)",
+                params![k.id, sealed, k.created],
+            )
+            .map_err(be)?;
+            Ok(())
+        })
+    }
+
+    fn key_list(&self) -> StoreResult<Vec<Key>> {
+        let conn = self.lock()?;
+        let mut keys: Vec<Key> = {
+            let mut st = conn
+                .prepare(&format!(
+                    "SELECT {KEY_COLS} FROM keys ORDER BY created, rowid"
+                ))
+                .map_err(be)?;
+            st.query_map([], key_row)
+                .map_err(be)?
+                .collect::<Result<_, _>>()
+                .map_err(be)?
+        };
+        for k in &mut keys {
+            key_versions(&conn, k)?;
+        }
+        Ok(keys)
+    }
+
+    fn key_get(&self, r: &str) -> StoreResult<Option<Key>> {
+        let conn = self.lock()?;
+        let key = conn
+            .query_row(
+                &format!("SELECT {KEY_COLS} FROM keys WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"),
+                [r],
+                key_row,
+            )
+            .optional()
+            .map_err(be)?;
+        match key {
+            Some(mut k) => {
+                key_versions(&conn, &mut k)?;
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn key_add_version(&self, id: &str, now: i64, seal: &mut Sealer<'_>) -> StoreResult<u32> {
+        self.tx(|tx| {
+            let state = key_state(tx, id)?;
+            if state != "active" {
+                return Err(StoreError::Conflict(format!(
+                    "key is {state}; cannot rotate"
+                )));
+            }
+            let latest: u32 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE key_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(be)?;
+            let v = latest
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Conflict("too many versions".into()))?;
+            let sealed = seal(v)?;
+            tx.execute(
+                "INSERT INTO key_versions (key_id, version, sealed, created) VALUES (?1,?2,?3,?4)",
+                params![id, v, sealed, now],
+            )
+            .map_err(be)?;
+            tx.execute(
+                "UPDATE keys SET updated = ?2 WHERE id = ?1",
+                params![id, now],
+            )
+            .map_err(be)?;
+            Ok(v)
+        })
+    }
+
+    fn key_revoke(&self, id: &str, now: i64) -> StoreResult<()> {
+        self.tx(|tx| {
+            match key_state(tx, id)?.as_str() {
+                "active" => {
+                    tx.execute(
+                        "UPDATE keys SET state = 'revoked', updated = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )
+                    .map_err(be)?;
+                }
+                "revoked" => {}
+                other => return Err(StoreError::Conflict(format!("key is {other}"))),
+            }
+            Ok(())
+        })
+    }
+
+    fn key_destroy(&self, id: &str, now: i64) -> StoreResult<()> {
+        self.tx(|tx| {
+            key_state(tx, id)?;
+            tx.execute(
+                "UPDATE keys SET state = 'destroyed', updated = ?2 WHERE id = ?1",
+                params![id, now],
+            )
+            .map_err(be)?;
+            tx.execute(
+                "UPDATE key_versions SET sealed = NULL WHERE key_id = ?1",
+                [id],
+            )
+            .map_err(be)?;
+            Ok(())
+        })?;
+        // Move the erased pages out of the WAL into the (secure_delete) main file.
+        let conn = self.lock()?;
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            log::warn!("checkpoint after key destroy failed: {e}");
+        }
+        Ok(())
+    }
+
+    fn key_version_sealed(&self, id: &str, version: u32) -> StoreResult<Option<Vec<u8>>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT sealed FROM key_versions WHERE key_id = ?1 AND version = ?2",
+            params![id, version],
+            |r| r.get::<_, Option<Vec<u8>>>(0),
+        )
+        .optional()
+        .map_err(be)?
+        .ok_or_else(|| StoreError::NotFound("key version not found".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_keys_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            assert_eq!(s.schema_version().unwrap(), 1);
+            let k = Key {
+                id: "k1".into(),
+                name: "db-key".into(),
+                algorithm: "AES".into(),
+                size: 256,
+                persistent_on_client: true,
+                encryption_mode: "XTS".into(),
+                cte_versioned: true,
+                state: "active".into(),
+                created: 1,
+                updated: 1,
+                versions: vec![],
+            };
+            s.key_insert(&k, &mut |v| Ok(vec![u8::try_from(v).unwrap(); 4]))
+                .unwrap();
+            let dup = s.key_insert(&k, &mut |_| Ok(vec![]));
+            assert!(matches!(dup, Err(StoreError::Conflict(_))));
+            assert_eq!(
+                s.key_add_version("k1", 2, &mut |v| Ok(vec![v as u8]))
+                    .unwrap(),
+                2
+            );
+            s.key_revoke("k1", 3).unwrap();
+            assert!(matches!(
+                s.key_add_version("k1", 4, &mut |_| Ok(vec![])),
+                Err(StoreError::Conflict(_))
+            ));
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 1);
+        let k = s.key_get("db-key").unwrap().unwrap();
+        assert_eq!(k.versions, vec![1, 2]);
+        assert_eq!(k.state, "revoked");
+        assert_eq!(
+            s.key_version_sealed("k1", 1).unwrap(),
+            Some(vec![1, 1, 1, 1])
+        );
+        s.key_destroy("k1", 5).unwrap();
+        assert_eq!(s.key_version_sealed("k1", 1).unwrap(), None);
+    }
+}

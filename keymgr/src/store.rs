@@ -1,0 +1,279 @@
+//! The storage interface of the key manager. [`crate::sqlite::SqliteStore`]
+//! implements it; a PostgreSQL store for replicated deployments can follow
+//! behind the same trait.
+//!
+//! Every method that changes something is atomic (one transaction). Key
+//! material crosses this interface only sealed (see [`crate::seal`]).
+
+use thiserror::Error;
+
+/// Why a storage operation failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A uniqueness or state conflict (duplicate name, in use, wrong state).
+    #[error("{0}")]
+    Conflict(String),
+    /// The operation is refused (expired or exhausted registration token).
+    #[error("{0}")]
+    Refused(String),
+    /// A reference to something that does not exist.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed; the detail is for the log only.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An administrator account.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Login name.
+    pub name: String,
+    /// `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>`.
+    pub password_hash: String,
+}
+
+/// A registration token.
+#[derive(Debug, Clone)]
+pub struct RegToken {
+    /// Id (UUID).
+    pub id: String,
+    /// The secret token value agents present.
+    pub token: String,
+    /// Seconds of validity from `created`.
+    pub lifetime: i64,
+    /// How many clients may register with it.
+    pub max_clients: i64,
+    /// How many have.
+    pub used: i64,
+    /// Validity of the client certificates it yields, in days.
+    pub cert_duration: i64,
+    /// Required prefix of client names (may be empty).
+    pub name_prefix: String,
+    /// Unix time of creation.
+    pub created: i64,
+}
+
+impl RegToken {
+    /// Unix time after which it is refused.
+    pub fn expires(&self) -> i64 {
+        self.created.saturating_add(self.lifetime)
+    }
+}
+
+/// A registered client (agent host).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Client profile.
+    pub profile_id: String,
+    /// Host group.
+    pub host_group: String,
+    /// May (re-)register and renew its certificate.
+    pub registration_allowed: bool,
+    /// May use the agent endpoints.
+    pub communication_enabled: bool,
+    /// CTE client lock.
+    pub client_locked: bool,
+    /// CTE system lock.
+    pub system_locked: bool,
+    /// Hardware signature reported at registration.
+    pub hw_signature: String,
+    /// Serial of its current certificate (hex).
+    pub cert_serial: String,
+    /// SHA-256 of its current certificate's DER (hex); identifies it on mTLS.
+    pub cert_fingerprint: String,
+    /// Unix time its certificate expires.
+    pub cert_not_after: i64,
+    /// Validity of its certificates in days (from the registration token).
+    pub cert_duration: i64,
+    /// Last reported health.
+    pub reported_health: Option<String>,
+    /// Last reported agent version.
+    pub reported_version: Option<String>,
+    /// Last status report (JSON text).
+    pub reported_status: Option<String>,
+    /// Unix time of registration.
+    pub created: i64,
+    /// Unix time of the last change.
+    pub updated: i64,
+}
+
+/// A GuardPoint assigned to a client.
+#[derive(Debug, Clone)]
+pub struct GuardPoint {
+    /// Id (UUID).
+    pub id: String,
+    /// Owning client.
+    pub client_id: String,
+    /// Absolute path.
+    pub guard_path: String,
+    /// `directory_auto` or `directory_manual`.
+    pub guard_point_type: String,
+    /// Policy id.
+    pub policy_id: String,
+    /// Policy name (joined for convenience; ignored on insert).
+    pub policy_name: String,
+    /// Enabled.
+    pub guard_enabled: bool,
+    /// Unix time of creation.
+    pub created: i64,
+}
+
+/// A policy document.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name (the document's own `name`).
+    pub name: String,
+    /// The JSON text as applied.
+    pub json: String,
+    /// Unix time of creation.
+    pub created: i64,
+    /// Unix time of the last change.
+    pub updated: i64,
+}
+
+/// A key (no material).
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// `AES`.
+    pub algorithm: String,
+    /// Bits: 256.
+    pub size: i64,
+    /// Agents may keep it sealed on disk.
+    pub persistent_on_client: bool,
+    /// `XTS`, `CBC_CS1` or `GCM`.
+    pub encryption_mode: String,
+    /// CTE versioned key.
+    pub cte_versioned: bool,
+    /// `active`, `revoked` or `destroyed`.
+    pub state: String,
+    /// Unix time of creation.
+    pub created: i64,
+    /// Unix time of the last change.
+    pub updated: i64,
+    /// Version numbers, ascending.
+    pub versions: Vec<u32>,
+}
+
+/// Seals the material of a new key version, given its version number.
+pub type Sealer<'a> = dyn FnMut(u32) -> StoreResult<Vec<u8>> + 'a;
+
+/// The storage interface.
+pub trait Store: Send + Sync {
+    // --- administrators and their bearer tokens
+    /// Create or replace an administrator.
+    fn admin_put(&self, admin: &Admin, now: i64) -> StoreResult<()>;
+    /// Look an administrator up.
+    fn admin_get(&self, name: &str) -> StoreResult<Option<Admin>>;
+    /// Record a bearer token (by its hash), dropping expired ones.
+    fn admin_token_insert(
+        &self,
+        token_hash: &str,
+        admin: &str,
+        expires: i64,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// The administrator a live token belongs to.
+    fn admin_token_check(&self, token_hash: &str, now: i64) -> StoreResult<Option<String>>;
+
+    // --- registration tokens
+    /// Insert a registration token.
+    fn regtoken_insert(&self, t: &RegToken) -> StoreResult<()>;
+    /// All registration tokens, oldest first.
+    fn regtoken_list(&self) -> StoreResult<Vec<RegToken>>;
+    /// One token by its secret value.
+    fn regtoken_by_value(&self, token: &str) -> StoreResult<Option<RegToken>>;
+    /// Delete one; `NotFound` if absent.
+    fn regtoken_delete(&self, id: &str) -> StoreResult<()>;
+
+    // --- clients
+    /// Atomically: check the token is live and not exhausted, count one use,
+    /// and insert the client (`Conflict` on a duplicate name).
+    fn register_client(&self, token: &str, now: i64, client: &Client) -> StoreResult<()>;
+    /// All clients, oldest first.
+    fn client_list(&self) -> StoreResult<Vec<Client>>;
+    /// One client by id or name.
+    fn client_get(&self, id_or_name: &str) -> StoreResult<Option<Client>>;
+    /// The client holding the certificate with this fingerprint.
+    fn client_by_fingerprint(&self, fp: &str) -> StoreResult<Option<Client>>;
+    /// Write back the admin-settable fields of a client.
+    fn client_update(&self, c: &Client) -> StoreResult<()>;
+    /// Record a new certificate for a client.
+    fn client_set_cert(
+        &self,
+        id: &str,
+        serial: &str,
+        fp: &str,
+        not_after: i64,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Record a status report.
+    fn client_set_status(
+        &self,
+        id: &str,
+        status: &str,
+        health: Option<&str>,
+        version: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Delete a client and its GuardPoints.
+    fn client_delete(&self, id: &str) -> StoreResult<()>;
+    /// Append audit lines from a client.
+    fn audit_append(&self, client_id: &str, lines: &[String], now: i64) -> StoreResult<()>;
+    /// How many audit lines a client has sent.
+    fn audit_count(&self, client_id: &str) -> StoreResult<i64>;
+
+    // --- GuardPoints
+    /// Insert several at once (all or none).
+    fn guardpoints_insert(&self, gps: &[GuardPoint]) -> StoreResult<()>;
+    /// A client's GuardPoints, oldest first.
+    fn guardpoints_of(&self, client_id: &str) -> StoreResult<Vec<GuardPoint>>;
+    /// Delete one of a client's GuardPoints.
+    fn guardpoint_delete(&self, client_id: &str, gp_id: &str) -> StoreResult<()>;
+
+    // --- policies
+    /// Insert (`Conflict` on a duplicate name).
+    fn policy_insert(&self, p: &Policy) -> StoreResult<()>;
+    /// Replace the text of a policy.
+    fn policy_update(&self, id: &str, json: &str, now: i64) -> StoreResult<()>;
+    /// All policies, oldest first.
+    fn policy_list(&self) -> StoreResult<Vec<Policy>>;
+    /// One policy by id or name.
+    fn policy_get(&self, id_or_name: &str) -> StoreResult<Option<Policy>>;
+    /// Delete (`Conflict` while a GuardPoint uses it).
+    fn policy_delete(&self, id: &str) -> StoreResult<()>;
+
+    // --- keys
+    /// Insert a key with version 1 sealed by `seal`.
+    fn key_insert(&self, k: &Key, seal: &mut Sealer<'_>) -> StoreResult<()>;
+    /// All keys, oldest first.
+    fn key_list(&self) -> StoreResult<Vec<Key>>;
+    /// One key by id or name.
+    fn key_get(&self, id_or_name: &str) -> StoreResult<Option<Key>>;
+    /// Add version latest+1 (only while active); returns its number.
+    fn key_add_version(&self, id: &str, now: i64, seal: &mut Sealer<'_>) -> StoreResult<u32>;
+    /// Mark revoked (only from active; idempotent).
+    fn key_revoke(&self, id: &str, now: i64) -> StoreResult<()>;
+    /// Mark destroyed and erase all sealed material.
+    fn key_destroy(&self, id: &str, now: i64) -> StoreResult<()>;
+    /// The sealed material of one version (`None` once destroyed).
+    fn key_version_sealed(&self, id: &str, version: u32) -> StoreResult<Option<Vec<u8>>>;
+}

@@ -1,0 +1,725 @@
+//! End-to-end tests of the REST API: a real `keymgr serve` on loopback,
+//! real TLS (server auth and mTLS), a real SQLite file.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn names(v: &Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            x["name"]
+                .as_str()
+                .or(x["path"].as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn registration_config_and_key_delivery() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+
+    create_key(&admin, "key-a", "XTS");
+    create_key(&admin, "key-b", "GCM");
+    create_policy(&admin, "pol-a", "key-a");
+    create_policy(&admin, "pol-b", "key-b");
+    let token = create_regtoken(
+        &admin,
+        json!({"lifetime": "3600", "max_clients": 2, "cert_duration": 30}),
+    );
+
+    let (ra, id_a) = register(&s, &token, "host-a");
+    assert_eq!(ra.status, 201, "{}", ra.body);
+    assert!(
+        ra.body["certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE")
+    );
+    assert_eq!(ra.body["ca"].as_str().unwrap(), s.ca_pem());
+    let a_id = ra.body["client_id"].as_str().unwrap().to_owned();
+    let (rb, id_b) = register(&s, &token, "host-b");
+    assert_eq!(rb.status, 201, "{}", rb.body);
+
+    add_gp(&admin, &a_id, "/data/a", "pol-a");
+    add_gp(&admin, "host-b", "/data/b", "pol-b");
+
+    // Agent A sees only its GuardPoint, policy and key.
+    let agent_a = s.http(Some(&id_a));
+    let agent_b = s.http(Some(&id_b));
+    let cfg = agent_a.req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg.status, 200, "{}", cfg.body);
+    assert_eq!(names(&cfg.body, "guardpoints"), vec!["/data/a"]);
+    assert_eq!(cfg.body["guardpoints"][0]["type"], "auto");
+    assert_eq!(cfg.body["guardpoints"][0]["policy"], "pol-a");
+    assert_eq!(cfg.body["guardpoints"][0]["enabled"], true);
+    assert_eq!(names(&cfg.body, "policies"), vec!["pol-a"]);
+    assert!(
+        cfg.body["policies"][0]["json"]
+            .as_str()
+            .unwrap()
+            .contains("key-a")
+    );
+    assert_eq!(names(&cfg.body, "keys"), vec!["key-a"]);
+    assert_eq!(cfg.body["keys"][0]["mode"], "xts");
+    assert_eq!(cfg.body["keys"][0]["versions"], json!([1]));
+    assert_eq!(cfg.body["keys"][0]["state"], "active");
+    assert!(!cfg.body.to_string().contains("material"));
+    let etag = cfg.etag.clone().unwrap();
+    assert_eq!(etag, format!("\"{}\"", cfg.body["etag"].as_str().unwrap()));
+
+    let cfg_b = agent_b.req("GET", "/api/v1/agent/config", None);
+    assert_eq!(names(&cfg_b.body, "keys"), vec!["key-b"]);
+    assert_eq!(cfg_b.body["keys"][0]["mode"], "gcm");
+
+    // ETag / If-None-Match.
+    let nm = agent_a.raw(
+        "GET",
+        "/api/v1/agent/config",
+        None,
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(nm.status, 304);
+    let nm = agent_a.raw(
+        "GET",
+        "/api/v1/agent/config",
+        None,
+        &[("If-None-Match", "\"x\"")],
+    );
+    assert_eq!(nm.status, 200);
+
+    // Key material: own key yes, other client's key no, no cert no.
+    let m = agent_a.req("GET", "/api/v1/agent/keys/key-a/versions/1", None);
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(m.body["mode"], "xts");
+    let mat1 = m.body["material"].as_str().unwrap().to_owned();
+    assert_eq!(mat1.len(), 64);
+    assert!(hex::decode(&mat1).is_ok());
+    agent_a
+        .req("GET", "/api/v1/agent/keys/key-b/versions/1", None)
+        .assert_error(403);
+    agent_a
+        .req("GET", "/api/v1/agent/keys/nope/versions/1", None)
+        .assert_error(403);
+    agent_a
+        .req("GET", "/api/v1/agent/keys/key-a/versions/2", None)
+        .assert_error(404);
+    agent_a
+        .req("GET", "/api/v1/agent/keys/key-a/versions/0", None)
+        .assert_error(400);
+    s.http(None)
+        .req("GET", "/api/v1/agent/keys/key-a/versions/1", None)
+        .assert_error(401);
+    admin
+        .req("GET", "/api/v1/agent/keys/key-a/versions/1", None)
+        .assert_error(401);
+    s.http(None)
+        .req("GET", "/api/v1/agent/config", None)
+        .assert_error(401);
+    // Admin endpoints want a bearer token, not a client certificate.
+    agent_a.req("GET", KEYS, None).assert_error(401);
+    // Admin views never carry material.
+    let keys = admin.req("GET", KEYS, None);
+    assert!(!keys.body.to_string().contains(&mat1));
+    assert!(!keys.body.to_string().contains("material"));
+
+    // Rotation adds a version visible in the config; the ETag changes.
+    let r = admin.req("POST", &format!("{KEYS}/key-a/versions"), None);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["versions"], json!([1, 2]));
+    let nm = agent_a.raw(
+        "GET",
+        "/api/v1/agent/config",
+        None,
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(nm.status, 200);
+    assert_eq!(nm.body["keys"][0]["versions"], json!([1, 2]));
+    let m2 = agent_a.req("GET", "/api/v1/agent/keys/key-a/versions/2", None);
+    assert_eq!(m2.status, 200);
+    assert_ne!(m2.body["material"], mat1);
+    let again = agent_a.req("GET", "/api/v1/agent/keys/key-a/versions/1", None);
+    assert_eq!(again.body["material"].as_str().unwrap(), mat1);
+
+    // Revocation: material refused, state visible in the config.
+    let r = admin.req("POST", &format!("{KEYS}/key-a/revoke"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"], "revoked");
+    agent_a
+        .req("GET", "/api/v1/agent/keys/key-a/versions/1", None)
+        .assert_error(403);
+    let cfg = agent_a.req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg.body["keys"][0]["state"], "revoked");
+    admin
+        .req("POST", &format!("{KEYS}/key-a/versions"), None)
+        .assert_error(409);
+
+    // Destroy: material erased, still refused.
+    let r = admin.req("DELETE", &format!("{KEYS}/key-b"), None);
+    assert_eq!(r.status, 204);
+    agent_b
+        .req("GET", "/api/v1/agent/keys/key-b/versions/1", None)
+        .assert_error(403);
+    let k = admin.req("GET", &format!("{KEYS}/key-b"), None);
+    assert_eq!(k.body["state"], "destroyed");
+    {
+        let db = rusqlite::Connection::open(s.data.join("keymgr.db")).unwrap();
+        let kid = k.body["id"].as_str().unwrap();
+        let (total, sealed): (i64, i64) = db
+            .query_row(
+                "SELECT COUNT(*), COUNT(sealed) FROM key_versions WHERE key_id = ?1",
+                [kid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((total, sealed), (1, 0));
+    }
+
+    // Status and audit.
+    let st = agent_a.req(
+        "POST",
+        "/api/v1/agent/status",
+        Some(json!({"health": "healthy", "version": "0.1.0", "guardpoints": [{"path": "/data/a", "status": "guarded"}]})),
+    );
+    assert_eq!(st.status, 200, "{}", st.body);
+    let au = agent_a.req(
+        "POST",
+        "/api/v1/agent/audit",
+        Some(json!(["CGP2601I: line one", "CGP2601I: line two"])),
+    );
+    assert_eq!(au.status, 200, "{}", au.body);
+    assert_eq!(au.body["accepted"], 2);
+    agent_a
+        .req(
+            "POST",
+            "/api/v1/agent/audit",
+            Some(json!({"not": "an array"})),
+        )
+        .assert_error(400);
+    let c = admin.req("GET", &format!("{TE}/clients/{a_id}"), None);
+    assert_eq!(c.body["reported_health"], "healthy");
+    assert_eq!(c.body["audit_lines"], 2);
+    assert_eq!(c.body["reported_version"], "0.1.0");
+    assert_eq!(
+        c.body["reported_status"]["guardpoints"][0]["status"],
+        "guarded"
+    );
+
+    // Renewal: the new certificate works, the old one no longer does.
+    let (csr_pem, key_pem) = csr("host-a");
+    let rn = agent_a.req("POST", "/api/v1/agent/renew", Some(json!({"csr": csr_pem})));
+    assert_eq!(rn.status, 200, "{}", rn.body);
+    let new_id = Identity {
+        cert_pem: rn.body["certificate"].as_str().unwrap().to_owned(),
+        key_pem,
+    };
+    assert_eq!(
+        s.http(Some(&new_id))
+            .req("GET", "/api/v1/agent/config", None)
+            .status,
+        200
+    );
+    s.http(Some(&id_a))
+        .req("GET", "/api/v1/agent/config", None)
+        .assert_error(403);
+
+    // Communication disabled -> refused; re-enabled -> works.
+    let p = admin.req(
+        "PATCH",
+        &format!("{TE}/clients/host-a"),
+        Some(json!({"communication_enabled": false})),
+    );
+    assert_eq!(p.status, 200, "{}", p.body);
+    s.http(Some(&new_id))
+        .req("GET", "/api/v1/agent/config", None)
+        .assert_error(403);
+    admin.req(
+        "PATCH",
+        &format!("{TE}/clients/host-a"),
+        Some(json!({"communication_enabled": true})),
+    );
+    assert_eq!(
+        s.http(Some(&new_id))
+            .req("GET", "/api/v1/agent/config", None)
+            .status,
+        200
+    );
+
+    // GuardPoint removal shows in the config.
+    let gps = admin.req("GET", &format!("{TE}/clients/host-b/guardpoints"), None);
+    let gpid = gps.body["resources"][0]["id"].as_str().unwrap().to_owned();
+    admin
+        .req("DELETE", &format!("{TE}/policies/pol-b"), None)
+        .assert_error(409);
+    let d = admin.req(
+        "DELETE",
+        &format!("{TE}/clients/host-b/guardpoints/{gpid}"),
+        None,
+    );
+    assert_eq!(d.status, 204);
+    let cfg_b = agent_b.req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg_b.body["guardpoints"], json!([]));
+    assert_eq!(cfg_b.body["keys"], json!([]));
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{TE}/policies/pol-b"), None)
+            .status,
+        204
+    );
+
+    // Deleted client: its certificate is refused.
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{TE}/clients/host-b"), None)
+            .status,
+        204
+    );
+    agent_b
+        .req("GET", "/api/v1/agent/config", None)
+        .assert_error(403);
+
+    // Key material never reached the server's log.
+    let log = std::fs::read_to_string(root.path().join("server.log")).unwrap();
+    assert!(log.contains("fetched key key-a version 1"));
+    assert!(!log.contains(&mat1));
+    assert!(!log.contains(m2.body["material"].as_str().unwrap()));
+}
+
+#[test]
+fn registration_refusals() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    let clients_path = format!("{TE}/clients");
+    let expiring = create_regtoken(&admin, json!({"lifetime": 1, "max_clients": 5}));
+    let single = create_regtoken(&admin, json!({"max_clients": 1}));
+    let prefixed = create_regtoken(&admin, json!({"max_clients": 5, "name_prefix": "web-"}));
+    let before = admin.req("GET", &clients_path, None).body;
+
+    let (r, _) = register(&s, "0000deadbeef", "host-x");
+    r.assert_error(401);
+    let (r, _) = register(&s, "", "host-x");
+    r.assert_error(401);
+    let (r, _) = register(&s, &prefixed, "db-1");
+    r.assert_error(403);
+    let h = s.http(None);
+    let bad_csr = h.req(
+        "POST",
+        &format!("{TE}/register"),
+        Some(json!({"token": single, "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "name": "host-y"})),
+    );
+    bad_csr.assert_error(400);
+    h.raw(
+        "POST",
+        &format!("{TE}/register"),
+        Some(b"{\"token\": 5}".to_vec()),
+        &[],
+    )
+    .assert_error(400);
+    assert_eq!(admin.req("GET", &clients_path, None).body, before);
+
+    // Exhausted.
+    let (r, _) = register(&s, &single, "host-1");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (r, _) = register(&s, &single, "host-2");
+    r.assert_error(403);
+    assert!(r.body["message"].as_str().unwrap().contains("exhausted"));
+    // Duplicate name.
+    let (r, _) = register(&s, &prefixed, "web-1");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (r, _) = register(&s, &prefixed, "web-1");
+    r.assert_error(409);
+    // Name generated from the prefix when none is given.
+    let (csr_pem, _) = csr("anon");
+    let r = h.req(
+        "POST",
+        &format!("{TE}/register"),
+        Some(json!({"token": prefixed, "csr": csr_pem})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body["name"].as_str().unwrap().starts_with("web-"));
+    // Expired.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (r, _) = register(&s, &expiring, "host-3");
+    r.assert_error(403);
+    assert!(r.body["message"].as_str().unwrap().contains("expired"));
+
+    let list = admin.req("GET", REGTOKENS, None).body;
+    let used: Vec<i64> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["clients_registered"].as_i64().unwrap())
+        .collect();
+    assert_eq!(used, vec![0, 1, 2]);
+    assert_eq!(admin.req("GET", &clients_path, None).body["total"], 3);
+}
+
+#[test]
+fn hostile_requests_change_nothing() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    create_key(&admin, "k1", "CBC_CS1");
+    create_policy(&admin, "p1", "k1");
+    let token = create_regtoken(&admin, json!({"max_clients": 3}));
+    let (r, _) = register(&s, &token, "h1");
+    assert_eq!(r.status, 201);
+    add_gp(&admin, "h1", "/srv/data", "p1");
+    let before = snapshot(&admin);
+
+    let json_posts: Vec<(&str, String, Vec<u8>, u16)> = vec![
+        ("POST", KEYS.into(), b"{not json".to_vec(), 400),
+        ("POST", KEYS.into(), b"".to_vec(), 400),
+        ("POST", KEYS.into(), b"[1,2,3]".to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": 5}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k2", "size": "256"}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k2", "size": 128}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k2", "algorithm": "DES"}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k2", "meta": {"cte": {"encryption_mode": "ECB"}}}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k2", "material": "00"}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "x'; DROP TABLE keys;--"}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k1\" OR 1=1 --"}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "../../etc/passwd"}"#.to_vec(), 400),
+        ("POST", KEYS.into(), br#"{"name": "k1"}"#.to_vec(), 409),
+        ("POST", KEYS.into(), br#"{"name": "clear_key"}"#.to_vec(), 400),
+        ("POST", REGTOKENS.into(), br#"{"lifetime": -1}"#.to_vec(), 400),
+        ("POST", REGTOKENS.into(), br#"{"lifetime": "forever"}"#.to_vec(), 400),
+        ("POST", REGTOKENS.into(), br#"{"max_clients": 0}"#.to_vec(), 400),
+        ("POST", REGTOKENS.into(), br#"{"max_clients": "1"}"#.to_vec(), 400),
+        ("POST", REGTOKENS.into(), br#"{"cert_duration": 99999}"#.to_vec(), 400),
+        ("POST", REGTOKENS.into(), br#"{"name_prefix": "a b"}"#.to_vec(), 400),
+        ("POST", format!("{TE}/policies"), b"{\"name\": ".to_vec(), 400),
+        ("POST", format!("{TE}/policies"), br#"{"name": "p2", "security_rules": [{"order_number": 1, "action": "fly", "effect": "permit"}]}"#.to_vec(), 422),
+        ("POST", format!("{TE}/policies"), br#"{"name": "p2", "unknown_field": 1}"#.to_vec(), 422),
+        ("POST", format!("{TE}/policies"), serde_json::to_vec(&policy_doc("p2", "missing-key")).unwrap(), 422),
+        ("POST", format!("{TE}/policies"), serde_json::to_vec(&policy_doc("p1", "k1")).unwrap(), 409),
+        ("POST", format!("{TE}/policies"), serde_json::to_vec(&policy_doc("p1'--", "k1")).unwrap(), 400),
+        ("PUT", format!("{TE}/policies/p1"), serde_json::to_vec(&policy_doc("other", "k1")).unwrap(), 422),
+        ("PUT", format!("{TE}/policies/p1"), b"{}".to_vec(), 422),
+        ("PATCH", format!("{TE}/clients/h1"), br#"{"communication_enabled": "no"}"#.to_vec(), 400),
+        ("PATCH", format!("{TE}/clients/h1"), br#"{"name": "renamed"}"#.to_vec(), 400),
+        ("PATCH", format!("{TE}/clients/h1"), b"null".to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/srv/../etc"], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["relative"], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/"], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": [], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/ok", "/srv/x/../y"], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/ok"], "guard_point_params": {"policy_id": "nope"}}"#.to_vec(), 422),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/ok"], "guard_point_params": {"policy_id": "p1' OR '1'='1"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/ok"], "guard_point_params": {"policy_id": "p1", "guard_point_type": "bogus"}}"#.to_vec(), 400),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/ok", "/srv/data/sub"], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 409),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": ["/srv/data"], "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 409),
+        ("POST", format!("{TE}/clients/h1/guardpoints"), br#"{"guard_paths": "/ok", "guard_point_params": {"policy_id": "p1"}}"#.to_vec(), 400),
+    ];
+    for (m, p, body, status) in &json_posts {
+        let r = admin.raw(m, p, Some(body.clone()), &[]);
+        assert_eq!(
+            r.status,
+            *status,
+            "{m} {p} {:?}: {}",
+            String::from_utf8_lossy(body),
+            r.body
+        );
+        r.assert_error(*status);
+        // No echo of what looked like material.
+        assert!(!r.body.to_string().contains("material\":"));
+    }
+
+    // Unknown ids, traversal and SQL in paths.
+    let gets: Vec<(&str, String, u16)> = vec![
+        ("GET", format!("{KEYS}/no-such-key"), 404),
+        (
+            "GET",
+            format!("{KEYS}/00000000-0000-4000-8000-000000000000"),
+            404,
+        ),
+        ("DELETE", format!("{KEYS}/no-such-key"), 404),
+        ("POST", format!("{KEYS}/no-such-key/versions"), 404),
+        ("POST", format!("{KEYS}/no-such-key/revoke"), 404),
+        ("GET", format!("{KEYS}/..%2F..%2Fetc%2Fpasswd"), 400),
+        ("GET", format!("{KEYS}/k1%27%20OR%20%271%27=%271"), 400),
+        ("DELETE", format!("{KEYS}/%2e%2e"), 400),
+        ("GET", format!("{KEYS}/../../auth/tokens"), 400),
+        ("DELETE", format!("{REGTOKENS}/no-such"), 404),
+        ("GET", format!("{TE}/clients/nobody"), 404),
+        ("DELETE", format!("{TE}/clients/nobody"), 404),
+        ("DELETE", format!("{TE}/clients/h1/guardpoints/nope"), 404),
+        ("GET", format!("{TE}/clients/h1/guardpoints/nope"), 404),
+        ("DELETE", format!("{TE}/policies/nope"), 404),
+        ("DELETE", format!("{TE}/policies/p1"), 409),
+        ("GET", format!("{TE}/policies/..."), 400),
+        ("GET", "/api/v1/nothing".into(), 404),
+        ("GET", "/".into(), 404),
+        ("PUT", KEYS.into(), 405),
+        ("DELETE", format!("{TE}/clients"), 405),
+        ("GET", "/api/v1/auth/tokens".into(), 405),
+    ];
+    for (m, p, status) in &gets {
+        admin.raw(m, p, None, &[]).assert_error(*status);
+    }
+
+    // Authentication failures.
+    let mut anon = s.http(None);
+    anon.req("GET", KEYS, None).assert_error(401);
+    anon.req("POST", KEYS, Some(json!({"name": "sneaky"})))
+        .assert_error(401);
+    anon.token = Some("not-a-token".into());
+    anon.req("GET", KEYS, None).assert_error(401);
+    anon.raw(
+        "GET",
+        KEYS,
+        None,
+        &[("Authorization", "Basic YWRtaW46eA==")],
+    )
+    .assert_error(401);
+    anon.token = None;
+    for body in [
+        json!({"grant_type": "password", "username": "admin", "password": "wrong"}),
+        json!({"grant_type": "password", "username": "root", "password": PASSWORD}),
+        json!({"grant_type": "refresh_token", "username": "admin", "password": PASSWORD}),
+        json!({"grant_type": "password", "username": "admin", "password": 12345}),
+    ] {
+        let r = anon.req("POST", "/api/v1/auth/tokens", Some(body));
+        assert!(r.status == 400 || r.status == 401, "{}", r.body);
+        r.assert_error(r.status);
+        assert!(!r.body.to_string().contains("12345"));
+    }
+
+    // Huge bodies are refused with a JSON 413.
+    let huge = vec![b'a'; 2 * 1024 * 1024];
+    match admin.try_raw("POST", KEYS, huge.clone()) {
+        Ok(r) => r.assert_error(413),
+        Err(e) => panic!("huge body: {e}"),
+    }
+    let mut huge_json = br#"{"name": "k9", "pad": ""#.to_vec();
+    huge_json.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 10));
+    huge_json.extend(b"\"}");
+    admin
+        .raw("POST", KEYS, Some(huge_json), &[])
+        .assert_error(413);
+    let r = s
+        .http(None)
+        .try_raw("POST", &format!("{TE}/register"), huge)
+        .unwrap();
+    r.assert_error(413);
+
+    // The server is still healthy and nothing changed.
+    let after = snapshot(&admin);
+    assert_eq!(before, after);
+}
+
+#[test]
+fn kill9_after_post_keeps_committed_changes() {
+    let root = init_dir();
+    let mut s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    create_key(&admin, "durable", "XTS");
+    s.kill9();
+
+    let mut s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    let k = admin.req("GET", &format!("{KEYS}/durable"), None);
+    assert_eq!(k.status, 200, "{}", k.body);
+    assert_eq!(k.body["versions"], json!([1]));
+    let r = admin.req("POST", &format!("{KEYS}/durable/versions"), None);
+    assert_eq!(r.status, 201);
+    create_policy(&admin, "durable-pol", "durable");
+    let token = create_regtoken(&admin, json!({"max_clients": 1}));
+    let (reg, id) = register(&s, &token, "durable-host");
+    assert_eq!(reg.status, 201);
+    add_gp(&admin, "durable-host", "/d", "durable-pol");
+    s.kill9();
+
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    let k = admin.req("GET", &format!("{KEYS}/durable"), None);
+    assert_eq!(k.body["versions"], json!([1, 2]));
+    // The client's certificate and its config survived; material unseals.
+    let agent = s.http(Some(&id));
+    let cfg = agent.req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg.status, 200, "{}", cfg.body);
+    assert_eq!(cfg.body["keys"][0]["versions"], json!([1, 2]));
+    let m = agent.req("GET", "/api/v1/agent/keys/durable/versions/2", None);
+    assert_eq!(m.status, 200, "{}", m.body);
+}
+
+#[test]
+fn cli_smoke() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let out = s.cli(&["key", "create", "cli-key", "--mode", "GCM"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = s.cli(&["--json", "key", "create", "cli-key"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["codeDesc"], "NCERRConflict");
+    assert_eq!(err["code"], 6);
+
+    let out = s.cli(&[
+        "--json",
+        "token",
+        "create",
+        "--lifetime",
+        "600",
+        "--max-clients",
+        "2",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let tok: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tok["max_clients"], 2);
+    assert_eq!(tok["lifetime"], 600);
+
+    let pol = root.path().join("pol.json");
+    std::fs::write(
+        &pol,
+        serde_json::to_vec(&policy_doc("cli-pol", "cli-key")).unwrap(),
+    )
+    .unwrap();
+    let out = s.cli(&["--json", "policy", "apply", pol.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // Applying again replaces it.
+    let out = s.cli(&["--json", "policy", "apply", pol.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+
+    let (r, _) = register(&s, tok["token"].as_str().unwrap(), "cli-host");
+    assert_eq!(r.status, 201);
+    let out = s.cli(&[
+        "--json",
+        "guardpoint",
+        "add",
+        "cli-host",
+        "/cli",
+        "--policy",
+        "cli-pol",
+        "--type",
+        "manual",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let gp: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(gp["guardpoints"][0]["guard_point_type"], "directory_manual");
+    let gpid = gp["guardpoints"][0]["id"].as_str().unwrap().to_owned();
+
+    let out = s.cli(&["--json", "client", "list"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["total"], 1);
+    let out = s.cli(&["client", "show", "cli-host"]);
+    assert!(out.status.success());
+    let out = s.cli(&["key", "rotate", "cli-key"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version 2"));
+    let out = s.cli(&["guardpoint", "remove", "cli-host", &gpid]);
+    assert!(out.status.success(), "{out:?}");
+    let out = s.cli(&["key", "revoke", "cli-key"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = s.cli(&["client", "delete", "cli-host"]);
+    assert!(out.status.success(), "{out:?}");
+    // Bad input handled locally, no request sent.
+    let out = s.cli(&["key", "rotate", "../auth"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Wrong password.
+    let out = std::process::Command::new(bin())
+        .args(["--json", "key", "list", "--password", "wrong"])
+        .env("KEYMGR_URL", s.url(""))
+        .env("KEYMGR_DATA_DIR", &s.data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 2);
+    // No key material anywhere in the CLI's output or the server log.
+    let log = std::fs::read_to_string(root.path().join("server.log")).unwrap();
+    assert!(!log.contains("material\""));
+}
+
+#[test]
+fn init_refuses_existing_data_dir() {
+    let root = init_dir();
+    let out = std::process::Command::new(bin())
+        .args(["init", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args(["--admin-password", PASSWORD])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["master.key", "ca.key", "server.key"] {
+        let mode = std::fs::metadata(root.path().join("data").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}
+
+#[test]
+fn concurrent_registrations_respect_max_clients() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    let token = create_regtoken(&admin, json!({"max_clients": 3}));
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = &s;
+                let token = &token;
+                sc.spawn(move || register(s, token, &format!("race-{i}")).0.status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 201).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 403).count(),
+        5,
+        "{statuses:?}"
+    );
+    let list = admin.req("GET", &format!("{TE}/clients"), None);
+    assert_eq!(list.body["total"], 3);
+    assert_eq!(
+        admin.req("GET", REGTOKENS, None).body["resources"][0]["clients_registered"],
+        3
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let root = init_dir();
+    let mut s = Server::start(root.path());
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(code) = s.child.try_wait().unwrap() {
+            assert!(code.success(), "{code:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
