@@ -44,10 +44,10 @@ for b in secfs vmd voradmin; do
     install -m 0755 "target/release/$b" "$BIN/$b.new" && mv -f "$BIN/$b.new" "$BIN/$b"
   fi
 done
-for alias in secfsd vmsec; do
+for alias in secfsd vmsec register_host vmutil; do
   ln -sfn voradmin "$BIN/$alias"
 done
-for b in vmd voradmin secfsd vmsec secfs; do
+for b in vmd voradmin secfsd vmsec register_host vmutil secfs; do
   ln -sfn "$BIN/$b" "/usr/local/bin/$b"
 done
 

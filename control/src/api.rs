@@ -81,6 +81,12 @@ pub enum Request {
     /// `vmutil unregister`: forget the registration; GuardPoints from the
     /// key manager are unguarded and removed, its keys forgotten.
     KmUnregister,
+    /// `vmsec challenge`: a challenge for offline unlock.
+    Challenge,
+    /// The key manager's response to the pending challenge.
+    ChallengeResponse {
+        response: String,
+    },
     /// Unguard everything, stop secfs, stop vmd.
     Shutdown,
 }

@@ -101,21 +101,7 @@ fn key_rotation_keeps_old_files_readable() {
     let out = a.ok("voradmin", &["key", "rotate", "k_rot"]);
     assert!(out.contains("version 2"), "{out}");
     fs::write(dir.join("new"), b"after rotation").unwrap();
-    let version = |f: &str| {
-        let iv = a.ok(
-            "voradmin",
-            &[
-                "--json",
-                "secfs",
-                "iv",
-                "get",
-                dir.join(f).to_str().unwrap(),
-            ],
-        );
-        serde_json::from_str::<serde_json::Value>(&iv).unwrap()["key_version"]
-            .as_u64()
-            .unwrap()
-    };
+    let version = |f: &str| a.key_version(&dir.join(f));
     assert_eq!((version("old"), version("new")), (1, 2));
     // Across a full restart of the agent too.
     a.ok("voradmin", &["shutdown"]);

@@ -213,21 +213,7 @@ fn server_defined_guardpoint_protects_data_rotation_and_revocation_reach_the_hos
             .contains("latest=2")
     });
     fs::write(dir.join("new"), b"after rotation").unwrap();
-    let version = |f: &str| {
-        let iv = a.ok(
-            "voradmin",
-            &[
-                "--json",
-                "secfs",
-                "iv",
-                "get",
-                dir.join(f).to_str().unwrap(),
-            ],
-        );
-        serde_json::from_str::<serde_json::Value>(&iv).unwrap()["key_version"]
-            .as_u64()
-            .unwrap()
-    };
+    let version = |f: &str| a.key_version(&dir.join(f));
     assert_eq!((version("old"), version("new")), (1, 2));
     assert_eq!(fs::read(dir.join("old")).unwrap(), SECRET);
     // Revocation on the server stops access on the host.
@@ -473,4 +459,92 @@ fn certificate_renewal_audit_upload_and_vmutil() {
     assert!(!a.root.join(".sec/km.json").exists());
     assert!(a.status_json()["key_manager"].is_null());
     assert!(!a.guarded(&dir));
+}
+
+/// Offline unlock: a password-protected host key nobody at hand knows,
+/// the key manager unreachable from the host; an administrator answers
+/// the host's challenge with `keymgr challenge respond`.
+#[test]
+fn offline_unlock_by_challenge_response() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut km = Keymgr::start();
+    let (a, _) = agent_for(&km);
+    setup_register_host_link(&a);
+    let token = km.token(&[]);
+    assert!(register(&a, &km, &token, "host-u", &[]).status.success());
+    a.start();
+    km.ok(&["key", "create", "uk"]);
+    km.policy("up", "uk");
+    let dir = a.dir("data");
+    km.ok(&[
+        "guardpoint",
+        "add",
+        "host-u",
+        dir.to_str().unwrap(),
+        "--policy",
+        "up",
+    ]);
+    wait_until("guarded", 30, || a.guarded(&dir));
+    fs::write(dir.join("f"), b"unlock me").unwrap();
+    wait_until("host key escrowed", 30, || {
+        a.root.join(".sec/escrow.json").exists()
+    });
+    a.ok(
+        "voradmin",
+        &["hostkey", "password", "-p", "forgotten long ago"],
+    );
+    a.ok("voradmin", &["shutdown"]);
+    km.kill();
+    a.start();
+    wait_until("re-guarded offline", 30, || a.guarded(&dir));
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=FALSE"));
+    assert!(fs::read(dir.join("f")).is_err());
+    let run_challenge = |answer: &dyn Fn(&str) -> String| -> Output {
+        let mut child = Command::new(a.bin.join("vmsec"))
+            .arg("challenge")
+            .env("GUARDFS_ROOT", &a.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut challenge = String::new();
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap() > 0 {
+            if let Some(c) = line.trim().strip_prefix("Challenge: ") {
+                challenge = c.to_owned();
+                break;
+            }
+            line.clear();
+        }
+        assert!(!challenge.is_empty(), "no challenge printed");
+        let response = answer(&challenge);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{response}\n").as_bytes())
+            .unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let mut o = child.wait_with_output().unwrap();
+        o.stdout = rest.into_bytes();
+        o
+    };
+    // A made-up response is refused and unlocks nothing.
+    let bad = run_challenge(&|_| "AAAAAAAA ".repeat(16));
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=FALSE"));
+    // The administrator reaches the key manager (the host does not need to).
+    km.serve();
+    let good = run_challenge(&|c| {
+        let o = km.cli(&["challenge", "respond", "host-u", c]);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    });
+    assert!(good.status.success(), "{}", text(&good));
+    assert!(text(&good).contains("OK challenge"));
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=TRUE"));
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"unlock me");
 }

@@ -9,11 +9,13 @@ use guardfs_policy::CompiledPolicy;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use crate::ca::Ca;
 use crate::error::ApiError;
 use crate::seal::MasterKey;
 use crate::store::{Client, GuardPoint, Key, Policy, RegToken, Store, StoreError};
+use crate::unlock::{Challenge, ESCROW_LEN, RespondError, encode_text};
 use crate::util::{
     new_id, now, random_hex, rfc3339, sha256_hex, valid_guard_path, valid_name, valid_ref,
 };
@@ -161,6 +163,18 @@ struct RegisterReq {
 #[derive(Deserialize)]
 struct RenewReq {
     csr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscrowReq {
+    escrow_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeReq {
+    challenge: String,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +483,20 @@ impl App {
                     _ => method_na(),
                 }
             }
+            [
+                "transparent-encryption",
+                "clients",
+                id,
+                "challenge-response",
+            ] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let c = self.client(id)?;
+                match m {
+                    "POST" => self.challenge_response(&c, req),
+                    _ => method_na(),
+                }
+            }
             ["transparent-encryption", "clients", id, "guardpoints", gp] => {
                 self.admin(req)?;
                 check_ref(id)?;
@@ -599,6 +627,13 @@ impl App {
                 let c = self.agent(req)?;
                 match m {
                     "POST" => self.agent_audit(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["agent", "escrow"] => {
+                let c = self.agent(req)?;
+                match m {
+                    "POST" => self.agent_escrow(&c, req),
                     _ => method_na(),
                 }
             }
@@ -864,6 +899,43 @@ impl App {
         c.updated = now();
         self.store.client_update(&c)?;
         Ok(Response::json(200, &client_json(&c)))
+    }
+
+    /// Offline unlock: the response to an agent's challenge, carrying the
+    /// client's escrow key (see [`crate::unlock`]).
+    fn challenge_response(&self, c: &Client, req: &Request) -> ApiResult {
+        let r: ChallengeReq = parse(&req.body)?;
+        if !req.body.trim_ascii_start().starts_with(b"{") {
+            return Err(ApiError::bad_request(
+                "expected {\"challenge\": \"<text>\"}",
+            ));
+        }
+        let ch = Challenge::parse(&r.challenge).map_err(ApiError::unprocessable)?;
+        ch.check_fresh(now()).map_err(ApiError::forbidden)?;
+        let sealed = self.store.escrow_get(&c.id)?.ok_or_else(|| {
+            ApiError::not_found(
+                "client has no escrow key; the agent stores one when it is registered and reachable",
+            )
+        })?;
+        let escrow = self
+            .master
+            .open_escrow(&c.id, &sealed)
+            .map_err(internal("unsealing escrow key"))?;
+        let resp = ch.respond(&escrow).map_err(|e| match e {
+            RespondError::BadPublicKey => {
+                ApiError::unprocessable("challenge carries an unusable X25519 public key")
+            }
+            RespondError::Internal(m) => internal("challenge response")(m.to_owned()),
+        })?;
+        log::info!(
+            "offline unlock response given for client {} (challenge made at minute {})",
+            c.name,
+            ch.minutes()
+        );
+        Ok(Response::json(
+            200,
+            &json!({"response": encode_text(&resp)}),
+        ))
     }
 
     fn guardpoints_add(&self, c: &Client, req: &Request) -> ApiResult {
@@ -1201,6 +1273,36 @@ impl App {
         }
         self.store.audit_append(&c.id, &lines, now())?;
         Ok(Response::json(200, &json!({"accepted": lines.len()})))
+    }
+
+    fn agent_escrow(&self, c: &Client, req: &Request) -> ApiResult {
+        if req.body.is_empty() {
+            return Err(ApiError::bad_request("request body required"));
+        }
+        // serde's messages may quote the input: never echo (or log) it.
+        let shape = || ApiError::bad_request("expected {\"escrow_key\": \"<64 hex characters>\"}");
+        let v: Value = serde_json::from_slice(&req.body).map_err(|_| shape())?;
+        if !v.is_object() {
+            return Err(shape());
+        }
+        let r: EscrowReq = serde_json::from_value(v).map_err(|_| shape())?;
+        let text = Zeroizing::new(r.escrow_key);
+        let mut key = Zeroizing::new([0u8; ESCROW_LEN]);
+        if text.len() != 2 * ESCROW_LEN
+            || !text.bytes().all(|b| b.is_ascii_hexdigit())
+            || hex::decode_to_slice(text.as_bytes(), &mut key[..]).is_err()
+        {
+            return Err(ApiError::bad_request(
+                "escrow_key must be 64 hex characters (32 bytes)",
+            ));
+        }
+        let sealed = self
+            .master
+            .seal_escrow(&c.id, &key[..])
+            .map_err(internal("sealing escrow key"))?;
+        self.store.escrow_put(&c.id, &sealed, now())?;
+        log::info!("client {} stored its escrow key", c.name);
+        Ok(Response::json(200, &json!({"stored": true})))
     }
 
     fn agent_renew(&self, c: &Client, req: &Request) -> ApiResult {

@@ -88,6 +88,23 @@ enum Cmd {
     /// GuardPoints of a client.
     #[command(subcommand)]
     Guardpoint(GpCmd),
+    /// Offline unlock (challenge-response) for agents that cannot reach the
+    /// key manager.
+    #[command(subcommand)]
+    Challenge(ChallengeCmd),
+}
+
+#[derive(Subcommand)]
+enum ChallengeCmd {
+    /// Print the response to an agent's offline unlock challenge.
+    Respond {
+        /// Client id or name.
+        client: String,
+        /// The challenge as the agent printed it; the arguments are joined,
+        /// so its groups can be pasted unquoted.
+        #[arg(required = true, num_args = 1..)]
+        challenge: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -384,6 +401,7 @@ fn text(cmd: &Cmd, v: &Value) -> String {
             })
             .collect::<Vec<_>>()
             .join("\n"),
+        (Cmd::Challenge(_), _) => s(v, "response").to_owned(),
         (Cmd::Guardpoint(_), _) => {
             let list = rows.or_else(|| v.get("guardpoints").and_then(Value::as_array));
             list.map(|l| {
@@ -557,6 +575,18 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     None,
                 )?,
             }
+        }
+        Cmd::Challenge(ChallengeCmd::Respond { client, challenge }) => {
+            let path = format!(
+                "/api/v1/transparent-encryption/clients/{}/challenge-response",
+                seg(client)?
+            );
+            let c = connect(cli)?;
+            c.call(
+                "POST",
+                &path,
+                Some(&json!({"challenge": challenge.join(" ")})),
+            )?
         }
     };
     if cli.json {

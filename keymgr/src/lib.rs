@@ -25,4 +25,5 @@ pub mod seal;
 pub mod server;
 pub mod sqlite;
 pub mod store;
+pub mod unlock;
 pub mod util;

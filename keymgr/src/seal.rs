@@ -1,6 +1,7 @@
 //! Secrets at rest: the server master key that seals key material
-//! (AES-256-GCM, AAD binding key id and version) and administrator password
-//! hashes (PBKDF2-HMAC-SHA256).
+//! (AES-256-GCM, AAD binding key id and version) and clients' escrow keys
+//! (AAD `escrow|<client id>`), and administrator password hashes
+//! (PBKDF2-HMAC-SHA256).
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -29,6 +30,12 @@ impl std::fmt::Debug for MasterKey {
 
 fn aad(key_id: &str, version: u32) -> Vec<u8> {
     format!("guardfs-keymgr key material v1\0{key_id}\0{version}").into_bytes()
+}
+
+/// AAD of a sealed escrow key: purpose label and client id. Cannot collide
+/// with [`aad`], which starts with `guardfs-keymgr`.
+fn escrow_aad(client_id: &str) -> Vec<u8> {
+    format!("escrow|{client_id}").into_bytes()
 }
 
 impl MasterKey {
@@ -71,13 +78,37 @@ impl MasterKey {
     /// # Errors
     /// When the random generator or the cipher fails.
     pub fn seal(&self, key_id: &str, version: u32, material: &[u8]) -> Result<Vec<u8>, String> {
+        self.seal_aad(&aad(key_id, version), material)
+    }
+
+    /// Seal a client's escrow key (AAD `escrow|<client id>`).
+    ///
+    /// # Errors
+    /// As [`MasterKey::seal`].
+    pub fn seal_escrow(&self, client_id: &str, escrow: &[u8]) -> Result<Vec<u8>, String> {
+        self.seal_aad(&escrow_aad(client_id), escrow)
+    }
+
+    /// Open what [`MasterKey::seal_escrow`] made for the same client.
+    ///
+    /// # Errors
+    /// As [`MasterKey::open`].
+    pub fn open_escrow(
+        &self,
+        client_id: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.open_aad(&escrow_aad(client_id), sealed)
+    }
+
+    fn seal_aad(&self, aad: &[u8], material: &[u8]) -> Result<Vec<u8>, String> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
         let mut buf = material.to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(key_id, version)),
+                Aad::from(aad),
                 &mut buf,
             )
             .map_err(|_| "seal failed".to_owned())?;
@@ -98,6 +129,10 @@ impl MasterKey {
         version: u32,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.open_aad(&aad(key_id, version), sealed)
+    }
+
+    fn open_aad(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
         if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err("sealed material too short".into());
         }
@@ -106,7 +141,7 @@ impl MasterKey {
         let mut buf = Zeroizing::new(ct.to_vec());
         let len = self
             .key
-            .open_in_place(nonce, Aad::from(aad(key_id, version)), &mut buf[..])
+            .open_in_place(nonce, Aad::from(aad), &mut buf[..])
             .map_err(|_| "sealed material does not authenticate".to_owned())?
             .len();
         buf.truncate(len);
@@ -198,6 +233,17 @@ mod tests {
         assert!(mk.open("k1", 1, &s[..10]).is_err());
         let other = MasterKey::from_bytes(&[8u8; 32]).unwrap();
         assert!(other.open("k1", 1, &s).is_err());
+    }
+
+    #[test]
+    fn escrow_seal_binds_client() {
+        let mk = MasterKey::from_bytes(&[9u8; 32]).unwrap();
+        let s = mk.seal_escrow("c1", &[7u8; 32]).unwrap();
+        assert_eq!(&mk.open_escrow("c1", &s).unwrap()[..], &[7u8; 32]);
+        assert!(mk.open_escrow("c2", &s).is_err());
+        assert!(mk.open("c1", 1, &s).is_err());
+        let k = mk.seal("c1", 1, &[7u8; 32]).unwrap();
+        assert!(mk.open_escrow("c1", &k).is_err());
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::store::{
 
 /// Versioned migrations; index + 1 is the version. Never edit one that has
 /// shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE admins (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -100,7 +101,15 @@ CREATE TABLE audit (
     line TEXT NOT NULL
 );
 CREATE INDEX audit_client ON audit(client_id);
-"#];
+"#,
+    r#"
+CREATE TABLE client_escrow (
+    client_id TEXT PRIMARY KEY REFERENCES clients(id) ON DELETE CASCADE,
+    sealed BLOB NOT NULL,
+    updated INTEGER NOT NULL
+);
+"#,
+];
 
 /// The SQLite store. One connection behind a mutex: the reference server
 /// is not built for high write rates, and SQLite serialises writers anyway.
@@ -160,6 +169,19 @@ impl SqliteStore {
         let out = f(&tx)?;
         tx.commit().map_err(be)?;
         Ok(out)
+    }
+
+    /// Checkpoint the WAL into the main file so overwritten secrets do not
+    /// linger in it; failures are only logged.
+    fn checkpoint(&self, after: &str) {
+        match self.lock() {
+            Ok(conn) => {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                    log::warn!("checkpoint after {after} failed: {e}");
+                }
+            }
+            Err(e) => log::warn!("checkpoint after {after} failed: {e}"),
+        }
     }
 
     /// The schema version in force.
@@ -615,11 +637,61 @@ impl Store for SqliteStore {
 
     fn client_delete(&self, id: &str) -> StoreResult<()> {
         self.tx(|tx| {
+            // Explicit, though the foreign key cascades too.
+            tx.execute("DELETE FROM client_escrow WHERE client_id = ?1", [id])
+                .map_err(be)?;
             let n = tx
                 .execute("DELETE FROM clients WHERE id = ?1", [id])
                 .map_err(be)?;
             changed(n, "client")
-        })
+        })?;
+        // Move the erased escrow out of the WAL into the (secure_delete) main file.
+        self.checkpoint("client delete");
+        Ok(())
+    }
+
+    fn escrow_put(&self, client_id: &str, sealed: &[u8], now: i64) -> StoreResult<()> {
+        let replaced = self.tx(|tx| {
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM clients WHERE id = ?1)",
+                    [client_id],
+                    |r| r.get(0),
+                )
+                .map_err(be)?;
+            if !exists {
+                return Err(StoreError::NotFound("client not found".into()));
+            }
+            let n = tx
+                .execute(
+                    "UPDATE client_escrow SET sealed = ?2, updated = ?3 WHERE client_id = ?1",
+                    params![client_id, sealed, now],
+                )
+                .map_err(be)?;
+            if n == 0 {
+                tx.execute(
+                    "INSERT INTO client_escrow (client_id, sealed, updated) VALUES (?1, ?2, ?3)",
+                    params![client_id, sealed, now],
+                )
+                .map_err(be)?;
+            }
+            Ok(n > 0)
+        })?;
+        if replaced {
+            self.checkpoint("escrow replacement");
+        }
+        Ok(())
+    }
+
+    fn escrow_get(&self, client_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT sealed FROM client_escrow WHERE client_id = ?1",
+            [client_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(be)
     }
 
     fn audit_append(&self, client_id: &str, lines: &[String], now: i64) -> StoreResult<()> {
@@ -908,10 +980,7 @@ impl Store for SqliteStore {
             Ok(())
         })?;
         // Move the erased pages out of the WAL into the (secure_delete) main file.
-        let conn = self.lock()?;
-        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-            log::warn!("checkpoint after key destroy failed: {e}");
-        }
+        self.checkpoint("key destroy");
         Ok(())
     }
 
@@ -938,7 +1007,7 @@ mod tests {
         let path = dir.path().join("k.db");
         {
             let s = SqliteStore::open(&path).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 1);
+            assert_eq!(s.schema_version().unwrap(), 2);
             let k = Key {
                 id: "k1".into(),
                 name: "db-key".into(),
@@ -968,7 +1037,7 @@ mod tests {
             ));
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         let k = s.key_get("db-key").unwrap().unwrap();
         assert_eq!(k.versions, vec![1, 2]);
         assert_eq!(k.state, "revoked");
@@ -978,5 +1047,79 @@ mod tests {
         );
         s.key_destroy("k1", 5).unwrap();
         assert_eq!(s.key_version_sealed("k1", 1).unwrap(), None);
+    }
+
+    fn client(id: &str, name: &str) -> Client {
+        Client {
+            id: id.into(),
+            name: name.into(),
+            description: String::new(),
+            profile_id: "p".into(),
+            host_group: String::new(),
+            registration_allowed: true,
+            communication_enabled: true,
+            client_locked: false,
+            system_locked: false,
+            hw_signature: String::new(),
+            cert_serial: format!("serial-{id}"),
+            cert_fingerprint: format!("fp-{id}"),
+            cert_not_after: 100,
+            cert_duration: 1,
+            reported_health: None,
+            reported_version: None,
+            reported_status: None,
+            created: 1,
+            updated: 1,
+        }
+    }
+
+    #[test]
+    fn escrow_migrates_replaces_and_cascades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        // A database made by a keymgr that knew only migration 1.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL);",
+            )
+            .unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute("INSERT INTO schema_migrations VALUES (1, 0)", [])
+                .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        s.regtoken_insert(&RegToken {
+            id: "t".into(),
+            token: "tok".into(),
+            lifetime: 1000,
+            max_clients: 5,
+            used: 0,
+            cert_duration: 1,
+            name_prefix: String::new(),
+            created: 1,
+        })
+        .unwrap();
+        s.register_client("tok", 2, &client("c1", "one")).unwrap();
+        s.register_client("tok", 2, &client("c2", "two")).unwrap();
+        assert_eq!(s.escrow_get("c1").unwrap(), None);
+        assert!(matches!(
+            s.escrow_put("nobody", &[1], 3),
+            Err(StoreError::NotFound(_))
+        ));
+        s.escrow_put("c1", &[1, 2, 3], 3).unwrap();
+        s.escrow_put("c2", &[9], 3).unwrap();
+        s.escrow_put("c1", &[4, 5], 4).unwrap();
+        assert_eq!(s.escrow_get("c1").unwrap(), Some(vec![4, 5]));
+        s.client_delete("c1").unwrap();
+        assert_eq!(s.escrow_get("c1").unwrap(), None);
+        assert_eq!(s.escrow_get("c2").unwrap(), Some(vec![9]));
+        let n: i64 = s
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM client_escrow", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }

@@ -234,8 +234,13 @@ pub trait Store: Send + Sync {
         version: Option<&str>,
         now: i64,
     ) -> StoreResult<()>;
-    /// Delete a client and its GuardPoints.
+    /// Delete a client, its GuardPoints and its escrow key.
     fn client_delete(&self, id: &str) -> StoreResult<()>;
+    /// Store a client's sealed escrow key, replacing any previous one
+    /// (`NotFound` if the client does not exist).
+    fn escrow_put(&self, client_id: &str, sealed: &[u8], now: i64) -> StoreResult<()>;
+    /// A client's sealed escrow key, if it has one.
+    fn escrow_get(&self, client_id: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Append audit lines from a client.
     fn audit_append(&self, client_id: &str, lines: &[String], now: i64) -> StoreResult<()>;
     /// How many audit lines a client has sent.

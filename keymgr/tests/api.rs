@@ -723,3 +723,315 @@ fn sigterm_stops_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+// ----- offline unlock (challenge-response)
+
+mod unlock {
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    use aws_lc_rs::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
+    use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
+    use aws_lc_rs::rand::SystemRandom;
+    use data_encoding::BASE32_NOPAD;
+
+    /// Base32, no padding, groups of 8 separated by single spaces.
+    pub fn encode(bytes: &[u8]) -> String {
+        let plain = BASE32_NOPAD.encode(bytes);
+        plain
+            .as_bytes()
+            .chunks(8)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn now_minutes() -> i64 {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        i64::try_from(secs / 60).unwrap()
+    }
+
+    /// An agent's challenge: its private key, the bytes, the text.
+    pub fn challenge(minutes: i64, version: u8) -> (EphemeralPrivateKey, Vec<u8>, String) {
+        let sk = EphemeralPrivateKey::generate(&X25519, &SystemRandom::new()).unwrap();
+        let pk = sk.compute_public_key().unwrap();
+        let mut c = vec![version];
+        c.extend_from_slice(&u32::try_from(minutes).unwrap().to_be_bytes());
+        c.extend_from_slice(pk.as_ref());
+        assert_eq!(c.len(), 37);
+        let text = encode(&c);
+        (sk, c, text)
+    }
+
+    /// Check the response text's shape and decrypt it as the agent would.
+    pub fn open(sk: EphemeralPrivateKey, challenge: &[u8], text: &str) -> Vec<u8> {
+        let groups: Vec<&str> = text.split(' ').collect();
+        assert_eq!(groups.len(), 16, "{text}");
+        assert!(groups.iter().all(|g| g.len() == 8), "{text}");
+        assert!(
+            text.bytes()
+                .all(|b| b == b' ' || b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)),
+            "{text}"
+        );
+        let resp = BASE32_NOPAD
+            .decode(text.replace(' ', "").as_bytes())
+            .unwrap();
+        assert_eq!(resp.len(), 80);
+        let peer = UnparsedPublicKey::new(&X25519, &resp[..32]);
+        let k = agree_ephemeral(sk, peer, (), |shared| {
+            let prk = Salt::new(HKDF_SHA256, challenge).extract(shared);
+            let info: [&[u8]; 1] = [b"guardfs offline unlock v1"];
+            let okm = prk.expand(&info, HKDF_SHA256).map_err(|_| ())?;
+            let mut k = [0u8; 32];
+            okm.fill(&mut k).map_err(|_| ())?;
+            Ok(k)
+        })
+        .unwrap();
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).unwrap());
+        let mut buf = resp[32..].to_vec();
+        let n = key
+            .open_in_place(
+                Nonce::assume_unique_for_key([0u8; 12]),
+                Aad::empty(),
+                &mut buf,
+            )
+            .expect("response does not authenticate")
+            .len();
+        buf.truncate(n);
+        buf
+    }
+}
+
+#[test]
+fn offline_unlock_challenge_response() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    let token = create_regtoken(&admin, json!({"max_clients": 2}));
+    let (ra, id_a) = register(&s, &token, "vault-a");
+    assert_eq!(ra.status, 201, "{}", ra.body);
+    let a_id = ra.body["client_id"].as_str().unwrap().to_owned();
+    let (rb, _) = register(&s, &token, "vault-b");
+    assert_eq!(rb.status, 201, "{}", rb.body);
+    let agent = s.http(Some(&id_a));
+    let escrow_path = "/api/v1/agent/escrow";
+    let cr = |c: &str| format!("{TE}/clients/{c}/challenge-response");
+
+    let mut first = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut first).unwrap();
+    let mut escrow = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut escrow).unwrap();
+    let first_hex = hex::encode(first);
+    let escrow_hex = hex::encode(escrow);
+
+    // Malformed escrow keys: 400, never echoed.
+    let bad_values = [
+        escrow_hex[..63].to_owned(),
+        format!("{}0", escrow_hex),
+        format!("{}0g", &escrow_hex[..62]),
+        "zz".repeat(32),
+        format!(" {}", &escrow_hex[..63]),
+        String::new(),
+    ];
+    for v in &bad_values {
+        let r = agent.req("POST", escrow_path, Some(json!({"escrow_key": v})));
+        r.assert_error(400);
+        if !v.is_empty() {
+            assert!(!r.body.to_string().contains(v.as_str()), "{}", r.body);
+        }
+    }
+    for body in [
+        b"".to_vec(),
+        b"{not json".to_vec(),
+        br#"{"escrow_key": 5}"#.to_vec(),
+        br#"{}"#.to_vec(),
+        format!(r#"{{"escrow_key": "{escrow_hex}", "extra": 1}}"#).into_bytes(),
+        format!(r#""{escrow_hex}""#).into_bytes(),
+        format!(r#"["{escrow_hex}"]"#).into_bytes(),
+    ] {
+        let r = agent.raw("POST", escrow_path, Some(body.clone()), &[]);
+        r.assert_error(400);
+        assert!(!r.body.to_string().contains(&escrow_hex), "{}", r.body);
+    }
+    // mTLS required: no certificate, or only an admin token -> 401.
+    s.http(None)
+        .req("POST", escrow_path, Some(json!({"escrow_key": escrow_hex})))
+        .assert_error(401);
+    admin
+        .req("POST", escrow_path, Some(json!({"escrow_key": escrow_hex})))
+        .assert_error(401);
+    agent.req("GET", escrow_path, None).assert_error(405);
+
+    // No escrow yet -> 404 with the explanation.
+    let (_, _, text) = unlock::challenge(unlock::now_minutes(), 1);
+    let r = admin.req("POST", &cr("vault-a"), Some(json!({"challenge": text})));
+    r.assert_error(404);
+    assert_eq!(
+        r.body["message"],
+        "client has no escrow key; the agent stores one when it is registered and reachable"
+    );
+
+    // Store one, then replace it (upper-case hex accepted).
+    let r = agent.req(
+        "POST",
+        escrow_path,
+        Some(json!({"escrow_key": first_hex.to_uppercase()})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!({"stored": true}));
+    let r = agent.req("POST", escrow_path, Some(json!({"escrow_key": escrow_hex})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!({"stored": true}));
+    {
+        // Sealed at rest: the stored blob is not the key.
+        let db = rusqlite::Connection::open(s.data.join("keymgr.db")).unwrap();
+        let sealed: Vec<u8> = db
+            .query_row(
+                "SELECT sealed FROM client_escrow WHERE client_id = ?1",
+                [&a_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sealed.len(), 12 + 32 + 16);
+        assert!(!sealed.windows(32).any(|w| w == escrow));
+    }
+
+    // The response decrypts to the (latest) escrow key; by id and by name.
+    for who in [a_id.as_str(), "vault-a"] {
+        let (sk, bytes, text) = unlock::challenge(unlock::now_minutes(), 1);
+        let r = admin.req("POST", &cr(who), Some(json!({"challenge": text})));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let obj = r.body.as_object().unwrap();
+        assert_eq!(obj.len(), 1, "{}", r.body);
+        let got = unlock::open(sk, &bytes, r.body["response"].as_str().unwrap());
+        assert_eq!(got, escrow);
+    }
+    // Lenient parsing: lower case, dashes, tabs, newlines; one minute ahead.
+    let (sk, bytes, text) = unlock::challenge(unlock::now_minutes() + 1, 1);
+    let messy = format!("\n{}\t\n", text.to_lowercase().replace(' ', "-"));
+    let r = admin.req("POST", &cr("vault-a"), Some(json!({"challenge": messy})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        unlock::open(sk, &bytes, r.body["response"].as_str().unwrap()),
+        escrow
+    );
+
+    // Refusals.
+    let now_m = unlock::now_minutes();
+    for minutes in [now_m - 20, now_m - 17, now_m + 5] {
+        let (_, _, text) = unlock::challenge(minutes, 1);
+        let r = admin.req("POST", &cr("vault-a"), Some(json!({"challenge": text})));
+        r.assert_error(403);
+        assert!(
+            r.body["message"].as_str().unwrap().contains("expired"),
+            "{}",
+            r.body
+        );
+    }
+    let (_, good_bytes, good_text) = unlock::challenge(now_m, 1);
+    let (_, _, v2) = unlock::challenge(now_m, 2);
+    let mut long = good_bytes.clone();
+    long.push(0);
+    let bad_texts = [
+        "not a challenge!".to_owned(),
+        "".to_owned(),
+        format!("1{}", &good_text[1..]),
+        format!("{good_text}="),
+        unlock::encode(&good_bytes[..36]),
+        unlock::encode(&long),
+        v2,
+        "A".repeat(5000),
+    ];
+    for t in &bad_texts {
+        admin
+            .req("POST", &cr("vault-a"), Some(json!({"challenge": t})))
+            .assert_error(422);
+    }
+    admin
+        .req("POST", &cr("vault-a"), Some(json!({"nope": good_text})))
+        .assert_error(400);
+    admin
+        .req("POST", &cr("vault-a"), Some(json!([good_text])))
+        .assert_error(400);
+    admin
+        .req(
+            "POST",
+            &cr("vault-b"),
+            Some(json!({"challenge": good_text})),
+        )
+        .assert_error(404);
+    admin
+        .req("POST", &cr("nobody"), Some(json!({"challenge": good_text})))
+        .assert_error(404);
+    s.http(None)
+        .req(
+            "POST",
+            &cr("vault-a"),
+            Some(json!({"challenge": good_text})),
+        )
+        .assert_error(401);
+    agent
+        .req(
+            "POST",
+            &cr("vault-a"),
+            Some(json!({"challenge": good_text})),
+        )
+        .assert_error(401);
+    admin.req("GET", &cr("vault-a"), None).assert_error(405);
+
+    // CLI: the grouped challenge pasted as separate arguments.
+    let (sk, bytes, text) = unlock::challenge(unlock::now_minutes(), 1);
+    let mut args = vec!["challenge", "respond", "vault-a"];
+    args.extend(text.split(' '));
+    let out = s.cli(&args);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(unlock::open(sk, &bytes, printed.trim_end()), escrow);
+    let (sk, bytes, text) = unlock::challenge(unlock::now_minutes(), 1);
+    let out = s.cli(&["--json", "challenge", "respond", &a_id, &text]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        unlock::open(sk, &bytes, v["response"].as_str().unwrap()),
+        escrow
+    );
+    let (_, _, old) = unlock::challenge(unlock::now_minutes() - 20, 1);
+    let out = s.cli(&["--json", "challenge", "respond", "vault-a", &old]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 3);
+    let out = s.cli(&["challenge", "respond", "vault-b", &text]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = s.cli(&["challenge", "respond", "../x", &text]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = s.cli(&["challenge", "respond", "vault-a"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // Deleting the client deletes its escrow.
+    let r = admin.req("DELETE", &format!("{TE}/clients/vault-a"), None);
+    assert_eq!(r.status, 204);
+    {
+        let db = rusqlite::Connection::open(s.data.join("keymgr.db")).unwrap();
+        let n: i64 = db
+            .query_row("SELECT COUNT(*) FROM client_escrow", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    // The log names the client for each response and never shows the key.
+    let log = std::fs::read_to_string(root.path().join("server.log")).unwrap();
+    assert_eq!(
+        log.matches("offline unlock response given for client vault-a")
+            .count(),
+        5,
+        "{log}"
+    );
+    assert!(log.contains("client vault-a stored its escrow key"));
+    for secret in [&escrow_hex, &first_hex] {
+        assert!(!log.contains(secret.as_str()));
+        assert!(!log.to_lowercase().contains(secret.as_str()));
+    }
+    assert!(!log.contains(&escrow_hex[..20]));
+}

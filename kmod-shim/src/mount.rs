@@ -392,32 +392,21 @@ pub fn block_signals() -> std::io::Result<()> {
 /// Call `before` and then unmount `path` (lazily) when SIGTERM or SIGINT
 /// arrives (SIGHUP is ignored). Requires [`block_signals`] first.
 pub fn unmount_on_signal_then(path: PathBuf, before: Box<dyn Fn() + Send>) -> std::io::Result<()> {
-    let set = handled_signals();
-    std::thread::Builder::new()
-        .name("secfs-signals".into())
-        .spawn(move || {
-            loop {
-                match set.wait() {
-                    Ok(nix::sys::signal::Signal::SIGHUP) => {}
-                    Ok(sig) => {
-                        info!("secfs: {sig:?}: stopping");
-                        before();
-                        if let Err(e) = nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
-                            warn!("secfs: unmount on signal failed: {e}");
-                        }
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            }
-        })?;
-    Ok(())
+    signal_thread(path, Box::new(|| {}), before)
 }
 
 /// Unmount `path` (lazily) when SIGTERM or SIGINT arrives, and call
 /// `on_hup` on SIGHUP, from a dedicated thread; after an unmount the
 /// serving loop ends. Requires [`block_signals`] to have run first.
 pub fn unmount_on_signal(path: PathBuf, on_hup: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+    signal_thread(path, on_hup, Box::new(|| {}))
+}
+
+fn signal_thread(
+    path: PathBuf,
+    on_hup: Box<dyn Fn() + Send>,
+    before_unmount: Box<dyn Fn() + Send>,
+) -> std::io::Result<()> {
     use nix::sys::signal::Signal;
     let set = handled_signals();
     std::thread::Builder::new()
@@ -428,6 +417,7 @@ pub fn unmount_on_signal(path: PathBuf, on_hup: Box<dyn Fn() + Send>) -> std::io
                     Ok(Signal::SIGHUP) => on_hup(),
                     Ok(sig) => {
                         info!("secfs: {sig:?}: unmounting {}", path.display());
+                        before_unmount();
                         if let Err(e) = nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
                             warn!("secfs: unmount on signal failed: {e}");
                         }

@@ -413,6 +413,22 @@ pub fn vmsec(args: Vec<String>) -> CmdResult {
             println!("OK passwd");
             Ok(())
         }
+        ["challenge"] => {
+            let v = call(&l, Request::Challenge)?;
+            println!(
+                "Client: {}\nChallenge: {}",
+                s(&v, "client"),
+                s(&v, "challenge")
+            );
+            println!(
+                "Get the response with: keymgr challenge respond {} <challenge>",
+                s(&v, "client")
+            );
+            let response = password(None, "Response: ")?;
+            call(&l, Request::ChallengeResponse { response })?;
+            println!("OK challenge");
+            Ok(())
+        }
         _ => Err(Failure(USAGE, VMSEC_USAGE.into())),
     }
 }

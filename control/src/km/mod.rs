@@ -11,6 +11,7 @@
 pub mod hwsig;
 pub mod keys;
 pub mod register;
+pub mod unlock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -40,6 +40,8 @@ pub struct KmState {
     /// Every key the key manager assigned, with its mode (no material), as
     /// last heard: GuardPoints can be guarded before their key arrives.
     key_modes: BTreeMap<String, Mode>,
+    /// A challenge waiting for its response (offline unlock).
+    pending: Option<crate::km::unlock::Pending>,
 }
 
 impl KmState {
@@ -99,6 +101,7 @@ impl KmState {
                 .into_iter()
                 .filter_map(|(k, m)| Some((k, mode_of(&m)?)))
                 .collect(),
+            pending: None,
         }))
     }
 
@@ -198,6 +201,33 @@ impl KmState {
         }
     }
 
+    /// Keep an escrow of the host key with the key manager (for offline
+    /// unlock); redone when the host key changes.
+    fn escrow(&mut self, host: &HostKey) {
+        use crate::km::unlock;
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        if unlock::escrow_current(&self.sec, host) {
+            return;
+        }
+        let r = unlock::new_escrow(&self.sec, host).and_then(|e| {
+            client
+                .post(
+                    "/api/v1/agent/escrow",
+                    &json!({ "escrow_key": e.key_hex.as_str() }),
+                )?
+                .ok()?;
+            e.store()
+        });
+        match r {
+            Ok(()) => {
+                info!("vmd: host key escrowed with the key manager (offline unlock available)")
+            }
+            Err(e) => warn!("vmd: escrow of the host key: {e}"),
+        }
+    }
+
     /// The mode of a key the key manager assigned to this host.
     pub fn key_mode(&self, name: &str) -> Option<Mode> {
         self.key_modes.get(name).copied()
@@ -260,6 +290,49 @@ impl Agent {
         }
         info!("vmd: client certificate renewed on request (valid until {t})");
         Ok(json!({ "cert_not_after": t }))
+    }
+
+    pub(super) fn km_challenge(&mut self) -> Result<Value, String> {
+        let km = self
+            .km
+            .as_mut()
+            .ok_or("this host is not registered with a key manager")?;
+        if let Some(r) = &km.refused {
+            return Err(r.clone());
+        }
+        if !self
+            .layout
+            .sec
+            .join(crate::km::unlock::ESCROW_FILE)
+            .exists()
+        {
+            return Err(
+                "no escrow of the host key yet (made while the key manager is reachable)".into(),
+            );
+        }
+        let (pending, text) = crate::km::unlock::challenge()?;
+        km.pending = Some(pending);
+        info!("vmd: offline unlock challenge issued");
+        Ok(json!({ "challenge": text, "client": km.reg.name }))
+    }
+
+    pub(super) fn km_challenge_response(&mut self, response: &str) -> Result<Value, String> {
+        let km = self
+            .km
+            .as_mut()
+            .ok_or("this host is not registered with a key manager")?;
+        let pending = km
+            .pending
+            .as_ref()
+            .ok_or("no challenge is pending: run `vmsec challenge` first")?;
+        let hk = crate::km::unlock::answer(&self.layout.sec, pending, response)?;
+        km.pending = None;
+        if self.host_key.is_none() {
+            self.unlock(hk)?;
+            self.push_all_keys();
+        }
+        info!("vmd: unlocked by challenge response; keys are available");
+        Ok(json!({ "keys_available": true }))
     }
 
     pub(super) fn km_report(&mut self) -> Result<Value, String> {
@@ -353,6 +426,9 @@ impl Agent {
         }
         if km.reachable == Some(true) {
             km.maintain();
+            if let Some(hk) = self.host_key.clone() {
+                km.escrow(&hk);
+            }
         }
         let Some(km) = self.km.as_mut() else { return };
         let client = km.client.clone().unwrap_or(client);

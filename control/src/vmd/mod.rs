@@ -94,22 +94,8 @@ fn now_text(t: Option<SystemTime>) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let (y, mo, d, h, mi, sec) = guardfs_shim::audit::civil_utc(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{sec:02}")
 }
 
 fn sha256_hex(b: &[u8]) -> ([u8; 32], String) {
@@ -521,6 +507,8 @@ impl Agent {
             Request::KmRenew => self.km_renew(),
             Request::KmReport => self.km_report(),
             Request::KmUnregister => self.km_unregister(),
+            Request::Challenge => self.km_challenge(),
+            Request::ChallengeResponse { response } => self.km_challenge_response(&response),
             Request::Shutdown => {
                 info!("vmd: shutdown requested: unguarding and stopping secfs");
                 self.stopping = true;

@@ -133,6 +133,17 @@ impl Agent {
             .unwrap()
     }
 
+    /// The key version in a file's header (`voradmin secfs iv get`).
+    pub fn key_version(&self, file: &Path) -> u64 {
+        let iv = self.ok(
+            "voradmin",
+            &["--json", "secfs", "iv", "get", file.to_str().unwrap()],
+        );
+        serde_json::from_str::<serde_json::Value>(&iv).unwrap()["key_version"]
+            .as_u64()
+            .unwrap()
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok("voradmin", &["status", "--json"])).unwrap()
     }
