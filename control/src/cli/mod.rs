@@ -23,6 +23,8 @@ pub const USAGE: u8 = 2;
 pub const NOT_ROOT: u8 = 3;
 pub const NO_VMD: u8 = 4;
 
+const VORADMIN_AFTER: &str = "The same binary, run as secfsd, vmsec, register_host or vmutil, takes CTE's syntax for those commands.\nExit codes: 0 ok, 1 the request failed, 2 usage, 3 not root, 4 vmd not running.";
+
 pub const EXIT_CODES: &str =
     "Exit codes: 0 ok, 1 the request failed, 2 usage, 3 not root, 4 vmd not running.";
 
@@ -60,7 +62,11 @@ pub fn call(layout: &Layout, req: Request) -> Result<Value, Failure> {
 }
 
 #[derive(Parser)]
-#[command(name = "voradmin", about = "GuardFS administration (talks to vmd)", after_help = EXIT_CODES)]
+#[command(
+    name = "voradmin",
+    about = "GuardFS administration (talks to vmd)",
+    after_help = VORADMIN_AFTER
+)]
 struct Voradmin {
     /// Install root (default: $GUARDFS_ROOT or /opt/guardfs/agent).
     #[arg(long, global = true)]
