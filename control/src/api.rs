@@ -81,6 +81,9 @@ pub enum Request {
     /// `vmutil unregister`: forget the registration; GuardPoints from the
     /// key manager are unguarded and removed, its keys forgotten.
     KmUnregister,
+    /// `vmutil deletehost`: delete this host at the key manager, then
+    /// unregister.
+    KmDeleteHost,
     /// `vmsec challenge`: a challenge for offline unlock.
     Challenge,
     /// The key manager's response to the pending challenge.

@@ -548,3 +548,20 @@ fn offline_unlock_by_challenge_response() {
     assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=TRUE"));
     assert_eq!(fs::read(dir.join("f")).unwrap(), b"unlock me");
 }
+
+/// `vmutil deletehost`: the host deletes itself at the key manager.
+#[test]
+fn deletehost_removes_the_client_at_the_key_manager() {
+    let km = Keymgr::start();
+    let (a, _) = agent_for(&km);
+    setup_register_host_link(&a);
+    std::os::unix::fs::symlink(VORADMIN, a.bin.join("vmutil")).unwrap();
+    let token = km.token(&[]);
+    assert!(register(&a, &km, &token, "host-del", &[]).status.success());
+    a.start();
+    assert!(km.ok(&["client", "list"]).to_string().contains("host-del"));
+    a.ok("vmutil", &["deletehost"]);
+    assert!(!km.ok(&["client", "list"]).to_string().contains("host-del"));
+    assert!(!a.root.join(".sec/km.json").exists());
+    assert!(a.status_json()["key_manager"].is_null());
+}

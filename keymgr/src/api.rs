@@ -14,7 +14,10 @@ use zeroize::Zeroizing;
 use crate::ca::Ca;
 use crate::error::ApiError;
 use crate::seal::MasterKey;
-use crate::store::{Client, GuardPoint, Key, Policy, RegToken, Store, StoreError};
+use crate::store::{
+    Client, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile, RegToken, Store,
+    StoreError,
+};
 use crate::unlock::{Challenge, ESCROW_LEN, RespondError, encode_text};
 use crate::util::{
     new_id, now, random_hex, rfc3339, sha256_hex, valid_guard_path, valid_name, valid_ref,
@@ -224,7 +227,112 @@ struct CteMeta {
     cte_versioned: Option<bool>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileReq {
+    name: String,
+    description: Option<String>,
+    concise_logging: Option<bool>,
+    learn_mode_allowed: Option<bool>,
+    poll_interval: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfilePatch {
+    description: Option<String>,
+    concise_logging: Option<bool>,
+    learn_mode_allowed: Option<bool>,
+    poll_interval: Option<i64>,
+}
+
+/// One kind of stored policy set: kind, the policy document's list field,
+/// the entries field, the rule field referencing it.
+#[derive(Clone, Copy)]
+struct SetKind {
+    kind: &'static str,
+    list: &'static str,
+    entries: &'static str,
+    rule_ref: &'static str,
+}
+
+const SET_KINDS: [SetKind; 3] = [
+    SetKind {
+        kind: "user",
+        list: "user_sets",
+        entries: "users",
+        rule_ref: "user_set_id",
+    },
+    SetKind {
+        kind: "process",
+        list: "process_sets",
+        entries: "processes",
+        rule_ref: "process_set_id",
+    },
+    SetKind {
+        kind: "resource",
+        list: "resource_sets",
+        entries: "resources",
+        rule_ref: "resource_set_id",
+    },
+];
+
+fn set_kind(path_seg: &str) -> Option<SetKind> {
+    let kind = match path_seg {
+        "usersets" => "user",
+        "processsets" => "process",
+        "resourcesets" => "resource",
+        _ => return None,
+    };
+    SET_KINDS.into_iter().find(|k| k.kind == kind)
+}
+
+fn check_poll_interval(v: i64) -> Result<i64, ApiError> {
+    if (1..=3600).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::bad_request(
+            "poll_interval must be 1 to 3600 seconds",
+        ))
+    }
+}
+
 // ----- renderings
+
+fn profile_json(p: &Profile) -> Value {
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "concise_logging": p.concise_logging,
+        "learn_mode_allowed": p.learn_mode_allowed,
+        "poll_interval": p.poll_interval,
+        "createdAt": rfc3339(p.created),
+        "updatedAt": rfc3339(p.updated),
+    })
+}
+
+fn set_json(k: SetKind, s: &PolicySet) -> Value {
+    let entries: Value = serde_json::from_str(&s.entries).unwrap_or_else(|_| json!([]));
+    let mut v = json!({
+        "id": s.id,
+        "name": s.name,
+        "description": s.description,
+        "createdAt": rfc3339(s.created),
+        "updatedAt": rfc3339(s.updated),
+    });
+    v[k.entries] = entries;
+    v
+}
+
+/// The set as the policy document carries it inline: `id` and `name` are
+/// the stored set's name.
+fn inline_set(k: SetKind, s: &PolicySet) -> Value {
+    let entries: Value = serde_json::from_str(&s.entries).unwrap_or_else(|_| json!([]));
+    let mut v = json!({"id": s.name, "name": s.name, "description": s.description});
+    v[k.entries] = entries;
+    v
+}
 
 fn regtoken_json(t: &RegToken) -> Value {
     json!({
@@ -545,6 +653,76 @@ impl App {
                     _ => method_na(),
                 }
             }
+            ["transparent-encryption", "profiles"] => {
+                self.admin(req)?;
+                match m {
+                    "GET" => {
+                        let items = self
+                            .store
+                            .profile_list()?
+                            .iter()
+                            .map(profile_json)
+                            .collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    "POST" => self.profile_create(req),
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "profiles", id] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let p = self
+                    .store
+                    .profile_get(id)?
+                    .ok_or_else(|| ApiError::not_found("profile not found"))?;
+                match m {
+                    "GET" => Ok(Response::json(200, &profile_json(&p))),
+                    "PATCH" => self.profile_patch(p, req),
+                    "DELETE" => {
+                        self.store.profile_delete(&p.id)?;
+                        log::info!("profile {} deleted", p.name);
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", kind] if set_kind(kind).is_some() => {
+                self.admin(req)?;
+                let k = set_kind(kind).ok_or_else(|| ApiError::not_found("no such endpoint"))?;
+                match m {
+                    "GET" => {
+                        let items = self
+                            .store
+                            .set_list(k.kind)?
+                            .iter()
+                            .map(|s| set_json(k, s))
+                            .collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    "POST" => self.set_create(k, req),
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", kind, id] if set_kind(kind).is_some() => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let k = set_kind(kind).ok_or_else(|| ApiError::not_found("no such endpoint"))?;
+                let set = self
+                    .store
+                    .set_get(k.kind, id)?
+                    .ok_or_else(|| ApiError::not_found(format!("{} set not found", k.kind)))?;
+                match m {
+                    "GET" => Ok(Response::json(200, &set_json(k, &set))),
+                    "PUT" => self.set_update(k, set, req),
+                    "DELETE" => {
+                        self.store.set_delete(&set.id)?;
+                        log::info!("{} set {} deleted", k.kind, set.name);
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
             ["vault", "keys2"] => {
                 self.admin(req)?;
                 match m {
@@ -634,6 +812,17 @@ impl App {
                 let c = self.agent(req)?;
                 match m {
                     "POST" => self.agent_escrow(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["agent", "delete"] => {
+                let c = self.agent(req)?;
+                match m {
+                    "POST" => {
+                        self.store.client_delete(&c.id)?;
+                        log::info!("client {} deleted itself", c.name);
+                        Ok(Response::json(200, &json!({"deleted": true})))
+                    }
                     _ => method_na(),
                 }
             }
@@ -825,6 +1014,16 @@ impl App {
         check_text("profile", &r.profile, 128)?;
         check_text("host_group", &r.host_group, 128)?;
         check_text("hw_signature", &r.hw_signature, 1024)?;
+        let profile_name = if r.profile.is_empty() {
+            DEFAULT_PROFILE
+        } else {
+            r.profile.as_str()
+        };
+        let profile = self.store.profile_get(profile_name)?.ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "client profile {profile_name:?} does not exist; create it first or leave profile empty for {DEFAULT_PROFILE}"
+            ))
+        })?;
         if self.store.client_get(&name)?.is_some() {
             return Err(ApiError::conflict(format!(
                 "a client named {name:?} is already registered"
@@ -839,11 +1038,7 @@ impl App {
             id,
             name,
             description: r.description,
-            profile_id: if r.profile.is_empty() {
-                "DefaultClientProfile".into()
-            } else {
-                r.profile
-            },
+            profile_id: profile.id,
             host_group: r.host_group,
             registration_allowed: true,
             communication_enabled: true,
@@ -1001,16 +1196,25 @@ impl App {
 
     // ----- policies
 
-    fn compile_policy(&self, body: &[u8]) -> Result<(String, CompiledPolicy), ApiError> {
+    fn compile_policy(
+        &self,
+        body: &[u8],
+    ) -> Result<(String, CompiledPolicy, Vec<String>), ApiError> {
         if body.is_empty() {
             return Err(ApiError::bad_request("request body required"));
         }
         let text = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("policy must be UTF-8 JSON"))?;
-        serde_json::from_str::<Value>(text)
+        let mut doc = serde_json::from_str::<Value>(text)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        let (inlined, set_ids) = self.inline_sets(&mut doc)?;
+        let text = if inlined {
+            serde_json::to_string(&doc).map_err(|e| internal("policy")(e.to_string()))?
+        } else {
+            text.to_owned()
+        };
         let compiled =
-            CompiledPolicy::from_json(text).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            CompiledPolicy::from_json(&text).map_err(|e| ApiError::unprocessable(e.to_string()))?;
         if !valid_name(compiled.name(), 64) {
             return Err(ApiError::bad_request(
                 "policy name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric",
@@ -1026,11 +1230,98 @@ impl App {
                 }
             }
         }
-        Ok((text.to_owned(), compiled))
+        Ok((text, compiled, set_ids))
+    }
+
+    /// Inline into `doc` the stored sets its rules reference by name but it
+    /// does not define. Returns whether `doc` changed and the ids of the
+    /// stored sets it now carries (inlined here, or inlined earlier and
+    /// unchanged since, so a GET-then-PUT round trip keeps the reference).
+    fn inline_sets(&self, doc: &mut Value) -> Result<(bool, Vec<String>), ApiError> {
+        let mut changed = false;
+        let mut ids: Vec<String> = Vec::new();
+        let Value::Object(top) = doc else {
+            return Ok((false, ids));
+        };
+        for k in SET_KINDS {
+            // Labels (id and name) of the sets the document defines.
+            let mut defined: BTreeSet<String> = BTreeSet::new();
+            if let Some(Value::Array(sets)) = top.get(k.list) {
+                for set in sets {
+                    for f in ["id", "name"] {
+                        if let Some(l) = set.get(f).and_then(Value::as_str) {
+                            defined.insert(l.to_owned());
+                        }
+                    }
+                    // A set inlined earlier: same name, same entries.
+                    let id = set.get("id").and_then(Value::as_str);
+                    let name = set.get("name").and_then(Value::as_str);
+                    if let Some(label) = id.or(name)
+                        && name.is_none_or(|n| n == label)
+                        && valid_ref(label)
+                        && let Some(stored) = self.store.set_get(k.kind, label)?
+                        && stored.name == label
+                        && serde_json::from_str::<Value>(&stored.entries).ok().as_ref()
+                            == set.get(k.entries)
+                        && !ids.contains(&stored.id)
+                    {
+                        ids.push(stored.id);
+                    }
+                }
+            }
+            let mut wanted: Vec<String> = Vec::new();
+            let mut refs = |rules: Option<&Value>| {
+                if let Some(Value::Array(rules)) = rules {
+                    for r in rules {
+                        if let Some(l) = r.get(k.rule_ref).and_then(Value::as_str)
+                            && !defined.contains(l)
+                            && !wanted.iter().any(|w| w == l)
+                        {
+                            wanted.push(l.to_owned());
+                        }
+                    }
+                }
+            };
+            refs(top.get("security_rules"));
+            if k.kind == "resource" {
+                refs(top.get("key_rules"));
+            }
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut add = Vec::new();
+            for label in &wanted {
+                let stored = if valid_ref(label) {
+                    self.store.set_get(k.kind, label)?
+                } else {
+                    None
+                };
+                let Some(stored) = stored else {
+                    return Err(ApiError::unprocessable(format!(
+                        "{} {label:?} names no {} set: neither defined in the policy's {} nor stored",
+                        k.rule_ref, k.kind, k.list
+                    )));
+                };
+                add.push(inline_set(k, &stored));
+                if !ids.contains(&stored.id) {
+                    ids.push(stored.id);
+                }
+            }
+            match top
+                .entry(k.list)
+                .or_insert_with(|| Value::Array(Vec::new()))
+            {
+                Value::Array(list) => list.extend(add),
+                // Not a list: leave it for the compiler to report.
+                _ => continue,
+            }
+            changed = true;
+        }
+        Ok((changed, ids))
     }
 
     fn policy_create(&self, req: &Request) -> ApiResult {
-        let (text, compiled) = self.compile_policy(&req.body)?;
+        let (text, compiled, set_ids) = self.compile_policy(&req.body)?;
         let t = now();
         let p = Policy {
             id: new_id().map_err(internal("id generation"))?,
@@ -1039,20 +1330,20 @@ impl App {
             created: t,
             updated: t,
         };
-        self.store.policy_insert(&p)?;
+        self.store.policy_insert(&p, &set_ids)?;
         log::info!("policy {} created", p.name);
         Ok(Response::json(201, &policy_json(&p)))
     }
 
     fn policy_update(&self, p: &Policy, req: &Request) -> ApiResult {
-        let (text, compiled) = self.compile_policy(&req.body)?;
+        let (text, compiled, set_ids) = self.compile_policy(&req.body)?;
         if compiled.name() != p.name {
             return Err(ApiError::unprocessable(
                 "the policy document's name differs from the policy being replaced",
             ));
         }
         let t = now();
-        self.store.policy_update(&p.id, &text, t)?;
+        self.store.policy_update(&p.id, &text, t, &set_ids)?;
         log::info!("policy {} updated", p.name);
         let p = Policy {
             json: text,
@@ -1060,6 +1351,187 @@ impl App {
             ..p.clone()
         };
         Ok(Response::json(200, &policy_json(&p)))
+    }
+
+    // ----- client profiles
+
+    fn profile_create(&self, req: &Request) -> ApiResult {
+        let r: ProfileReq = parse(&req.body)?;
+        if !valid_name(&r.name, 64) {
+            return Err(ApiError::bad_request(
+                "profile name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric",
+            ));
+        }
+        let description = r.description.unwrap_or_default();
+        check_text("description", &description, 1024)?;
+        let t = now();
+        let p = Profile {
+            id: new_id().map_err(internal("id generation"))?,
+            name: r.name,
+            description,
+            concise_logging: r.concise_logging.unwrap_or(false),
+            learn_mode_allowed: r.learn_mode_allowed.unwrap_or(true),
+            poll_interval: check_poll_interval(r.poll_interval.unwrap_or(10))?,
+            created: t,
+            updated: t,
+        };
+        self.store.profile_insert(&p)?;
+        log::info!("profile {} created", p.name);
+        Ok(Response::json(201, &profile_json(&p)))
+    }
+
+    fn profile_patch(&self, mut p: Profile, req: &Request) -> ApiResult {
+        let r: ProfilePatch = parse(&req.body)?;
+        if let Some(d) = r.description {
+            check_text("description", &d, 1024)?;
+            p.description = d;
+        }
+        if let Some(v) = r.concise_logging {
+            p.concise_logging = v;
+        }
+        if let Some(v) = r.learn_mode_allowed {
+            p.learn_mode_allowed = v;
+        }
+        if let Some(v) = r.poll_interval {
+            p.poll_interval = check_poll_interval(v)?;
+        }
+        p.updated = now();
+        self.store.profile_update(&p)?;
+        log::info!("profile {} updated", p.name);
+        Ok(Response::json(200, &profile_json(&p)))
+    }
+
+    // ----- stored policy sets
+
+    /// Check a set body: `{"name", "description", "<entries>": [...]}`.
+    /// Returns (name if given, description if given, entries text).
+    fn set_body(
+        &self,
+        k: SetKind,
+        body: &[u8],
+    ) -> Result<(Option<String>, Option<String>, String), ApiError> {
+        let v: Value = parse(body)?;
+        let Value::Object(o) = v else {
+            return Err(ApiError::bad_request(format!(
+                "expected {{\"name\", \"description\", \"{}\": [...]}}",
+                k.entries
+            )));
+        };
+        if let Some(f) = o
+            .keys()
+            .find(|f| !["name", "description", k.entries].contains(&f.as_str()))
+        {
+            return Err(ApiError::bad_request(format!(
+                "unknown field {f:?}; expected name, description, {}",
+                k.entries
+            )));
+        }
+        let text_field = |f: &str| -> Result<Option<String>, ApiError> {
+            match o.get(f) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(ApiError::bad_request(format!("{f} must be a string"))),
+            }
+        };
+        let name = text_field("name")?;
+        let description = text_field("description")?;
+        if let Some(d) = &description {
+            check_text("description", d, 1024)?;
+        }
+        let entries = match o.get(k.entries) {
+            Some(Value::Array(a)) if !a.is_empty() && a.len() <= 10_000 => Value::Array(a.clone()),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "{} must be a list of 1 to 10000 entries",
+                    k.entries
+                )));
+            }
+        };
+        // Validate with the policy compiler: a one-rule policy with the set inline.
+        let label = name.as_deref().unwrap_or("set");
+        let mut set = json!({"id": label, "name": label});
+        set[k.entries] = entries.clone();
+        let mut rule = json!({"order_number": 1, "action": "all_ops", "effect": "permit"});
+        rule[k.rule_ref] = json!(label);
+        let mut doc = json!({
+            "name": "set-validation",
+            "policy_type": "Standard",
+            "security_rules": [rule],
+        });
+        doc[k.list] = json!([set]);
+        CompiledPolicy::from_json(&doc.to_string())
+            .map_err(|e| ApiError::unprocessable(format!("invalid {} set entries: {e}", k.kind)))?;
+        let text = serde_json::to_string(&entries).map_err(|e| internal("set")(e.to_string()))?;
+        Ok((name, description, text))
+    }
+
+    fn set_create(&self, k: SetKind, req: &Request) -> ApiResult {
+        let (name, description, entries) = self.set_body(k, &req.body)?;
+        let name = name.unwrap_or_default();
+        if !valid_name(&name, 64) {
+            return Err(ApiError::bad_request(
+                "set name must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric",
+            ));
+        }
+        let t = now();
+        let s = PolicySet {
+            id: new_id().map_err(internal("id generation"))?,
+            kind: k.kind.into(),
+            name,
+            description: description.unwrap_or_default(),
+            entries,
+            created: t,
+            updated: t,
+        };
+        self.store.set_insert(&s)?;
+        log::info!("{} set {} created", k.kind, s.name);
+        Ok(Response::json(201, &set_json(k, &s)))
+    }
+
+    /// Replace a set's entries (and description); the policies that inline
+    /// it are rewritten in the same transaction, and must still compile.
+    fn set_update(&self, k: SetKind, mut s: PolicySet, req: &Request) -> ApiResult {
+        let (name, description, entries) = self.set_body(k, &req.body)?;
+        if name.as_deref().is_some_and(|n| n != s.name) {
+            return Err(ApiError::unprocessable(
+                "the name differs from the set being replaced (sets cannot be renamed)",
+            ));
+        }
+        if let Some(d) = description {
+            s.description = d;
+        }
+        s.entries = entries;
+        s.updated = now();
+        let inline = inline_set(k, &s);
+        let mut rewrites = Vec::new();
+        for p in self.store.set_policies(&s.id)? {
+            let mut doc: Value = serde_json::from_str(&p.json)
+                .map_err(|e| internal("stored policy")(e.to_string()))?;
+            if let Some(Value::Array(list)) = doc.get_mut(k.list) {
+                for set in list.iter_mut() {
+                    if set.get("id").and_then(Value::as_str) == Some(s.name.as_str()) {
+                        *set = inline.clone();
+                    }
+                }
+            }
+            let text =
+                serde_json::to_string(&doc).map_err(|e| internal("policy")(e.to_string()))?;
+            CompiledPolicy::from_json(&text).map_err(|e| {
+                ApiError::unprocessable(format!(
+                    "policy {:?}, which uses this set, would not compile: {e}",
+                    p.name
+                ))
+            })?;
+            rewrites.push((p.id, text));
+        }
+        self.store.set_update(&s, &rewrites)?;
+        log::info!(
+            "{} set {} updated ({} policies rewritten)",
+            k.kind,
+            s.name,
+            rewrites.len()
+        );
+        Ok(Response::json(200, &set_json(k, &s)))
     }
 
     // ----- keys
@@ -1183,8 +1655,16 @@ impl App {
             .into_iter()
             .map(|(name, json)| json!({"name": name, "json": json}))
             .collect();
+        let profile = match self.store.profile_get(&c.profile_id)? {
+            Some(p) => json!({
+                "name": p.name,
+                "concise_logging": p.concise_logging,
+                "poll_interval": p.poll_interval,
+            }),
+            None => json!({"name": DEFAULT_PROFILE, "concise_logging": false, "poll_interval": 10}),
+        };
         Ok((
-            json!({"guardpoints": gps, "policies": policies, "keys": keys}),
+            json!({"guardpoints": gps, "policies": policies, "keys": keys, "profile": profile}),
             allowed,
         ))
     }

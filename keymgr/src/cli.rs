@@ -82,6 +82,12 @@ enum Cmd {
     /// Policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Client profiles.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Stored user, process and resource sets that policies reference by name.
+    #[command(subcommand)]
+    Set(SetCmd),
     /// Registered clients.
     #[command(subcommand)]
     Client(ClientCmd),
@@ -167,6 +173,86 @@ enum PolicyCmd {
     Show { name: String },
     /// Delete a policy (refused while GuardPoints use it).
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// Create a client profile.
+    Create {
+        name: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        /// Seconds between agent configuration polls (1..=3600; default 10).
+        #[arg(long)]
+        poll_interval: Option<i64>,
+        /// Agents log tersely.
+        #[arg(long)]
+        concise_logging: bool,
+    },
+    /// List client profiles.
+    List,
+    /// Show one profile (id or name).
+    Show { name: String },
+    /// Delete a profile (refused while clients use it).
+    Delete { name: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SetKindArg {
+    User,
+    Process,
+    Resource,
+}
+
+impl SetKindArg {
+    fn path(self) -> &'static str {
+        match self {
+            SetKindArg::User => "/api/v1/transparent-encryption/usersets",
+            SetKindArg::Process => "/api/v1/transparent-encryption/processsets",
+            SetKindArg::Resource => "/api/v1/transparent-encryption/resourcesets",
+        }
+    }
+    fn entries(self) -> &'static str {
+        match self {
+            SetKindArg::User => "users",
+            SetKindArg::Process => "processes",
+            SetKindArg::Resource => "resources",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SetCmd {
+    /// Create a set from a JSON file holding its entries array.
+    Create {
+        #[arg(value_enum)]
+        kind: SetKindArg,
+        name: String,
+        /// JSON file: the array of entries, as the policy document has them.
+        #[arg(long)]
+        file: PathBuf,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the sets of one kind.
+    List {
+        #[arg(value_enum)]
+        kind: SetKindArg,
+    },
+    /// Show one set.
+    Show {
+        #[arg(value_enum)]
+        kind: SetKindArg,
+        name: String,
+    },
+    /// Delete a set (refused while a policy references it).
+    Delete {
+        #[arg(value_enum)]
+        kind: SetKindArg,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +474,30 @@ fn text(cmd: &Cmd, v: &Value) -> String {
             .map(|p| format!("{}  {}  keys={}", s(p, "name"), s(p, "id"), p["keys"]))
             .collect::<Vec<_>>()
             .join("\n"),
+        (Cmd::Profile(_), Some(rows)) => rows
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}  {}  poll_interval={}  concise_logging={}",
+                    s(p, "name"),
+                    s(p, "id"),
+                    p["poll_interval"],
+                    p["concise_logging"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        (Cmd::Set(_), Some(rows)) => rows
+            .iter()
+            .map(|x| {
+                let n = ["users", "processes", "resources"]
+                    .iter()
+                    .find_map(|f| x.get(*f).and_then(Value::as_array))
+                    .map_or(0, Vec::len);
+                format!("{}  {}  entries={n}", s(x, "name"), s(x, "id"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         (Cmd::Client(_), Some(rows)) => rows
             .iter()
             .map(|c| {
@@ -527,6 +637,70 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Cmd::Profile(pc) => {
+            let c = connect(cli)?;
+            let p = "/api/v1/transparent-encryption/profiles";
+            match pc {
+                ProfileCmd::Create {
+                    name,
+                    description,
+                    poll_interval,
+                    concise_logging,
+                } => {
+                    let mut body = serde_json::Map::new();
+                    body.insert("name".into(), json!(name));
+                    if let Some(d) = description {
+                        body.insert("description".into(), json!(d));
+                    }
+                    if let Some(n) = poll_interval {
+                        body.insert("poll_interval".into(), json!(n));
+                    }
+                    body.insert("concise_logging".into(), json!(concise_logging));
+                    c.call("POST", p, Some(&Value::Object(body)))?
+                }
+                ProfileCmd::List => c.call("GET", p, None)?,
+                ProfileCmd::Show { name } => c.call("GET", &format!("{p}/{}", seg(name)?), None)?,
+                ProfileCmd::Delete { name } => {
+                    c.call("DELETE", &format!("{p}/{}", seg(name)?), None)?
+                }
+            }
+        }
+        Cmd::Set(sc) => match sc {
+            SetCmd::Create {
+                kind,
+                name,
+                file,
+                description,
+            } => {
+                let text = std::fs::read(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let entries: Value = serde_json::from_slice(&text)
+                    .map_err(|e| format!("{}: invalid JSON: {e}", file.display()))?;
+                if !entries.is_array() {
+                    return Err(format!(
+                        "{}: expected a JSON array of {}",
+                        file.display(),
+                        kind.entries()
+                    )
+                    .into());
+                }
+                let mut body = json!({"name": name});
+                if let Some(d) = description {
+                    body["description"] = json!(d);
+                }
+                body[kind.entries()] = entries;
+                connect(cli)?.call("POST", kind.path(), Some(&body))?
+            }
+            SetCmd::List { kind } => connect(cli)?.call("GET", kind.path(), None)?,
+            SetCmd::Show { kind, name } => {
+                let path = format!("{}/{}", kind.path(), seg(name)?);
+                connect(cli)?.call("GET", &path, None)?
+            }
+            SetCmd::Delete { kind, name } => {
+                let path = format!("{}/{}", kind.path(), seg(name)?);
+                connect(cli)?.call("DELETE", &path, None)?
+            }
+        },
         Cmd::Client(cc) => {
             let c = connect(cli)?;
             let p = "/api/v1/transparent-encryption/clients";

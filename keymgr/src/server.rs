@@ -33,7 +33,10 @@ use crate::util::sha256_hex;
 /// Bodies past the limit are read and discarded up to this many bytes so
 /// the client gets its 413; beyond it the connection is just closed.
 const DRAIN_LIMIT: usize = 16 * MAX_BODY;
-const MAX_CONNECTIONS: usize = 512;
+/// Concurrent connections. Agents keep theirs open between polls (one per
+/// registered host), so this bounds the hosts one server holds at once;
+/// each is one file descriptor (`ulimit -n` must be above it).
+const MAX_CONNECTIONS: usize = 8192;
 
 fn tls_config(paths: &Paths) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -110,6 +113,8 @@ async fn run(listen: SocketAddr, acceptor: TlsAcceptor, app: Arc<App>) -> Result
             log::warn!("too many connections; dropping {peer}");
             continue;
         };
+        // Small request/response exchanges: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

@@ -9,7 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::store::{
-    Admin, Client, GuardPoint, Key, Policy, RegToken, Sealer, Store, StoreError, StoreResult,
+    Admin, Client, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile, RegToken, Sealer,
+    Store, StoreError, StoreResult,
 };
 
 /// Versioned migrations; index + 1 is the version. Never edit one that has
@@ -108,6 +109,43 @@ CREATE TABLE client_escrow (
     sealed BLOB NOT NULL,
     updated INTEGER NOT NULL
 );
+"#,
+    r#"
+CREATE TABLE client_profiles (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    concise_logging INTEGER NOT NULL,
+    learn_mode_allowed INTEGER NOT NULL,
+    poll_interval INTEGER NOT NULL CHECK (poll_interval BETWEEN 1 AND 3600),
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+INSERT INTO client_profiles (id, name, description, concise_logging, learn_mode_allowed,
+    poll_interval, created, updated)
+VALUES ('00000000-0000-4000-8000-000000000001', 'DefaultClientProfile',
+    'Profile of clients registered without one', 0, 1, 10,
+    CAST(strftime('%s', 'now') AS INTEGER), CAST(strftime('%s', 'now') AS INTEGER));
+UPDATE clients SET profile_id = COALESCE(
+    (SELECT p.id FROM client_profiles p WHERE p.name = clients.profile_id OR p.id = clients.profile_id),
+    '00000000-0000-4000-8000-000000000001');
+CREATE INDEX clients_profile ON clients(profile_id);
+CREATE TABLE policy_sets (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'process', 'resource')),
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    entries TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    UNIQUE (kind, name)
+);
+CREATE TABLE policy_set_refs (
+    policy_id TEXT NOT NULL REFERENCES policies(id) ON DELETE CASCADE,
+    set_id TEXT NOT NULL REFERENCES policy_sets(id) ON DELETE RESTRICT,
+    PRIMARY KEY (policy_id, set_id)
+);
+CREATE INDEX policy_set_refs_set ON policy_set_refs(set_id);
 "#,
 ];
 
@@ -309,6 +347,64 @@ fn policy_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
     })
 }
 
+const PROFILE_COLS: &str = "id, name, description, concise_logging, learn_mode_allowed, \
+    poll_interval, created, updated";
+
+fn profile_row(r: &Row<'_>) -> rusqlite::Result<Profile> {
+    Ok(Profile {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        concise_logging: r.get(3)?,
+        learn_mode_allowed: r.get(4)?,
+        poll_interval: r.get(5)?,
+        created: r.get(6)?,
+        updated: r.get(7)?,
+    })
+}
+
+const SET_COLS: &str = "id, kind, name, description, entries, created, updated";
+
+fn set_row(r: &Row<'_>) -> rusqlite::Result<PolicySet> {
+    Ok(PolicySet {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        entries: r.get(4)?,
+        created: r.get(5)?,
+        updated: r.get(6)?,
+    })
+}
+
+fn set_refs_put(tx: &Connection, policy_id: &str, set_ids: &[String]) -> StoreResult<()> {
+    tx.execute(
+        "DELETE FROM policy_set_refs WHERE policy_id = ?1",
+        [policy_id],
+    )
+    .map_err(be)?;
+    for sid in set_ids {
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM policy_sets WHERE id = ?1)",
+                [sid],
+                |r| r.get(0),
+            )
+            .map_err(be)?;
+        if !exists {
+            return Err(StoreError::Invalid(
+                "a policy set the policy references was deleted meanwhile".into(),
+            ));
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO policy_set_refs (policy_id, set_id) VALUES (?1, ?2)",
+            [policy_id, sid],
+        )
+        .map_err(be)?;
+    }
+    Ok(())
+}
+
 const KEY_COLS: &str = "id, name, algorithm, size, persistent_on_client, encryption_mode, \
     cte_versioned, state, created, updated";
 
@@ -498,6 +594,18 @@ impl Store for SqliteStore {
                     "a client named {:?} is already registered",
                     c.name
                 )));
+            }
+            let profile: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM client_profiles WHERE id = ?1)",
+                    [&c.profile_id],
+                    |r| r.get(0),
+                )
+                .map_err(be)?;
+            if !profile {
+                return Err(StoreError::Invalid(
+                    "the client profile does not exist".into(),
+                ));
             }
             tx.execute(
                 "UPDATE regtokens SET used = used + 1 WHERE id = ?1",
@@ -769,7 +877,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn policy_insert(&self, p: &Policy) -> StoreResult<()> {
+    fn policy_insert(&self, p: &Policy, set_ids: &[String]) -> StoreResult<()> {
         self.tx(|tx| {
             tx.execute(
                 "INSERT INTO policies (id, name, json, created, updated) VALUES (?1,?2,?3,?4,?5)",
@@ -781,11 +889,11 @@ impl Store for SqliteStore {
                 }
                 other => other,
             })?;
-            Ok(())
+            set_refs_put(tx, &p.id, set_ids)
         })
     }
 
-    fn policy_update(&self, id: &str, json: &str, now: i64) -> StoreResult<()> {
+    fn policy_update(&self, id: &str, json: &str, now: i64, set_ids: &[String]) -> StoreResult<()> {
         self.tx(|tx| {
             let n = tx
                 .execute(
@@ -793,7 +901,234 @@ impl Store for SqliteStore {
                     params![id, json, now],
                 )
                 .map_err(be)?;
-            changed(n, "policy")
+            changed(n, "policy")?;
+            set_refs_put(tx, id, set_ids)
+        })
+    }
+
+    fn profile_insert(&self, p: &Profile) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO client_profiles ({PROFILE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"
+                ),
+                params![
+                    p.id,
+                    p.name,
+                    p.description,
+                    p.concise_logging,
+                    p.learn_mode_allowed,
+                    p.poll_interval,
+                    p.created,
+                    p.updated
+                ],
+            )
+            .map_err(|e| match be(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("a profile named {:?} already exists", p.name))
+                }
+                other => other,
+            })?;
+            Ok(())
+        })
+    }
+
+    fn profile_list(&self) -> StoreResult<Vec<Profile>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {PROFILE_COLS} FROM client_profiles ORDER BY created, rowid"
+            ))
+            .map_err(be)?;
+        st.query_map([], profile_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn profile_get(&self, r: &str) -> StoreResult<Option<Profile>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            &format!(
+                "SELECT {PROFILE_COLS} FROM client_profiles WHERE id = ?1 OR name = ?1 \
+                 ORDER BY id = ?1 DESC LIMIT 1"
+            ),
+            [r],
+            profile_row,
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn profile_update(&self, p: &Profile) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE client_profiles SET description = ?2, concise_logging = ?3,
+                     learn_mode_allowed = ?4, poll_interval = ?5, updated = ?6 WHERE id = ?1",
+                    params![
+                        p.id,
+                        p.description,
+                        p.concise_logging,
+                        p.learn_mode_allowed,
+                        p.poll_interval,
+                        p.updated
+                    ],
+                )
+                .map_err(be)?;
+            changed(n, "profile")
+        })
+    }
+
+    fn profile_delete(&self, id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let name: String = tx
+                .query_row(
+                    "SELECT name FROM client_profiles WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(be)?
+                .ok_or_else(|| StoreError::NotFound("profile not found".into()))?;
+            if name == DEFAULT_PROFILE {
+                return Err(StoreError::Conflict(format!(
+                    "{DEFAULT_PROFILE} cannot be deleted"
+                )));
+            }
+            let used: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM clients WHERE profile_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .map_err(be)?;
+            if used > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "profile is used by {used} client(s)"
+                )));
+            }
+            let n = tx
+                .execute("DELETE FROM client_profiles WHERE id = ?1", [id])
+                .map_err(be)?;
+            changed(n, "profile")
+        })
+    }
+
+    fn set_insert(&self, s: &PolicySet) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!("INSERT INTO policy_sets ({SET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
+                params![
+                    s.id,
+                    s.kind,
+                    s.name,
+                    s.description,
+                    s.entries,
+                    s.created,
+                    s.updated
+                ],
+            )
+            .map_err(|e| match be(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "a {} set named {:?} already exists",
+                    s.kind, s.name
+                )),
+                other => other,
+            })?;
+            Ok(())
+        })
+    }
+
+    fn set_list(&self, kind: &str) -> StoreResult<Vec<PolicySet>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {SET_COLS} FROM policy_sets WHERE kind = ?1 ORDER BY created, rowid"
+            ))
+            .map_err(be)?;
+        st.query_map([kind], set_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn set_get(&self, kind: &str, r: &str) -> StoreResult<Option<PolicySet>> {
+        let conn = self.lock()?;
+        conn.query_row(
+            &format!(
+                "SELECT {SET_COLS} FROM policy_sets WHERE kind = ?1 AND (id = ?2 OR name = ?2) \
+                 ORDER BY id = ?2 DESC LIMIT 1"
+            ),
+            [kind, r],
+            set_row,
+        )
+        .optional()
+        .map_err(be)
+    }
+
+    fn set_policies(&self, set_id: &str) -> StoreResult<Vec<Policy>> {
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(
+                "SELECT p.id, p.name, p.json, p.created, p.updated FROM policies p
+                 JOIN policy_set_refs r ON r.policy_id = p.id
+                 WHERE r.set_id = ?1 ORDER BY p.created, p.rowid",
+            )
+            .map_err(be)?;
+        st.query_map([set_id], policy_row)
+            .map_err(be)?
+            .collect::<Result<_, _>>()
+            .map_err(be)
+    }
+
+    fn set_update(&self, s: &PolicySet, rewrites: &[(String, String)]) -> StoreResult<()> {
+        self.tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE policy_sets SET description = ?2, entries = ?3, updated = ?4
+                     WHERE id = ?1",
+                    params![s.id, s.description, s.entries, s.updated],
+                )
+                .map_err(be)?;
+            changed(n, "policy set")?;
+            for (pid, json) in rewrites {
+                let n = tx
+                    .execute(
+                        "UPDATE policies SET json = ?2, updated = ?3 WHERE id = ?1",
+                        params![pid, json, s.updated],
+                    )
+                    .map_err(be)?;
+                changed(n, "policy")?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_delete(&self, id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let users: Vec<String> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT p.name FROM policies p JOIN policy_set_refs r
+                         ON r.policy_id = p.id WHERE r.set_id = ?1 ORDER BY p.name",
+                    )
+                    .map_err(be)?;
+                st.query_map([id], |r| r.get(0))
+                    .map_err(be)?
+                    .collect::<Result<_, _>>()
+                    .map_err(be)?
+            };
+            if !users.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "set is used by policies: {}",
+                    users.join(", ")
+                )));
+            }
+            let n = tx
+                .execute("DELETE FROM policy_sets WHERE id = ?1", [id])
+                .map_err(be)?;
+            changed(n, "policy set")
         })
     }
 
@@ -1007,7 +1342,7 @@ mod tests {
         let path = dir.path().join("k.db");
         {
             let s = SqliteStore::open(&path).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 2);
+            assert_eq!(s.schema_version().unwrap(), 3);
             let k = Key {
                 id: "k1".into(),
                 name: "db-key".into(),
@@ -1037,7 +1372,7 @@ mod tests {
             ));
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         let k = s.key_get("db-key").unwrap().unwrap();
         assert_eq!(k.versions, vec![1, 2]);
         assert_eq!(k.state, "revoked");
@@ -1054,7 +1389,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             description: String::new(),
-            profile_id: "p".into(),
+            profile_id: "00000000-0000-4000-8000-000000000001".into(),
             host_group: String::new(),
             registration_allowed: true,
             communication_enabled: true,
@@ -1089,7 +1424,7 @@ mod tests {
                 .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         s.regtoken_insert(&RegToken {
             id: "t".into(),
             token: "tok".into(),
@@ -1121,5 +1456,44 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM client_escrow", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn profiles_migrate_existing_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        // A database made by a keymgr that knew migrations 1 and 2, whose
+        // clients carry profile names.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL);",
+            )
+            .unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.execute("INSERT INTO schema_migrations VALUES (1, 0), (2, 0)", [])
+                .unwrap();
+            for (id, profile) in [("c1", DEFAULT_PROFILE), ("c2", "whatever")] {
+                conn.execute(
+                    "INSERT INTO clients VALUES (?1, ?1, '', ?2, '', 1, 1, 0, 0, '', 's', ?1, 1, 1,
+                     NULL, NULL, NULL, 1, 1)",
+                    [id, profile],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 3);
+        let def = s.profile_get(DEFAULT_PROFILE).unwrap().unwrap();
+        assert_eq!(def.poll_interval, 10);
+        for id in ["c1", "c2"] {
+            assert_eq!(s.client_get(id).unwrap().unwrap().profile_id, def.id);
+        }
+        assert!(matches!(
+            s.profile_delete(&def.id),
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.profile_list().unwrap().len(), 1);
     }
 }

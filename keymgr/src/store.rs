@@ -146,6 +146,50 @@ pub struct Policy {
     pub updated: i64,
 }
 
+/// A client profile (CTE client settings shared by clients).
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Agents log tersely.
+    pub concise_logging: bool,
+    /// Policies in learn mode may be applied to its clients.
+    pub learn_mode_allowed: bool,
+    /// Seconds between agent configuration polls (1..=3600).
+    pub poll_interval: i64,
+    /// Unix time of creation.
+    pub created: i64,
+    /// Unix time of the last change.
+    pub updated: i64,
+}
+
+/// The name of the profile that always exists.
+pub const DEFAULT_PROFILE: &str = "DefaultClientProfile";
+
+/// A stored policy set (user, process or resource set) that policies may
+/// reference by name.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    /// Id (UUID).
+    pub id: String,
+    /// `user`, `process` or `resource`.
+    pub kind: String,
+    /// Name, unique per kind.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The entries: a JSON array in the policy document's shape.
+    pub entries: String,
+    /// Unix time of creation.
+    pub created: i64,
+    /// Unix time of the last change.
+    pub updated: i64,
+}
+
 /// A key (no material).
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -206,7 +250,8 @@ pub trait Store: Send + Sync {
 
     // --- clients
     /// Atomically: check the token is live and not exhausted, count one use,
-    /// and insert the client (`Conflict` on a duplicate name).
+    /// and insert the client (`Conflict` on a duplicate name, `Invalid` when
+    /// its profile does not exist).
     fn register_client(&self, token: &str, now: i64, client: &Client) -> StoreResult<()>;
     /// All clients, oldest first.
     fn client_list(&self) -> StoreResult<Vec<Client>>;
@@ -254,11 +299,39 @@ pub trait Store: Send + Sync {
     /// Delete one of a client's GuardPoints.
     fn guardpoint_delete(&self, client_id: &str, gp_id: &str) -> StoreResult<()>;
 
-    // --- policies
+    // --- client profiles
     /// Insert (`Conflict` on a duplicate name).
-    fn policy_insert(&self, p: &Policy) -> StoreResult<()>;
-    /// Replace the text of a policy.
-    fn policy_update(&self, id: &str, json: &str, now: i64) -> StoreResult<()>;
+    fn profile_insert(&self, p: &Profile) -> StoreResult<()>;
+    /// All profiles, oldest first.
+    fn profile_list(&self) -> StoreResult<Vec<Profile>>;
+    /// One profile by id or name.
+    fn profile_get(&self, id_or_name: &str) -> StoreResult<Option<Profile>>;
+    /// Write back the settable fields (description, flags, poll interval).
+    fn profile_update(&self, p: &Profile) -> StoreResult<()>;
+    /// Delete (`Conflict` while clients use it, or for the default profile).
+    fn profile_delete(&self, id: &str) -> StoreResult<()>;
+
+    // --- stored policy sets
+    /// Insert (`Conflict` on a duplicate name of the same kind).
+    fn set_insert(&self, s: &PolicySet) -> StoreResult<()>;
+    /// All sets of one kind, oldest first.
+    fn set_list(&self, kind: &str) -> StoreResult<Vec<PolicySet>>;
+    /// One set of a kind by id or name.
+    fn set_get(&self, kind: &str, id_or_name: &str) -> StoreResult<Option<PolicySet>>;
+    /// The policies whose stored text inlines this set.
+    fn set_policies(&self, set_id: &str) -> StoreResult<Vec<Policy>>;
+    /// Atomically: replace a set's description and entries and rewrite the
+    /// text of the policies that inline it (`(policy id, json)` pairs).
+    fn set_update(&self, s: &PolicySet, rewrites: &[(String, String)]) -> StoreResult<()>;
+    /// Delete (`Conflict` while a stored policy references it).
+    fn set_delete(&self, id: &str) -> StoreResult<()>;
+
+    // --- policies
+    /// Insert (`Conflict` on a duplicate name), recording the stored sets
+    /// (ids) its text inlines.
+    fn policy_insert(&self, p: &Policy, set_ids: &[String]) -> StoreResult<()>;
+    /// Replace the text of a policy and the stored sets it inlines.
+    fn policy_update(&self, id: &str, json: &str, now: i64, set_ids: &[String]) -> StoreResult<()>;
     /// All policies, oldest first.
     fn policy_list(&self) -> StoreResult<Vec<Policy>>;
     /// One policy by id or name.

@@ -1035,3 +1035,502 @@ fn offline_unlock_challenge_response() {
     }
     assert!(!log.contains(&escrow_hex[..20]));
 }
+
+fn register_profile(s: &Server, token: &str, name: &str, profile: &str) -> (Reply, Identity) {
+    let (csr_pem, key_pem) = csr(name);
+    let r = s.http(None).req(
+        "POST",
+        &format!("{TE}/register"),
+        Some(json!({"token": token, "csr": csr_pem, "name": name, "profile": profile})),
+    );
+    let cert_pem = r.body["certificate"].as_str().unwrap_or("").to_owned();
+    (r, Identity { cert_pem, key_pem })
+}
+
+#[test]
+fn client_profiles() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    let profiles = format!("{TE}/profiles");
+
+    // The default profile exists from the start.
+    let l = admin.req("GET", &profiles, None);
+    assert_eq!(l.status, 200, "{}", l.body);
+    assert_eq!(names(&l.body, "resources"), vec!["DefaultClientProfile"]);
+    let def = admin.req("GET", &format!("{profiles}/DefaultClientProfile"), None);
+    assert_eq!(def.status, 200);
+    assert_eq!(def.body["poll_interval"], 10);
+    let def_id = def.body["id"].as_str().unwrap().to_owned();
+
+    // Create with defaults and with values; validation.
+    let r = admin.req("POST", &profiles, Some(json!({"name": "fast"})));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["poll_interval"], 10);
+    assert_eq!(r.body["concise_logging"], false);
+    assert!(r.body["createdAt"].is_string());
+    let r = admin.req(
+        "POST",
+        &profiles,
+        Some(
+            json!({"name": "db-hosts", "description": "databases", "concise_logging": true,
+                    "learn_mode_allowed": false, "poll_interval": 30}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let db_id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["learn_mode_allowed"], false);
+    admin
+        .req("POST", &profiles, Some(json!({"name": "db-hosts"})))
+        .assert_error(409);
+    for bad in [
+        json!({"name": "x", "poll_interval": 0}),
+        json!({"name": "x", "poll_interval": 3601}),
+        json!({"name": "../x"}),
+        json!({"name": "x", "colour": "red"}),
+        json!({"name": "x", "concise_logging": "yes"}),
+        json!({"description": "no name"}),
+    ] {
+        admin.req("POST", &profiles, Some(bad)).assert_error(400);
+    }
+    let r = admin.req("GET", &format!("{profiles}/{db_id}"), None);
+    assert_eq!(r.body["name"], "db-hosts");
+
+    // PATCH.
+    let r = admin.req(
+        "PATCH",
+        &format!("{profiles}/db-hosts"),
+        Some(json!({"poll_interval": 60, "concise_logging": false})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["poll_interval"], 60);
+    assert_eq!(r.body["description"], "databases");
+    admin
+        .req(
+            "PATCH",
+            &format!("{profiles}/db-hosts"),
+            Some(json!({"poll_interval": 99999})),
+        )
+        .assert_error(400);
+    admin
+        .req("PATCH", &format!("{profiles}/nope"), Some(json!({})))
+        .assert_error(404);
+
+    // Registration resolves the profile by name.
+    let token = create_regtoken(&admin, json!({"max_clients": 5}));
+    let (r, _) = register_profile(&s, &token, "ghost-host", "no-such-profile");
+    r.assert_error(422);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-profile"),
+        "{}",
+        r.body
+    );
+    let (r, id_db) = register_profile(&s, &token, "db-1", "db-hosts");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (r, id_plain) = register(&s, &token, "plain-1");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let c = admin.req("GET", &format!("{TE}/clients/db-1"), None);
+    assert_eq!(c.body["profile_id"], db_id.as_str());
+    let c = admin.req("GET", &format!("{TE}/clients/plain-1"), None);
+    assert_eq!(c.body["profile_id"], def_id.as_str());
+
+    // The agent config carries the profile.
+    let cfg = s
+        .http(Some(&id_db))
+        .req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg.status, 200, "{}", cfg.body);
+    assert_eq!(
+        cfg.body["profile"],
+        json!({"name": "db-hosts", "concise_logging": false, "poll_interval": 60})
+    );
+    let cfg = s
+        .http(Some(&id_plain))
+        .req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg.body["profile"]["name"], "DefaultClientProfile");
+    assert_eq!(cfg.body["profile"]["poll_interval"], 10);
+
+    // Delete: refused while used, and always for the default profile.
+    admin
+        .req("DELETE", &format!("{profiles}/db-hosts"), None)
+        .assert_error(409);
+    admin
+        .req("DELETE", &format!("{profiles}/DefaultClientProfile"), None)
+        .assert_error(409);
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{TE}/clients/db-1"), None)
+            .status,
+        204
+    );
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{profiles}/db-hosts"), None)
+            .status,
+        204
+    );
+    admin
+        .req("GET", &format!("{profiles}/db-hosts"), None)
+        .assert_error(404);
+
+    // CLI.
+    let out = s.cli(&[
+        "--json",
+        "profile",
+        "create",
+        "cli-prof",
+        "--description",
+        "from the CLI",
+        "--poll-interval",
+        "5",
+        "--concise-logging",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["poll_interval"], 5);
+    assert_eq!(p["concise_logging"], true);
+    let out = s.cli(&["--json", "profile", "create", "bad", "--poll-interval", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = s.cli(&["--json", "profile", "list"]);
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(l["total"], 3);
+    let out = s.cli(&["profile", "show", "cli-prof"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = s.cli(&["profile", "delete", "cli-prof"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn policy_sets() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    create_key(&admin, "set-key", "XTS");
+    let usersets = format!("{TE}/usersets");
+    let processsets = format!("{TE}/processsets");
+    let resourcesets = format!("{TE}/resourcesets");
+
+    // CRUD and validation.
+    let r = admin.req(
+        "POST",
+        &usersets,
+        Some(json!({"name": "dbas", "description": "database admins",
+                    "users": [{"uname": "postgres"}, {"gid": 1001}]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["users"][0]["uname"], "postgres");
+    assert!(r.body["createdAt"].is_string());
+    admin
+        .req(
+            "POST",
+            &usersets,
+            Some(json!({"name": "dbas", "users": [{"uid": 1}]})),
+        )
+        .assert_error(409);
+    let r = admin.req(
+        "POST",
+        &usersets,
+        Some(json!({"name": "bad", "users": [{"uname": "x", "shell": "/bin/sh"}]})),
+    );
+    r.assert_error(422);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("shell"),
+        "{}",
+        r.body
+    );
+    let r = admin.req(
+        "POST",
+        &usersets,
+        Some(json!({"name": "bad", "users": [{}]})),
+    );
+    r.assert_error(422);
+    admin
+        .req("POST", &usersets, Some(json!({"name": "bad", "users": []})))
+        .assert_error(400);
+    admin
+        .req(
+            "POST",
+            &usersets,
+            Some(json!({"name": "bad", "processes": [{"file": "x"}]})),
+        )
+        .assert_error(400);
+    let r = admin.req(
+        "POST",
+        &processsets,
+        Some(json!({"name": "bad", "processes": [{"signature": "not-hex"}]})),
+    );
+    r.assert_error(422);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("not-hex"),
+        "{}",
+        r.body
+    );
+    let r = admin.req(
+        "POST",
+        &processsets,
+        Some(json!({"name": "pg", "processes": [{"directory": "/usr/bin", "file": "postgres"}]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = admin.req(
+        "POST",
+        &resourcesets,
+        Some(json!({"name": "dbfiles", "resources": [{"directory": "/db", "file": "*.dat", "include_subfolders": true}]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = admin.req(
+        "POST",
+        &resourcesets,
+        Some(json!({"name": "bad", "resources": [{"directory": "relative"}]})),
+    );
+    r.assert_error(422);
+    let l = admin.req("GET", &usersets, None);
+    assert_eq!(names(&l.body, "resources"), vec!["dbas"]);
+    let l = admin.req("GET", &processsets, None);
+    assert_eq!(names(&l.body, "resources"), vec!["pg"]);
+    let one = admin.req("GET", &format!("{resourcesets}/dbfiles"), None);
+    assert_eq!(one.status, 200);
+    let dbfiles_id = one.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        admin
+            .req("GET", &format!("{resourcesets}/{dbfiles_id}"), None)
+            .body["name"],
+        "dbfiles"
+    );
+    admin
+        .req("GET", &format!("{usersets}/dbfiles"), None)
+        .assert_error(404);
+
+    // A policy referencing stored sets by name: they are inlined.
+    let doc = json!({
+        "name": "db-pol",
+        "policy_type": "Standard",
+        "security_rules": [
+            {"order_number": 1, "user_set_id": "dbas", "process_set_id": "pg",
+             "action": "all_ops", "effect": "permit,applykey"},
+            {"order_number": 2, "action": "all_ops", "effect": "deny"}
+        ],
+        "key_rules": [{"resource_set_id": "dbfiles", "key_id": "set-key"}]
+    });
+    let r = admin.req("POST", &format!("{TE}/policies"), Some(doc.clone()));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["policy"]["user_sets"][0]["id"], "dbas");
+    assert_eq!(
+        r.body["policy"]["user_sets"][0]["users"],
+        json!([{"uname": "postgres"}, {"gid": 1001}])
+    );
+    assert_eq!(r.body["policy"]["process_sets"][0]["name"], "pg");
+    assert_eq!(r.body["policy"]["resource_sets"][0]["name"], "dbfiles");
+    assert_eq!(r.body["keys"], json!(["set-key"]));
+    {
+        let db = rusqlite::Connection::open(s.data.join("keymgr.db")).unwrap();
+        let text: String = db
+            .query_row("SELECT json FROM policies WHERE name = 'db-pol'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let stored: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored["user_sets"][0]["users"][0]["uname"], "postgres");
+        assert!(guardfs_policy::CompiledPolicy::from_json(&text).is_ok());
+    }
+    // An unknown set name.
+    let mut bad = doc.clone();
+    bad["name"] = json!("other-pol");
+    bad["security_rules"][0]["user_set_id"] = json!("nobody");
+    let r = admin.req("POST", &format!("{TE}/policies"), Some(bad));
+    r.assert_error(422);
+    assert!(r.body["message"].as_str().unwrap().contains("nobody"));
+    // A set the policy defines inline wins over a stored one of that name.
+    let mut own = doc.clone();
+    own["name"] = json!("own-pol");
+    own["user_sets"] = json!([{"id": "dbas", "users": [{"uname": "root"}]}]);
+    let r = admin.req("POST", &format!("{TE}/policies"), Some(own));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["policy"]["user_sets"],
+        json!([{"id": "dbas", "users": [{"uname": "root"}]}])
+    );
+
+    // Deleting a used set: 409; a GET-then-PUT round trip keeps the reference.
+    admin
+        .req("DELETE", &format!("{usersets}/dbas"), None)
+        .assert_error(409);
+    let stored = admin.req("GET", &format!("{TE}/policies/db-pol"), None);
+    let r = admin.req(
+        "PUT",
+        &format!("{TE}/policies/db-pol"),
+        Some(stored.body["policy"].clone()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    admin
+        .req("DELETE", &format!("{usersets}/dbas"), None)
+        .assert_error(409);
+    admin
+        .req("DELETE", &format!("{resourcesets}/dbfiles"), None)
+        .assert_error(409);
+
+    // PUT of a set rewrites the policies that inline it.
+    let r = admin.req(
+        "PUT",
+        &format!("{usersets}/dbas"),
+        Some(json!({"users": [{"uname": "postgres"}, {"uname": "backup"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["description"], "database admins");
+    let p = admin.req("GET", &format!("{TE}/policies/db-pol"), None);
+    assert_eq!(
+        p.body["policy"]["user_sets"][0]["users"][1]["uname"],
+        "backup"
+    );
+    admin
+        .req(
+            "PUT",
+            &format!("{usersets}/dbas"),
+            Some(json!({"users": [{"uid": "zero"}]})),
+        )
+        .assert_error(422);
+    admin
+        .req(
+            "PUT",
+            &format!("{usersets}/dbas"),
+            Some(json!({"name": "renamed", "users": [{"uid": 0}]})),
+        )
+        .assert_error(422);
+
+    // Once no policy uses it, it can go.
+    let mut plain = policy_doc("db-pol", "set-key");
+    plain["description"] = json!("no sets");
+    let r = admin.req("PUT", &format!("{TE}/policies/db-pol"), Some(plain));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{usersets}/dbas"), None)
+            .status,
+        204
+    );
+    // own-pol still inlines the stored resource set (its user set was its own).
+    admin
+        .req("DELETE", &format!("{resourcesets}/dbfiles"), None)
+        .assert_error(409);
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{TE}/policies/own-pol"), None)
+            .status,
+        204
+    );
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{resourcesets}/dbfiles"), None)
+            .status,
+        204
+    );
+    admin
+        .req("GET", &format!("{usersets}/dbas"), None)
+        .assert_error(404);
+
+    // CLI.
+    let f = root.path().join("users.json");
+    std::fs::write(&f, br#"[{"uname": "alice"}, {"gname": "staff"}]"#).unwrap();
+    let out = s.cli(&[
+        "--json",
+        "set",
+        "create",
+        "user",
+        "cli-users",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["users"][1]["gname"], "staff");
+    std::fs::write(&f, br#"[{"uname": ""}]"#).unwrap();
+    let out = s.cli(&[
+        "--json",
+        "set",
+        "create",
+        "user",
+        "cli-bad",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = s.cli(&["--json", "set", "list", "user"]);
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(l["total"], 1);
+    let out = s.cli(&["set", "list", "process"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pg"));
+    let out = s.cli(&["set", "delete", "user", "cli-users"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = s.cli(&["--json", "set", "list", "user"]);
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(l["total"], 0);
+}
+
+#[test]
+fn agent_self_delete() {
+    let root = init_dir();
+    let s = Server::start(root.path());
+    let mut admin = s.http(None);
+    admin.login();
+    create_key(&admin, "del-key", "XTS");
+    create_policy(&admin, "del-pol", "del-key");
+    let token = create_regtoken(&admin, json!({"max_clients": 2}));
+    let (r, id) = register(&s, &token, "doomed");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (r, other) = register(&s, &token, "survivor");
+    assert_eq!(r.status, 201, "{}", r.body);
+    add_gp(&admin, "doomed", "/data", "del-pol");
+    let agent = s.http(Some(&id));
+    let r = agent.req(
+        "POST",
+        "/api/v1/agent/escrow",
+        Some(json!({"escrow_key": "ab".repeat(32)})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    agent
+        .req("GET", "/api/v1/agent/delete", None)
+        .assert_error(405);
+    // Without a certificate: refused.
+    s.http(None)
+        .req("POST", "/api/v1/agent/delete", None)
+        .assert_error(401);
+
+    let r = agent.req("POST", "/api/v1/agent/delete", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!({"deleted": true}));
+    admin
+        .req("GET", &format!("{TE}/clients/doomed"), None)
+        .assert_error(404);
+    {
+        let db = rusqlite::Connection::open(s.data.join("keymgr.db")).unwrap();
+        let n: i64 = db
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM guardpoints) + (SELECT COUNT(*) FROM client_escrow)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    // The certificate no longer works anywhere.
+    let r = agent.req("GET", "/api/v1/agent/config", None);
+    assert!(r.status == 403 || r.status == 401, "{}", r.body);
+    r.assert_error(r.status);
+    agent
+        .req("POST", "/api/v1/agent/delete", None)
+        .assert_error(403);
+    // The other client is untouched; the policy is free again.
+    let cfg = s
+        .http(Some(&other))
+        .req("GET", "/api/v1/agent/config", None);
+    assert_eq!(cfg.status, 200, "{}", cfg.body);
+    assert_eq!(
+        admin
+            .req("DELETE", &format!("{TE}/policies/del-pol"), None)
+            .status,
+        204
+    );
+}

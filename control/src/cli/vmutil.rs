@@ -1,8 +1,6 @@
 //! `vmutil`: the key-manager side of the agent (certificates, status
 //! reports, registration).
 
-use serde_json::Value;
-
 use super::{CmdResult, Failure, USAGE, call, layout, require_root};
 use crate::api::Request;
 
@@ -57,13 +55,13 @@ pub fn vmutil(args: Vec<String>) -> CmdResult {
             call(&l, Request::KmReport)?;
             println!("Guard status reported to the key manager");
         }
-        "unregister" | "deletehost" => {
-            let v: Value = call(&l, Request::KmUnregister)?;
-            let _ = v;
+        "unregister" => {
+            call(&l, Request::KmUnregister)?;
             println!("This host is no longer registered; it uses the local key store.");
-            if op == "deletehost" {
-                println!("Delete the client on the key manager too: keymgr client delete <name>");
-            }
+        }
+        "deletehost" => {
+            call(&l, Request::KmDeleteHost)?;
+            println!("This host was deleted at the key manager and is no longer registered.");
         }
         _ => return Err(Failure(USAGE, USAGE_TEXT.into())),
     }

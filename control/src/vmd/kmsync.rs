@@ -266,7 +266,7 @@ fn text<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 impl Agent {
-    fn km_client(&self) -> Result<(KmClient, Registration), String> {
+    pub(super) fn km_client(&self) -> Result<(KmClient, Registration), String> {
         let km = self
             .km
             .as_ref()
@@ -471,6 +471,13 @@ impl Agent {
                 info!("vmd: policy {applied} from the key manager");
                 changed.push(applied);
             }
+        }
+        // The client profile's poll interval, unless agent.conf sets one.
+        if let Some(secs) = cfg["profile"]["poll_interval"].as_u64()
+            && self.conf.get("km_poll_secs").is_none()
+            && let Some(km) = self.km.as_mut()
+        {
+            km.interval = Duration::from_secs(secs.clamp(1, 3600));
         }
         let modes: BTreeMap<String, Mode> = cfg["keys"]
             .as_array()

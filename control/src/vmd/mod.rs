@@ -507,6 +507,11 @@ impl Agent {
             Request::KmRenew => self.km_renew(),
             Request::KmReport => self.km_report(),
             Request::KmUnregister => self.km_unregister(),
+            Request::KmDeleteHost => {
+                let (client, _) = self.km_client()?;
+                client.post("/api/v1/agent/delete", &json!({}))?.ok()?;
+                self.km_unregister()
+            }
             Request::Challenge => self.km_challenge(),
             Request::ChallengeResponse { response } => self.km_challenge_response(&response),
             Request::Shutdown => {
