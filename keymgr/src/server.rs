@@ -72,7 +72,20 @@ fn tls_config(paths: &Paths) -> Result<rustls::ServerConfig, String> {
 ///
 /// # Errors
 /// When the data directory is incomplete or the address cannot be bound.
+/// The master key and unsealed key material pass through this process:
+/// keep its memory out of swap and core dumps.
+fn protect_memory() {
+    use nix::sys::mman::{MlockAllFlags, mlockall};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        log::warn!("mlockall failed ({e}); key material could reach swap");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!("cannot disable core dumps: {e}");
+    }
+}
+
 pub fn serve(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
+    protect_memory();
     let paths = Paths::new(data_dir);
     let master = MasterKey::load(&paths.master_key)?;
     let ca = Ca::load(&paths)?;

@@ -25,9 +25,6 @@ pub const NO_VMD: u8 = 4;
 
 const VORADMIN_AFTER: &str = "The same binary, run as secfsd, vmsec, register_host or vmutil, takes CTE's syntax for those commands.\nExit codes: 0 ok, 1 the request failed, 2 usage, 3 not root, 4 vmd not running.";
 
-pub const EXIT_CODES: &str =
-    "Exit codes: 0 ok, 1 the request failed, 2 usage, 3 not root, 4 vmd not running.";
-
 /// A failed command: message and exit code.
 #[derive(Debug)]
 pub struct Failure(pub u8, pub String);
