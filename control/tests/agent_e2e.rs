@@ -178,6 +178,14 @@ fn secfs_kill9_is_recovered_within_seconds() {
     assert!(a.guarded(&dir));
     fs::write(dir.join("g"), b"after").unwrap();
     assert!(!contains(&a.lower(&dir, "g"), b"after"));
+    // Unmounted behind vmd's back: no longer reported guarded, and
+    // guarded again within seconds.
+    let o = Command::new("umount").arg("-l").arg(&dir).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    wait_until("re-guarded after a foreign umount", 15, || {
+        fs::read(dir.join("f")).is_ok_and(|d| d == b"survives")
+    });
+    assert!(a.guarded(&dir));
 }
 
 #[test]
@@ -345,7 +353,7 @@ fn password_protected_host_key() {
     let a = Agent::new();
     a.start();
     let dir = a.dir("gp");
-    a.guard_with_key(&dir, "k_pw", "xts");
+    a.guard_with_key(&dir, "k_pw", "gcm");
     fs::write(dir.join("f"), b"locked away").unwrap();
     // Too short a password is refused, nothing changes.
     assert_eq!(
@@ -384,6 +392,13 @@ fn password_protected_host_key() {
     );
     assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=TRUE"));
     assert_eq!(fs::read(dir.join("f")).unwrap(), b"locked away");
+    // Guarded while locked, yet new files get the key's mode (gcm).
+    fs::write(dir.join("g"), b"new").unwrap();
+    let iv = a.ok(
+        "voradmin",
+        &["secfs", "iv", "get", dir.join("g").to_str().unwrap()],
+    );
+    assert!(iv.contains("mode: gcm"), "{iv}");
     // The password never reaches the logs.
     assert!(!a.log("vmd.log").contains("correct horse"));
 }

@@ -219,20 +219,29 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
         path: shown.clone(),
         why,
     };
-    let lower = nix::fcntl::open(
-        &path,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        StatMode::empty(),
-    )
-    .map_err(|e| MountError::BadDir {
-        path: shown.clone(),
-        why: e.desc().to_owned(),
-    })?;
+    // No symlink anywhere in the path (it is canonical already): a path
+    // swapped for a symlink between the checks and the mount must not
+    // make secfs guard, or serve, some other directory.
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let lower =
+        nix::fcntl::openat2(nix::fcntl::AT_FDCWD, &path, how).map_err(|e| MountError::BadDir {
+            path: shown.clone(),
+            why: if e == nix::errno::Errno::ELOOP {
+                "the path contains a symbolic link".to_owned()
+            } else {
+                e.desc().to_owned()
+            },
+        })?;
+    // Mount on the directory just opened, not on the path again.
+    let target = PathBuf::from(format!("/proc/self/fd/{}", lower.as_raw_fd()));
     let stack =
         Arc::new(Stack::new(lower, spec.guard.clone()).map_err(|e| failed(format!("{e:?}")))?);
     let binding = FuseBinding::new(stack.clone(), spec.fuse);
     let session = mount_fuse(
         &path,
+        &target,
         binding,
         &format!("guardfs:{shown}"),
         FS_SUBTYPE,
@@ -248,11 +257,14 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
 }
 
 /// Mount a FUSE filesystem `fs` on `path` with mount(2) (root, no
-/// fusermount) and complete the FUSE handshake. The kernel checks
+/// fusermount) and complete the FUSE handshake. `target` is what mount(2)
+/// is given: `path` itself, or `/proc/self/fd/N` of the directory already
+/// opened, so that the directory checked is the directory mounted on. The kernel checks
 /// permissions itself (`default_permissions`) and every user may enter
 /// (`allow_other`).
 pub fn mount_fuse<F: fuser::Filesystem>(
     path: &Path,
+    target: &Path,
     fs: F,
     source: &str,
     subtype: &str,
@@ -264,7 +276,10 @@ pub fn mount_fuse<F: fuser::Filesystem>(
         why,
     };
     let dev = open_fuse_device()?;
-    let root_mode = std::fs::metadata(path).map(|m| m.mode()).unwrap_or(0o40755) & libc::S_IFMT;
+    let root_mode = std::fs::metadata(target)
+        .map(|m| m.mode())
+        .unwrap_or(0o40755)
+        & libc::S_IFMT;
     let data = format!(
         "fd={},rootmode={:o},user_id=0,group_id=0,default_permissions,allow_other",
         dev.as_raw_fd(),
@@ -272,7 +287,7 @@ pub fn mount_fuse<F: fuser::Filesystem>(
     );
     nix::mount::mount(
         Some(source),
-        path,
+        target,
         Some(format!("fuse.{subtype}").as_str()),
         MsFlags::empty(),
         Some(data.as_str()),
@@ -531,6 +546,7 @@ pub fn mount_control(
         ttl: std::time::Duration::from_secs(60),
     };
     let session = mount_fuse(
+        &path,
         &path,
         FuseBinding::new(node, opts),
         "guardfs-control",

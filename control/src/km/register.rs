@@ -84,12 +84,20 @@ pub fn register(layout: &Layout, p: &Params, out: &mut dyn Write) -> Result<Regi
     {
         return Err("the key manager's CA is not the pinned CA; nothing was stored".into());
     }
+    // Prove the new identity works before anything is stored: a failed
+    // re-registration leaves the current one intact.
+    let identity = zeroize::Zeroizing::new(format!("{}\n{}", cert.trim_end(), key.as_str()));
+    KmClient::new(
+        &url,
+        Trust::Pinned(ca.as_bytes()),
+        Some((identity.as_bytes(), identity.as_bytes())),
+        p.timeout,
+    )?
+    .get("/api/v1/agent/config", None)?
+    .ok()?;
     let sec = &layout.sec;
-    let store = |name: &str, bytes: &[u8]| {
-        write_atomic(&sec.join(name), bytes, 0o600).map_err(|e| e.to_string())
-    };
+    write_atomic(&sec.join("ca.pem"), ca.as_bytes(), 0o600).map_err(|e| e.to_string())?;
     super::store_identity(sec, &cert, &key)?;
-    store("ca.pem", ca.as_bytes())?;
     let reg = Registration {
         url: url.clone(),
         client_id,
@@ -100,10 +108,6 @@ pub fn register(layout: &Layout, p: &Params, out: &mut dyn Write) -> Result<Regi
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    // Prove the new identity works before calling it done.
-    KmClient::registered(sec, &reg, p.timeout)?
-        .get("/api/v1/agent/config", None)?
-        .ok()?;
     reg.save(sec)?;
     let _ = writeln!(
         out,

@@ -128,6 +128,32 @@ impl std::fmt::Debug for KeyStore {
     }
 }
 
+/// The mode of each key in the store at `path`, read without the host key
+/// (names and modes are not secret; material stays sealed). Empty when the
+/// file is missing or unreadable. vmd uses it to guard with the right mode
+/// while the host key is still locked.
+pub fn modes_without_unsealing(path: &Path) -> std::collections::BTreeMap<String, Mode> {
+    let Ok(Some(bytes)) = atomic::read_file(path) else {
+        return Default::default();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Default::default();
+    };
+    v["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| {
+                    Some((
+                        k["name"].as_str()?.to_owned(),
+                        k["mode"].as_str()?.parse().ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl KeyStore {
     /// Open the key store at `path` with `host`; a missing file is an
     /// empty store (saved on the first [`KeyStore::save`]).

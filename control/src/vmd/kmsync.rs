@@ -6,7 +6,7 @@
 //! longer matches the registration, it neither contacts the server nor
 //! uses keys.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use guardfs_crypto::{Mode, PolicyKey};
@@ -399,8 +399,8 @@ impl Agent {
         };
         let applied = match outcome {
             Ok(None) => Ok(false),
-            Ok(Some((etag, body))) => self.km_apply(&body).map(|()| {
-                if let Some(km) = self.km.as_mut() {
+            Ok(Some((etag, body))) => self.km_apply(&body).map(|complete| {
+                if complete && let Some(km) = self.km.as_mut() {
                     km.etag = etag;
                 }
                 true
@@ -452,7 +452,9 @@ impl Agent {
     }
 
     /// Apply one configuration from the key manager.
-    fn km_apply(&mut self, cfg: &Value) -> Result<(), String> {
+    /// Ok(false): applied, but keys could not be handled (locked host key),
+    /// so the ETag must not be remembered.
+    fn km_apply(&mut self, cfg: &Value) -> Result<bool, String> {
         let empty = Vec::new();
         // Policies first: GuardPoints and keys refer to them.
         let mut changed = Vec::new();
@@ -488,85 +490,99 @@ impl Agent {
         if let Some(km) = self.km.as_mut() {
             km.set_key_modes(modes)?;
         }
-        self.km_keys(cfg["keys"].as_array().unwrap_or(&empty))?;
-        self.km_guardpoints(cfg["guardpoints"].as_array().unwrap_or(&empty))?;
+        let keys = self.km_keys(cfg["keys"].as_array().unwrap_or(&empty));
+        let gps = self.km_guardpoints(cfg["guardpoints"].as_array().unwrap_or(&empty));
+        // Stored policies reach secfs even when a later step failed: the
+        // next poll compares with the store and would not see them as new.
+        let mut reload = Ok(());
         for name in changed {
-            self.reload_policy(Some(&name))?;
+            if let Err(e) = self.reload_policy(Some(&name)) {
+                reload = Err(e);
+            }
         }
-        Ok(())
+        let complete = keys?;
+        gps?;
+        reload?;
+        Ok(complete)
     }
 
-    fn km_keys(&mut self, keys: &[Value]) -> Result<(), String> {
+    /// Bring the key manager's keys in line with `keys`: withdrawn versions
+    /// are revoked in secfs first and only then forgotten (so a failed
+    /// revocation is retried at the next poll), new versions are fetched
+    /// and pushed. Ok(false) when keys could not be handled (host key
+    /// locked): the configuration must be applied again after unlock.
+    fn km_keys(&mut self, keys: &[Value]) -> Result<bool, String> {
         let Some(client) = self.km.as_ref().and_then(|k| k.client.clone()) else {
-            return Ok(());
+            return Ok(false);
         };
-        let mut wanted = BTreeSet::new();
-        let mut fetched = Vec::new();
-        {
-            let Some(km_keys) = self.keys.as_mut().and_then(|k| k.km_mut()) else {
-                return Ok(()); // locked: keys come after `vmsec passwd`
+        if self.keys.as_mut().and_then(|k| k.km_mut()).is_none() {
+            return Ok(false); // locked: keys come after `vmsec passwd`
+        }
+        let mut wanted = BTreeMap::new();
+        for k in keys {
+            let name = text(k, "name").to_owned();
+            if !matches!(text(k, "state"), "" | "active" | "Active") {
+                continue;
+            }
+            let Some(mode) = mode_of(text(k, "mode")) else {
+                warn!("vmd: key {name}: unknown mode {:?}", k["mode"]);
+                continue;
             };
-            for k in keys {
-                let name = text(k, "name").to_owned();
-                if !matches!(text(k, "state"), "" | "active" | "Active") {
-                    continue;
-                }
-                let Some(mode) = mode_of(text(k, "mode")) else {
-                    warn!("vmd: key {name}: unknown mode {:?}", k["mode"]);
-                    continue;
-                };
-                let persistent = k["persistent_on_client"].as_bool().unwrap_or(true);
-                for v in k["versions"]
-                    .as_array()
-                    .unwrap_or(&Vec::new())
-                    .iter()
-                    .filter_map(Value::as_u64)
-                {
-                    let v = v as u32;
-                    wanted.insert((name.clone(), v));
-                    if km_keys.held(&name, v) {
-                        continue;
-                    }
-                    let body = client
-                        .get(&format!("/api/v1/agent/keys/{name}/versions/{v}"), None)?
-                        .ok()?;
-                    let material = hex::decode(text(&body, "material"))
-                        .ok()
-                        .and_then(|b| PolicyKey::from_slice(&b))
-                        .ok_or_else(|| {
-                            format!("key {name} v{v}: malformed material from the key manager")
-                        })?;
-                    km_keys.put(&name, mode, persistent, v, material)?;
-                    info!("vmd: key {name} v{v} ({mode}) from the key manager");
-                    fetched.push((name.clone(), v));
-                }
-            }
-            let gone: Vec<(String, u32)> = km_keys
-                .held_versions()
-                .into_iter()
-                .filter(|nv| !wanted.contains(nv))
-                .collect();
-            for (name, v) in &gone {
-                km_keys.forget(name, *v)?;
-            }
-            fetched.extend(gone.iter().map(|(n, v)| (format!("-{n}"), *v)));
-        }
-        for (name, v) in fetched {
-            if self.secfs.client().is_none() {
-                break;
-            }
-            match name.strip_prefix('-') {
-                None => self.push_key(&name, v)?,
-                Some(n) => {
-                    info!("vmd: key {n} v{v} revoked or withdrawn by the key manager");
-                    let _ = self.ctl(&Ctl::RevokeKey {
-                        name: n.to_owned(),
-                        version: v,
-                    });
-                }
+            let persistent = k["persistent_on_client"].as_bool().unwrap_or(true);
+            for v in k["versions"]
+                .as_array()
+                .unwrap_or(&Vec::new())
+                .iter()
+                .filter_map(Value::as_u64)
+            {
+                wanted.insert((name.clone(), v as u32), (mode, persistent));
             }
         }
-        Ok(())
+        let held = self
+            .keys
+            .as_mut()
+            .and_then(|k| k.km_mut())
+            .map(|k| k.held_versions())
+            .unwrap_or_default();
+        for (name, v) in held.into_iter().filter(|nv| !wanted.contains_key(nv)) {
+            if self.secfs.client().is_some() {
+                match self.ctl(&Ctl::RevokeKey {
+                    name: name.clone(),
+                    version: v,
+                }) {
+                    Ok(_) => {}
+                    Err(e) if e.errno() == Some(guardfs_shim::vfs::Errno::ENOENT) => {}
+                    Err(e) => return Err(format!("revoking key {name} v{v} in secfs: {e}")),
+                }
+            }
+            if let Some(k) = self.keys.as_mut().and_then(|k| k.km_mut()) {
+                k.forget(&name, v)?;
+            }
+            info!("vmd: key {name} v{v} revoked or withdrawn by the key manager");
+        }
+        for ((name, v), (mode, persistent)) in wanted {
+            let Some(km_keys) = self.keys.as_mut().and_then(|k| k.km_mut()) else {
+                return Ok(false);
+            };
+            if km_keys.held(&name, v) {
+                continue;
+            }
+            let body = client
+                .get(&format!("/api/v1/agent/keys/{name}/versions/{v}"), None)?
+                .ok()?;
+            let material = hex::decode(text(&body, "material"))
+                .ok()
+                .and_then(|b| PolicyKey::from_slice(&b))
+                .ok_or_else(|| {
+                    format!("key {name} v{v}: malformed material from the key manager")
+                })?;
+            km_keys.put(&name, mode, persistent, v, material)?;
+            info!("vmd: key {name} v{v} ({mode}) from the key manager");
+            if self.secfs.client().is_some() {
+                self.push_key(&name, v)?;
+            }
+        }
+        Ok(true)
     }
 
     fn km_guardpoints(&mut self, gps: &[Value]) -> Result<(), String> {
@@ -583,25 +599,41 @@ impl Agent {
                 (text(g, "policy").to_owned(), gp_type, enabled),
             );
         }
-        let served = self.served();
+        let served = self.served_checked()?;
         let mut registry = self.gps.clone();
+        let mut policy_changed = Vec::new();
         for e in self.gps.list().to_vec() {
-            let keep = desired
-                .get(&e.path)
-                .is_some_and(|(p, t, _)| *p == e.policy && *t == e.gp_type);
-            if !keep {
-                if served.contains_key(&e.path) {
-                    let _ = self.ctl(&Ctl::Unguard {
-                        path: e.path.clone(),
-                        lazy: true,
-                    });
+            match desired.get(&e.path) {
+                Some((p, t, _)) if *p == e.policy && *t == e.gp_type => {}
+                // Same GuardPoint, new policy or type: change the registry
+                // and, for a new policy, switch the running GuardPoint to
+                // it; never unguard a directory in use for that.
+                Some((p, t, _)) => {
+                    registry.remove(&e.path).map_err(|x| x.to_string())?;
+                    registry.add(&e.path, p, *t).map_err(|x| x.to_string())?;
+                    if *p != e.policy && served.contains_key(&e.path) {
+                        policy_changed.push(p.clone());
+                    }
+                    info!(
+                        "vmd: GuardPoint {} now policy {p}, {t} (key manager)",
+                        e.path
+                    );
                 }
-                registry.remove(&e.path).map_err(|x| x.to_string())?;
-                self.runtime.remove(&e.path);
-                info!(
-                    "vmd: GuardPoint {} withdrawn or changed by the key manager",
-                    e.path
-                );
+                None => {
+                    if served.contains_key(&e.path) {
+                        // Stays registered (and retried) until secfs lets go.
+                        self.ctl(&Ctl::Unguard {
+                            path: e.path.clone(),
+                            lazy: true,
+                        })
+                        .map_err(|x| {
+                            format!("unguarding {} withdrawn by the key manager: {x}", e.path)
+                        })?;
+                    }
+                    registry.remove(&e.path).map_err(|x| x.to_string())?;
+                    self.runtime.remove(&e.path);
+                    info!("vmd: GuardPoint {} withdrawn by the key manager", e.path);
+                }
             }
         }
         for (path, (policy, gp_type, enabled)) in &desired {
@@ -613,12 +645,14 @@ impl Agent {
                 info!("vmd: GuardPoint {path} (policy {policy}, {gp_type}) from the key manager");
             }
             let rt = self.runtime.entry(path.clone()).or_default();
-            rt.wanted = *enabled && (*gp_type == GpType::Auto || rt.wanted);
+            rt.wanted =
+                *enabled && (*gp_type == GpType::Auto || rt.wanted || served.contains_key(path));
             if !enabled && served.contains_key(path) {
-                let _ = self.ctl(&Ctl::Unguard {
+                self.ctl(&Ctl::Unguard {
                     path: path.clone(),
                     lazy: true,
-                });
+                })
+                .map_err(|x| format!("unguarding disabled {path}: {x}"))?;
             }
         }
         if registry != self.gps {
@@ -626,6 +660,9 @@ impl Agent {
                 .save(&self.layout.guardpoints())
                 .map_err(|e| e.to_string())?;
             self.gps = registry;
+        }
+        for policy in policy_changed {
+            self.reload_policy(Some(&policy))?;
         }
         Ok(())
     }

@@ -184,7 +184,9 @@ impl Agent {
             }
         }
         self.km_poll();
-        let served = self.served();
+        let Ok(served) = self.served_checked() else {
+            return;
+        };
         let todo: Vec<String> = self
             .runtime
             .iter()
@@ -208,7 +210,24 @@ impl Agent {
         }
     }
 
-    /// What secfs serves now, by path.
+    /// What secfs serves now, by path; an error when secfs cannot say
+    /// (callers that change the registry must not act on a guess).
+    fn served_checked(&mut self) -> Result<BTreeMap<String, StatusEntry>, String> {
+        let Some(c) = self.secfs.client() else {
+            return Err("the secfs service is not connected".into());
+        };
+        match c.list() {
+            Ok(l) => Ok(l.into_iter().map(|e| (e.path.clone(), e)).collect()),
+            Err(e) => {
+                if secfs::is_dead(&e) {
+                    self.secfs.disconnect();
+                }
+                Err(format!("secfs status: {e}"))
+            }
+        }
+    }
+
+    /// What secfs serves now, by path (empty when it cannot say).
     fn served(&mut self) -> BTreeMap<String, StatusEntry> {
         let Some(c) = self.secfs.client() else {
             return BTreeMap::new();
@@ -301,12 +320,22 @@ impl Agent {
             .as_ref()
             .and_then(|s| s.get(&name))
             .map(|i| i.mode)
-            .or_else(|| self.km.as_ref().and_then(|k| k.key_mode(&name)));
+            .or_else(|| self.km.as_ref().and_then(|k| k.key_mode(&name)))
+            .or_else(|| {
+                // Locked local store: modes are readable without the host key.
+                let locked_local = self.keys.is_none() && self.km.is_none();
+                locked_local
+                    .then(|| {
+                        crate::state::keystore::modes_without_unsealing(&self.layout.keys())
+                            .remove(&name)
+                    })
+                    .flatten()
+            });
         match (mode, &self.keys) {
             (Some(Mode::Clear), _) => Ok((None, Mode::Clear)),
             (Some(m), _) => Ok((Some(name), m)),
-            // Locked: guard anyway (files stay unreadable until the password
-            // is entered); the mode is only known from the key.
+            // Locked and the key unknown: guard anyway (files stay
+            // unreadable until the password is entered).
             (None, None) => Ok((Some(name), Mode::Xts)),
             (None, Some(_)) => Err(format!(
                 "policy {policy} uses key {name:?}, which is not in the key store"
@@ -584,7 +613,7 @@ impl Agent {
         if self.gps.get(&path).is_none() {
             return Err(format!("{path} is not a GuardPoint"));
         }
-        if self.served().contains_key(&path) {
+        if self.served_checked()?.contains_key(&path) {
             let users = busy::users(Path::new(&path), self.secfs.pid());
             if !users.is_empty() {
                 return Err(format!(

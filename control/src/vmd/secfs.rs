@@ -67,11 +67,17 @@ impl SecfsProcess {
         if let Some(c) = &self.child {
             return Some(c.id());
         }
-        std::fs::read_to_string(&self.pid_file)
+        let pid: u32 = std::fs::read_to_string(&self.pid_file)
             .ok()?
             .trim()
             .parse()
-            .ok()
+            .ok()?;
+        // A stale pid file may name an unrelated process by now.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let is_secfs = cmdline.split(|&b| b == 0).nth(1) == Some(b"serve".as_slice())
+            && std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|e| Some(e) == std::fs::canonicalize(&self.binary).ok());
+        is_secfs.then_some(pid)
     }
 
     /// Forget the connection (after an error that suggests the service died).
@@ -84,15 +90,29 @@ impl SecfsProcess {
     pub fn ensure(&mut self) -> Result<Liveness, String> {
         self.reap();
         if let Some(c) = self.client.as_mut() {
-            if c.status(SERVICE_INDEX).is_ok() {
-                return Ok(Liveness::Alive);
+            match c.status(SERVICE_INDEX) {
+                Ok(_) => return Ok(Liveness::Alive),
+                Err(e) if is_dead(&e) => {
+                    warn!("vmd: secfs service stopped answering; restarting it");
+                    self.client = None;
+                }
+                Err(e) => return Err(format!("secfs service: {e}")),
             }
-            warn!("vmd: secfs service stopped answering; restarting it");
-            self.client = None;
         }
-        if let Ok(c) = Client::connect(&self.ctl_dir) {
-            self.client = Some(c);
-            return Ok(Liveness::Adopted);
+        match Client::connect(&self.ctl_dir) {
+            Ok(c) => {
+                self.client = Some(c);
+                return Ok(Liveness::Adopted);
+            }
+            // A live service that does not accept this vmd (its binary
+            // changed since secfs started): starting another cannot help.
+            Err(e) if e.errno() == Some(guardfs_shim::vfs::Errno::EPERM) => {
+                return Err(format!(
+                    "the running secfs service refuses this vmd ({e}): the vmd binary changed since secfs \
+                     started; stop the agent with the old binaries (voradmin shutdown) or stop secfs"
+                ));
+            }
+            Err(_) => {}
         }
         self.start()?;
         Ok(Liveness::Started)

@@ -86,7 +86,9 @@ pub struct Service {
     authority: Authority,
     opts: ServiceOptions,
     keys: Arc<StaticKeys>,
-    served: Mutex<BTreeMap<String, Served>>,
+    /// Shared with each GuardPoint's session thread, which removes its
+    /// entry when the session ends (unmounted behind the service's back).
+    served: Arc<Mutex<BTreeMap<String, Served>>>,
     last_seq: AtomicU64,
     audit: Option<Auditor>,
     /// Identity (dev, ino, size, mtime, ctime) of the vmd binary as last
@@ -110,7 +112,7 @@ impl Service {
             authority,
             opts,
             keys: Arc::new(StaticKeys::default()),
-            served: Mutex::new(BTreeMap::new()),
+            served: Arc::new(Mutex::new(BTreeMap::new())),
             last_seq: AtomicU64::new(0),
             audit,
             verified: Mutex::new(None),
@@ -209,10 +211,13 @@ impl Service {
                 if !self.keys.remove(name, *version) {
                     return Err(Errno::ENOENT);
                 }
-                // Files opened with the key must not go on decrypting from
-                // caches: drop them, the next access finds the key gone.
+                // Files opened with the key version must not go on
+                // decrypting from caches: write back and drop the caches
+                // (dirty pages still encrypt with the file's data key),
+                // forget the data keys, and drop what was read meanwhile.
                 for s in self.lock().values() {
-                    s.stack.forget_key(name);
+                    s.stack.invalidate_all(&*s.invalidate);
+                    s.stack.forget_key(name, *version);
                     s.stack.invalidate_all(&*s.invalidate);
                 }
                 Ok(Vec::new())
@@ -326,23 +331,35 @@ impl Service {
         let stack = mounted.stack.clone();
         let invalidate = Box::new(mounted.invalidator());
         let p = path.to_owned();
-        std::thread::Builder::new()
-            .name("secfs-gp".into())
-            .spawn(move || {
-                if let Err(e) = mounted.serve() {
-                    error!("secfs: {p}: session ended: {e}");
-                }
-            })
-            .map_err(|_| Errno::ENOMEM)?;
         self.lock().insert(
             path.to_owned(),
             Served {
-                stack,
+                stack: stack.clone(),
                 mode,
                 key,
                 invalidate,
             },
         );
+        let served = self.served.clone();
+        let spawned = std::thread::Builder::new()
+            .name("secfs-gp".into())
+            .spawn(move || {
+                if let Err(e) = mounted.serve() {
+                    error!("secfs: {p}: session ended: {e}");
+                }
+                // Unmounted (by us or behind our back): no longer served,
+                // so vmd sees it and guards it again if it should be.
+                let mut m = served.lock().unwrap_or_else(|e| e.into_inner());
+                if m.get(&p).is_some_and(|s| Arc::ptr_eq(&s.stack, &stack)) {
+                    m.remove(&p);
+                    warn!("secfs: {p}: no longer guarded (session ended)");
+                }
+            });
+        if spawned.is_err() {
+            self.lock().remove(path);
+            let _ = mount::unmount(Path::new(path), true);
+            return Err(Errno::ENOMEM);
+        }
         info!("secfs: guarded {path} ({mode})");
         Ok(Vec::new())
     }
@@ -401,16 +418,19 @@ impl Service {
 
     /// The lower header of the file at `path` inside a GuardPoint.
     fn file_info(&self, path: &str, req: &Request, seq: u64) -> VfsResult<Vec<u8>> {
-        let served = self.lock();
-        let (gp, s) = served
-            .iter()
-            .find(|(gp, _)| {
-                path.strip_prefix(gp.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-            })
-            .ok_or(Errno::ENOENT)?;
-        let rel = &path[gp.len() + 1..];
-        let header = s.stack.lower_header(rel)?;
+        // Find the GuardPoint, then let go of the lock before any I/O.
+        let (rel, stack) = {
+            let served = self.lock();
+            let (gp, s) = served
+                .iter()
+                .find(|(gp, _)| {
+                    path.strip_prefix(gp.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+                })
+                .ok_or(Errno::ENOENT)?;
+            (path[gp.len() + 1..].to_owned(), s.stack.clone())
+        };
+        let header = stack.lower_header(&rel)?;
         let mut out = req.encode(seq).map_err(|_| Errno::EINVAL)?;
         let at = out.len() - header.len();
         out[at..].copy_from_slice(&header);

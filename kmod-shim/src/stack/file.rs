@@ -267,12 +267,14 @@ impl FileState {
         Ok(())
     }
 
-    /// Drop the unwrapped data key if the file's header uses the policy key
-    /// `name` (after that key is revoked): later reads and writes through
+    /// Drop the unwrapped data key if the file's header uses version
+    /// `version` of the policy key `name` (after it is revoked): later reads and writes through
     /// open handles fail with EIO and a new open needs the key again.
-    pub fn forget_key(&self, name: &str) {
+    pub fn forget_key(&self, name: &str, version: u32) {
         let mut c = self.write_contents();
-        if matches!(&*c, Contents::Encrypted(crypt, _) if crypt.header.key_name == name) {
+        if matches!(&*c, Contents::Encrypted(crypt, _)
+            if crypt.header.key_name == name && crypt.header.key_version == version)
+        {
             *c = Contents::Refused;
         }
     }

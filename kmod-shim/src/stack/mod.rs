@@ -389,27 +389,32 @@ impl Stack {
 
     /// Load a new policy generation into this GuardPoint.
     /// The first 4096 bytes of the lower file at `rel` (relative to the
-    /// GuardPoint, final symlink not followed), for `voradmin secfs iv get`.
-    /// Shorter files are padded with zeros.
+    /// GuardPoint, resolved beneath it without following any symlink), for
+    /// `voradmin secfs iv get`. Only regular files (a FIFO must not block
+    /// the control channel); shorter files are padded with zeros.
     pub fn lower_header(&self, rel: &str) -> VfsResult<[u8; guardfs_crypto::HEADER_LEN]> {
+        use nix::fcntl::{OpenHow, ResolveFlag};
         let root = self.nodes.get(Ino::ROOT)?;
-        let fd = nix::fcntl::openat(
-            root.fd(),
-            rel,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let fd = nix::fcntl::openat2(root.fd(), rel, how)?;
+        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EINVAL);
+        }
         let mut hdr = [0u8; guardfs_crypto::HEADER_LEN];
         file::pread_full(fd.as_fd(), &mut hdr, 0)?;
         Ok(hdr)
     }
 
-    /// Forget every data key unwrapped with the policy key `name` (it was
-    /// revoked). The caller invalidates the kernel's caches afterwards.
-    pub fn forget_key(&self, name: &str) {
+    /// Forget every data key unwrapped with version `version` of the
+    /// policy key `name` (it was revoked). The caller invalidates the
+    /// kernel's caches around this.
+    pub fn forget_key(&self, name: &str, version: u32) {
         for ino in self.nodes.all() {
             if let Ok(node) = self.nodes.get(ino) {
-                node.file().forget_key(name);
+                node.file().forget_key(name, version);
             }
         }
     }
