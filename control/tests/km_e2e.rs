@@ -565,3 +565,43 @@ fn deletehost_removes_the_client_at_the_key_manager() {
     assert!(!a.root.join(".sec/km.json").exists());
     assert!(a.status_json()["key_manager"].is_null());
 }
+
+/// A key revoked at the key manager while vmd was down is revoked in the
+/// running secfs once the restarted vmd has synced.
+#[test]
+fn revocation_while_vmd_is_down_reaches_secfs() {
+    let km = Keymgr::start();
+    let (a, _) = agent_for(&km);
+    setup_register_host_link(&a);
+    let token = km.token(&[]);
+    assert!(register(&a, &km, &token, "host-rv", &[]).status.success());
+    a.start();
+    km.ok(&["key", "create", "rvk", "--persistent", "false"]);
+    km.policy("rvp", "rvk");
+    let dir = a.dir("data");
+    km.ok(&[
+        "guardpoint",
+        "add",
+        "host-rv",
+        dir.to_str().unwrap(),
+        "--policy",
+        "rvp",
+    ]);
+    wait_until("guarded", 30, || a.guarded(&dir));
+    fs::write(dir.join("f"), b"revoke me").unwrap();
+    let secfs = a.pid("secfs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid("vmd") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // vmd is down: secfs keeps the (non-persistent) key it was given.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"revoke me");
+    km.ok(&["key", "revoke", "rvk"]);
+    a.start();
+    assert_eq!(a.pid("secfs"), secfs, "the running secfs was adopted");
+    wait_until("revocation reaches the adopted secfs", 30, || {
+        fs::read(dir.join("f")).is_err()
+    });
+}

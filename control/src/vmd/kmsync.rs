@@ -228,6 +228,11 @@ impl KmState {
         }
     }
 
+    /// Whether a configuration was applied completely since vmd started.
+    pub fn synced(&self) -> bool {
+        self.etag.is_some()
+    }
+
     /// The mode of a key the key manager assigned to this host.
     pub fn key_mode(&self, name: &str) -> Option<Mode> {
         self.key_modes.get(name).copied()

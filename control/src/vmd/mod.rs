@@ -72,6 +72,8 @@ pub struct Agent {
     km: Option<kmsync::KmState>,
     /// Set by a shutdown request.
     pub stopping: bool,
+    /// A running secfs was adopted: revoke there what vmd no longer holds.
+    reconcile_keys: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -129,6 +131,7 @@ impl Agent {
             started: SystemTime::now(),
             km: None,
             stopping: false,
+            reconcile_keys: false,
         };
         agent.km = kmsync::KmState::load(&agent.layout, &agent.conf)?;
         match agent.hostkeys.init_or_load_auto().map_err(err)? {
@@ -175,6 +178,7 @@ impl Agent {
                     self.secfs.pid()
                 );
                 self.adopt();
+                self.reconcile_keys = true;
                 self.push_all_keys();
             }
             Ok(Liveness::Started) => self.push_all_keys(),
@@ -184,6 +188,14 @@ impl Agent {
             }
         }
         self.km_poll();
+        // After adopting a running secfs: once vmd knows which keys it
+        // should hold (at once locally; after a complete sync with the key
+        // manager, since non-persistent keys are fetched again first).
+        let synced = self.km.as_ref().is_none_or(|k| k.synced());
+        if self.reconcile_keys && self.keys.is_some() && synced {
+            self.reconcile_keys = false;
+            self.revoke_unknown_keys();
+        }
         let Ok(served) = self.served_checked() else {
             return;
         };
@@ -206,6 +218,42 @@ impl Agent {
         for path in self.served().into_keys() {
             if let Some(r) = self.runtime.get_mut(&path) {
                 r.wanted = true;
+            }
+        }
+    }
+
+    /// After vmd restarted and found secfs running: key versions secfs
+    /// holds that vmd's key source no longer has (revoked at the key
+    /// manager while vmd was down) are revoked in secfs too. Nothing is
+    /// done while the host key is locked (vmd cannot tell).
+    fn revoke_unknown_keys(&mut self) {
+        let Some(source) = &self.keys else { return };
+        let held: std::collections::BTreeSet<(String, u32)> = source
+            .list()
+            .into_iter()
+            .flat_map(|k| {
+                k.versions
+                    .into_iter()
+                    .map(move |(v, _)| (k.name.clone(), v))
+            })
+            .collect();
+        let Some(c) = self.secfs.client() else { return };
+        let in_secfs = match c.keys() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("vmd: listing the keys secfs holds: {e}");
+                return;
+            }
+        };
+        for (name, version) in in_secfs.into_iter().filter(|k| !held.contains(k)) {
+            match self.ctl(&Ctl::RevokeKey {
+                name: name.clone(),
+                version,
+            }) {
+                Ok(_) => {
+                    info!("vmd: key {name} v{version} is no longer held by vmd; revoked in secfs")
+                }
+                Err(e) => warn!("vmd: revoking key {name} v{version} in secfs: {e}"),
             }
         }
     }

@@ -76,7 +76,7 @@ impl Client {
             zeroize::Zeroize::zeroize(&mut buf[..]);
         }
         r.map_err(|errno| ClientError::Refused { op, errno })?;
-        if op != Op::Status {
+        if !matches!(op, Op::Status | Op::FileInfo | Op::KeyAt) {
             self.next_seq += 1;
         }
         Ok(buf)
@@ -86,6 +86,19 @@ impl Client {
     pub fn status(&mut self, index: u32) -> Result<StatusEntry, ClientError> {
         let buf = self.send(&Request::Status { index })?;
         Ok(StatusEntry::decode(&buf)?)
+    }
+
+    /// Every key version the service holds (names and versions only).
+    pub fn keys(&mut self) -> Result<Vec<(String, u32)>, ClientError> {
+        let mut out = Vec::new();
+        for index in 0.. {
+            match self.send(&Request::KeyAt { index }) {
+                Ok(b) => out.push(crate::ctl::proto::decode_key_at(&b)?),
+                Err(ClientError::Refused { errno, .. }) if errno == Errno::ENOENT => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Every GuardPoint the service serves.

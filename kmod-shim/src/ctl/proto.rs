@@ -8,7 +8,7 @@
 //!   0   4 magic "GFC1"
 //!   4   2 version = 1
 //!   6   2 op (1 push key, 2 revoke key, 3 load policy, 4 guard, 5 unguard, 6 status,
-//!         7 file info)
+//!         7 file info, 8 key at)
 //!   8   8 seq: strictly increasing per secfs process; a repeated or older seq is a replay
 //!  16   4 payload length: exactly the op's payload size
 //!  20  12 reserved, zero
@@ -47,10 +47,11 @@ pub enum Op {
     Unguard = 5,
     Status = 6,
     FileInfo = 7,
+    KeyAt = 8,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::PushKey,
         Op::RevokeKey,
         Op::LoadPolicy,
@@ -58,6 +59,7 @@ impl Op {
         Op::Unguard,
         Op::Status,
         Op::FileInfo,
+        Op::KeyAt,
     ];
 
     /// Size of the whole struct (header included) of this op.
@@ -71,13 +73,15 @@ impl Op {
                 Op::Unguard => PATH_LEN + 8,
                 Op::Status => STATUS_FIXED + PATH_LEN + NAME_LEN,
                 Op::FileInfo => PATH_LEN + guardfs_crypto::HEADER_LEN,
+                // index u32, version u32 (reply), name (reply)
+                Op::KeyAt => 8 + NAME_LEN,
             }
     }
 
     /// The ioctl command number: `_IOW('G', op, size)`, or `_IOWR` for
     /// status and file info, which return data.
     pub const fn ioctl_cmd(self) -> u32 {
-        let dir: u32 = if matches!(self, Op::Status | Op::FileInfo) {
+        let dir: u32 = if matches!(self, Op::Status | Op::FileInfo | Op::KeyAt) {
             3
         } else {
             1
@@ -240,6 +244,11 @@ pub enum Request {
     FileInfo {
         path: String,
     },
+    /// The `index`-th key version the service holds (name, version; never
+    /// material), so a restarted vmd can revoke what it no longer holds.
+    KeyAt {
+        index: u32,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -277,6 +286,7 @@ impl fmt::Debug for Request {
             Request::Unguard { path, lazy } => write!(f, "Unguard {{ {path:?}, lazy: {lazy} }}"),
             Request::Status { index } => write!(f, "Status {{ {index} }}"),
             Request::FileInfo { path } => write!(f, "FileInfo {{ {path:?} }}"),
+            Request::KeyAt { index } => write!(f, "KeyAt {{ {index} }}"),
         }
     }
 }
@@ -299,6 +309,7 @@ impl Request {
             Request::Unguard { .. } => Op::Unguard,
             Request::Status { .. } => Op::Status,
             Request::FileInfo { .. } => Op::FileInfo,
+            Request::KeyAt { .. } => Op::KeyAt,
         }
     }
 
@@ -364,6 +375,7 @@ impl Request {
             }
             Request::Status { index } => p[..4].copy_from_slice(&index.to_le_bytes()),
             Request::FileInfo { path } => put_text(&mut p[..PATH_LEN], path)?,
+            Request::KeyAt { index } => p[..4].copy_from_slice(&index.to_le_bytes()),
         }
         Ok(b)
     }
@@ -515,9 +527,40 @@ impl Request {
                     path: path("path", &p[..PATH_LEN])?,
                 }
             }
+            Op::KeyAt => {
+                if !zeros(&p[4..]) {
+                    return Err(ProtoError::Reserved("key at request"));
+                }
+                Request::KeyAt {
+                    index: le_u32(p, 0),
+                }
+            }
         };
         Ok((req, seq))
     }
+}
+
+/// Fill a `KeyAt` reply: version at payload offset 4, name after it.
+pub fn encode_key_at(
+    req: &Request,
+    seq: u64,
+    name: &str,
+    version: u32,
+) -> Result<Vec<u8>, ProtoError> {
+    let mut b = req.encode(seq)?;
+    let p = &mut b[HEADER_LEN..];
+    p[4..8].copy_from_slice(&version.to_le_bytes());
+    put_text(&mut p[8..8 + NAME_LEN], name)?;
+    Ok(b)
+}
+
+/// Read a `KeyAt` reply: (name, version).
+pub fn decode_key_at(b: &[u8]) -> Result<(String, u32), ProtoError> {
+    if b.len() != Op::KeyAt.size() || b[..4] != MAGIC {
+        return Err(ProtoError::Magic);
+    }
+    let p = &b[HEADER_LEN..];
+    Ok((key_name(&p[8..8 + NAME_LEN])?, le_u32(p, 4)))
 }
 
 /// Offsets in the guard payload: path, mode, flags, 6 pad, key name, digests.

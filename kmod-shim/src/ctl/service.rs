@@ -19,7 +19,7 @@ use guardfs_policy::{CompiledPolicy, HostSettings};
 use log::{error, info, warn};
 
 use crate::audit::Auditor;
-use crate::ctl::proto::{Op, Request, SERVICE_INDEX, StatusEntry};
+use crate::ctl::proto::{self, Op, Request, SERVICE_INDEX, StatusEntry};
 use crate::fuse::FuseOptions;
 use crate::mount::{self, MountSpec};
 use crate::stack::access::Access;
@@ -182,7 +182,7 @@ impl Service {
             self.refuse(pid, uid, &format!("malformed {op:?}: {e}"));
             Errno::EINVAL
         })?;
-        let query = matches!(op, Op::Status | Op::FileInfo);
+        let query = matches!(op, Op::Status | Op::FileInfo | Op::KeyAt);
         if !query && seq <= self.last_seq.load(Ordering::Acquire) {
             self.refuse(pid, uid, &format!("replayed request (seq {seq})"));
             return Err(Errno(libc::EPROTO));
@@ -240,6 +240,11 @@ impl Service {
             Request::Unguard { path, lazy } => self.unguard(path, *lazy),
             Request::Status { index } => self.status(*index, seq),
             Request::FileInfo { path } => self.file_info(path, req, seq),
+            Request::KeyAt { index } => {
+                let keys = self.keys.list();
+                let (name, version) = keys.get(*index as usize).ok_or(Errno::ENOENT)?;
+                proto::encode_key_at(req, seq, name, *version).map_err(|_| Errno::EINVAL)
+            }
         }
     }
 

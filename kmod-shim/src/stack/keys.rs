@@ -60,6 +60,14 @@ impl StaticKeys {
         was
     }
 
+    /// Every (name, version) held, sorted.
+    pub fn list(&self) -> Vec<(String, u32)> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, u32)> = inner.keys.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Number of versions of key `name` held.
     pub fn versions(&self, name: &str) -> usize {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
