@@ -124,11 +124,7 @@ fn vmd_restart_and_kill9_leave_guardpoints_up() {
     a.guard_with_key(&dir, "k_vmd", "cbc-cs1");
     fs::write(dir.join("f"), b"one").unwrap();
     let secfs = a.pid("secfs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a.pid("vmd") as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    a.signal("vmd", nix::sys::signal::Signal::SIGKILL);
     // vmd is gone: the GuardPoint keeps working with the keys it has.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -144,11 +140,7 @@ fn vmd_restart_and_kill9_leave_guardpoints_up() {
     assert!(a.guarded(&dir));
     assert_eq!(fs::read(dir.join("g")).unwrap(), b"two");
     // SIGTERM to vmd: same story.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a.pid("vmd") as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    a.signal("vmd", nix::sys::signal::Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fs::read(dir.join("f")).unwrap(), b"one");
     a.start();

@@ -590,11 +590,7 @@ fn revocation_while_vmd_is_down_reaches_secfs() {
     wait_until("guarded", 30, || a.guarded(&dir));
     fs::write(dir.join("f"), b"revoke me").unwrap();
     let secfs = a.pid("secfs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a.pid("vmd") as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    a.signal("vmd", nix::sys::signal::Signal::SIGKILL);
     // vmd is down: secfs keeps the (non-persistent) key it was given.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fs::read(dir.join("f")).unwrap(), b"revoke me");

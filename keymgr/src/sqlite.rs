@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, params};
 
 use crate::store::{
     Admin, Client, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile, RegToken, Sealer,
@@ -209,6 +210,45 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Every row of `sql`, mapped by `row`.
+    fn all<T>(
+        &self,
+        sql: &str,
+        p: impl Params,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Vec<T>> {
+        rows(&*self.lock()?, sql, p, row)
+    }
+
+    /// The row of `sql` mapped by `row`, if there is one.
+    fn one<T>(
+        &self,
+        sql: &str,
+        p: impl Params,
+        row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
+        opt_row(&*self.lock()?, sql, p, row)
+    }
+
+    /// Execute `sql` in its own transaction, mapping its failure with `err`.
+    fn write(
+        &self,
+        sql: &str,
+        p: impl Params,
+        err: impl FnOnce(rusqlite::Error) -> StoreError,
+    ) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(sql, p).map_err(err)?;
+            Ok(())
+        })
+    }
+
+    /// Execute `sql` in its own transaction; [`StoreError::NotFound`] for
+    /// `what` if no row changed.
+    fn change(&self, sql: &str, p: impl Params, what: &str) -> StoreResult<()> {
+        self.tx(|tx| exec_changed(tx, sql, p, what))
+    }
+
     /// Checkpoint the WAL into the main file so overwritten secrets do not
     /// linger in it; failures are only logged.
     fn checkpoint(&self, after: &str) {
@@ -227,13 +267,11 @@ impl SqliteStore {
     /// # Errors
     /// On a backend failure.
     pub fn schema_version(&self) -> StoreResult<i64> {
-        let conn = self.lock()?;
-        conn.query_row(
+        scalar(
+            &*self.lock()?,
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
             [],
-            |r| r.get(0),
         )
-        .map_err(be)
     }
 }
 
@@ -378,29 +416,27 @@ fn set_row(r: &Row<'_>) -> rusqlite::Result<PolicySet> {
 }
 
 fn set_refs_put(tx: &Connection, policy_id: &str, set_ids: &[String]) -> StoreResult<()> {
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM policy_set_refs WHERE policy_id = ?1",
         [policy_id],
-    )
-    .map_err(be)?;
+    )?;
     for sid in set_ids {
-        let exists: bool = tx
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM policy_sets WHERE id = ?1)",
-                [sid],
-                |r| r.get(0),
-            )
-            .map_err(be)?;
+        let exists: bool = scalar(
+            tx,
+            "SELECT EXISTS(SELECT 1 FROM policy_sets WHERE id = ?1)",
+            [sid],
+        )?;
         if !exists {
             return Err(StoreError::Invalid(
                 "a policy set the policy references was deleted meanwhile".into(),
             ));
         }
-        tx.execute(
+        exec(
+            tx,
             "INSERT OR IGNORE INTO policy_set_refs (policy_id, set_id) VALUES (?1, ?2)",
             [policy_id, sid],
-        )
-        .map_err(be)?;
+        )?;
     }
     Ok(())
 }
@@ -437,10 +473,10 @@ fn key_versions(conn: &Connection, key: &mut Key) -> StoreResult<()> {
 }
 
 fn key_state(tx: &Connection, id: &str) -> StoreResult<String> {
-    tx.query_row("SELECT state FROM keys WHERE id = ?1", [id], |r| r.get(0))
-        .optional()
-        .map_err(be)?
-        .ok_or_else(|| StoreError::NotFound("key not found".into()))
+    opt_row(tx, "SELECT state FROM keys WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?
+    .ok_or_else(|| StoreError::NotFound("key not found".into()))
 }
 
 fn changed(n: usize, what: &str) -> StoreResult<()> {
@@ -451,22 +487,65 @@ fn changed(n: usize, what: &str) -> StoreResult<()> {
     }
 }
 
+/// Every row of `sql`, mapped by `row`.
+fn rows<T>(
+    conn: &Connection,
+    sql: &str,
+    p: impl Params,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
+    let mut st = conn.prepare(sql).map_err(be)?;
+    st.query_map(p, row)
+        .map_err(be)?
+        .collect::<Result<_, _>>()
+        .map_err(be)
+}
+
+/// The row of `sql` mapped by `row`, if there is one.
+fn opt_row<T>(
+    conn: &Connection,
+    sql: &str,
+    p: impl Params,
+    row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Option<T>> {
+    conn.query_row(sql, p, row).optional().map_err(be)
+}
+
+/// The first column of the one row `sql` yields.
+fn scalar<T: FromSql>(conn: &Connection, sql: &str, p: impl Params) -> StoreResult<T> {
+    conn.query_row(sql, p, |r| r.get(0)).map_err(be)
+}
+
+/// Execute `sql`, returning the number of rows changed.
+fn exec(conn: &Connection, sql: &str, p: impl Params) -> StoreResult<usize> {
+    conn.execute(sql, p).map_err(be)
+}
+
+/// Execute `sql`; [`StoreError::NotFound`] for `what` if no row changed.
+fn exec_changed(conn: &Connection, sql: &str, p: impl Params, what: &str) -> StoreResult<()> {
+    changed(exec(conn, sql, p)?, what)
+}
+
+/// Map a backend error like [`be`], but a conflict to one saying `msg()`.
+fn conflict(msg: impl FnOnce() -> String) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| match be(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(msg()),
+        other => other,
+    }
+}
+
 impl Store for SqliteStore {
     fn admin_put(&self, a: &Admin, now: i64) -> StoreResult<()> {
-        self.tx(|tx| {
-            tx.execute(
-                "INSERT INTO admins (name, password_hash, created) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash",
-                params![a.name, a.password_hash, now],
-            )
-            .map_err(be)?;
-            Ok(())
-        })
+        self.write(
+            "INSERT INTO admins (name, password_hash, created) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash",
+            params![a.name, a.password_hash, now],
+            be,
+        )
     }
 
     fn admin_get(&self, name: &str) -> StoreResult<Option<Admin>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             "SELECT name, password_hash FROM admins WHERE name = ?1",
             [name],
             |r| {
@@ -476,8 +555,6 @@ impl Store for SqliteStore {
                 })
             },
         )
-        .optional()
-        .map_err(be)
     }
 
     fn admin_token_insert(
@@ -488,131 +565,108 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         self.tx(|tx| {
-            tx.execute("DELETE FROM admin_tokens WHERE expires <= ?1", [now])
-                .map_err(be)?;
-            tx.execute(
+            exec(tx, "DELETE FROM admin_tokens WHERE expires <= ?1", [now])?;
+            exec(
+                tx,
                 "INSERT INTO admin_tokens (token_hash, admin, expires) VALUES (?1, ?2, ?3)",
                 params![hash, admin, expires],
-            )
-            .map_err(be)?;
+            )?;
             Ok(())
         })
     }
 
     fn admin_token_check(&self, hash: &str, now: i64) -> StoreResult<Option<String>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             "SELECT admin FROM admin_tokens WHERE token_hash = ?1 AND expires > ?2",
             params![hash, now],
             |r| r.get(0),
         )
-        .optional()
-        .map_err(be)
     }
 
     fn regtoken_insert(&self, t: &RegToken) -> StoreResult<()> {
-        self.tx(|tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO regtokens ({REGTOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"
-                ),
-                params![
-                    t.id,
-                    t.token,
-                    t.lifetime,
-                    t.max_clients,
-                    t.used,
-                    t.cert_duration,
-                    t.name_prefix,
-                    t.created
-                ],
-            )
-            .map_err(be)?;
-            Ok(())
-        })
+        self.write(
+            &format!("INSERT INTO regtokens ({REGTOKEN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+            params![
+                t.id,
+                t.token,
+                t.lifetime,
+                t.max_clients,
+                t.used,
+                t.cert_duration,
+                t.name_prefix,
+                t.created
+            ],
+            be,
+        )
     }
 
     fn regtoken_list(&self) -> StoreResult<Vec<RegToken>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {REGTOKEN_COLS} FROM regtokens ORDER BY created, rowid"
-            ))
-            .map_err(be)?;
-        st.query_map([], regtoken_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            &format!("SELECT {REGTOKEN_COLS} FROM regtokens ORDER BY created, rowid"),
+            [],
+            regtoken_row,
+        )
     }
 
     fn regtoken_by_value(&self, token: &str) -> StoreResult<Option<RegToken>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             &format!("SELECT {REGTOKEN_COLS} FROM regtokens WHERE token = ?1"),
             [token],
             regtoken_row,
         )
-        .optional()
-        .map_err(be)
     }
 
     fn regtoken_delete(&self, id: &str) -> StoreResult<()> {
-        self.tx(|tx| {
-            let n = tx
-                .execute("DELETE FROM regtokens WHERE id = ?1", [id])
-                .map_err(be)?;
-            changed(n, "registration token")
-        })
+        self.change(
+            "DELETE FROM regtokens WHERE id = ?1",
+            [id],
+            "registration token",
+        )
     }
 
     fn register_client(&self, token: &str, now: i64, c: &Client) -> StoreResult<()> {
         self.tx(|tx| {
-            let t = tx
-                .query_row(
-                    &format!("SELECT {REGTOKEN_COLS} FROM regtokens WHERE token = ?1"),
-                    [token],
-                    regtoken_row,
-                )
-                .optional()
-                .map_err(be)?
-                .ok_or_else(|| StoreError::Refused("unknown registration token".into()))?;
+            let t = opt_row(
+                tx,
+                &format!("SELECT {REGTOKEN_COLS} FROM regtokens WHERE token = ?1"),
+                [token],
+                regtoken_row,
+            )?
+            .ok_or_else(|| StoreError::Refused("unknown registration token".into()))?;
             if now >= t.expires() {
                 return Err(StoreError::Refused("registration token expired".into()));
             }
             if t.used >= t.max_clients {
                 return Err(StoreError::Refused("registration token exhausted".into()));
             }
-            let exists: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM clients WHERE name = ?1)",
-                    [&c.name],
-                    |r| r.get(0),
-                )
-                .map_err(be)?;
+            let exists: bool = scalar(
+                tx,
+                "SELECT EXISTS(SELECT 1 FROM clients WHERE name = ?1)",
+                [&c.name],
+            )?;
             if exists {
                 return Err(StoreError::Conflict(format!(
                     "a client named {:?} is already registered",
                     c.name
                 )));
             }
-            let profile: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM client_profiles WHERE id = ?1)",
-                    [&c.profile_id],
-                    |r| r.get(0),
-                )
-                .map_err(be)?;
+            let profile: bool = scalar(
+                tx,
+                "SELECT EXISTS(SELECT 1 FROM client_profiles WHERE id = ?1)",
+                [&c.profile_id],
+            )?;
             if !profile {
                 return Err(StoreError::Invalid(
                     "the client profile does not exist".into(),
                 ));
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE regtokens SET used = used + 1 WHERE id = ?1",
                 [&t.id],
-            )
-            .map_err(be)?;
-            tx.execute(
+            )?;
+            exec(
+                tx,
                 &format!(
                     "INSERT INTO clients ({CLIENT_COLS}) VALUES \
                      (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
@@ -638,67 +692,51 @@ impl Store for SqliteStore {
                     c.created,
                     c.updated
                 ],
-            )
-            .map_err(be)?;
+            )?;
             Ok(())
         })
     }
 
     fn client_list(&self) -> StoreResult<Vec<Client>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {CLIENT_COLS} FROM clients ORDER BY created, rowid"
-            ))
-            .map_err(be)?;
-        st.query_map([], client_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            &format!("SELECT {CLIENT_COLS} FROM clients ORDER BY created, rowid"),
+            [],
+            client_row,
+        )
     }
 
     fn client_get(&self, r: &str) -> StoreResult<Option<Client>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             &format!("SELECT {CLIENT_COLS} FROM clients WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"),
             [r],
             client_row,
         )
-        .optional()
-        .map_err(be)
     }
 
     fn client_by_fingerprint(&self, fp: &str) -> StoreResult<Option<Client>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             &format!("SELECT {CLIENT_COLS} FROM clients WHERE cert_fingerprint = ?1"),
             [fp],
             client_row,
         )
-        .optional()
-        .map_err(be)
     }
 
     fn client_update(&self, c: &Client) -> StoreResult<()> {
-        self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE clients SET description = ?2, registration_allowed = ?3,
-                     communication_enabled = ?4, client_locked = ?5, system_locked = ?6,
-                     updated = ?7 WHERE id = ?1",
-                    params![
-                        c.id,
-                        c.description,
-                        c.registration_allowed,
-                        c.communication_enabled,
-                        c.client_locked,
-                        c.system_locked,
-                        c.updated
-                    ],
-                )
-                .map_err(be)?;
-            changed(n, "client")
-        })
+        self.change(
+            "UPDATE clients SET description = ?2, registration_allowed = ?3,
+             communication_enabled = ?4, client_locked = ?5, system_locked = ?6,
+             updated = ?7 WHERE id = ?1",
+            params![
+                c.id,
+                c.description,
+                c.registration_allowed,
+                c.communication_enabled,
+                c.client_locked,
+                c.system_locked,
+                c.updated
+            ],
+            "client",
+        )
     }
 
     fn client_set_cert(
@@ -709,16 +747,12 @@ impl Store for SqliteStore {
         na: i64,
         now: i64,
     ) -> StoreResult<()> {
-        self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE clients SET cert_serial = ?2, cert_fingerprint = ?3,
-                     cert_not_after = ?4, updated = ?5 WHERE id = ?1",
-                    params![id, serial, fp, na, now],
-                )
-                .map_err(be)?;
-            changed(n, "client")
-        })
+        self.change(
+            "UPDATE clients SET cert_serial = ?2, cert_fingerprint = ?3,
+             cert_not_after = ?4, updated = ?5 WHERE id = ?1",
+            params![id, serial, fp, na, now],
+            "client",
+        )
     }
 
     fn client_set_status(
@@ -729,29 +763,21 @@ impl Store for SqliteStore {
         version: Option<&str>,
         now: i64,
     ) -> StoreResult<()> {
-        self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE clients SET reported_status = ?2,
-                     reported_health = COALESCE(?3, reported_health),
-                     reported_version = COALESCE(?4, reported_version), updated = ?5
-                     WHERE id = ?1",
-                    params![id, status, health, version, now],
-                )
-                .map_err(be)?;
-            changed(n, "client")
-        })
+        self.change(
+            "UPDATE clients SET reported_status = ?2,
+             reported_health = COALESCE(?3, reported_health),
+             reported_version = COALESCE(?4, reported_version), updated = ?5
+             WHERE id = ?1",
+            params![id, status, health, version, now],
+            "client",
+        )
     }
 
     fn client_delete(&self, id: &str) -> StoreResult<()> {
         self.tx(|tx| {
             // Explicit, though the foreign key cascades too.
-            tx.execute("DELETE FROM client_escrow WHERE client_id = ?1", [id])
-                .map_err(be)?;
-            let n = tx
-                .execute("DELETE FROM clients WHERE id = ?1", [id])
-                .map_err(be)?;
-            changed(n, "client")
+            exec(tx, "DELETE FROM client_escrow WHERE client_id = ?1", [id])?;
+            exec_changed(tx, "DELETE FROM clients WHERE id = ?1", [id], "client")
         })?;
         // Move the erased escrow out of the WAL into the (secure_delete) main file.
         self.checkpoint("client delete");
@@ -760,28 +786,25 @@ impl Store for SqliteStore {
 
     fn escrow_put(&self, client_id: &str, sealed: &[u8], now: i64) -> StoreResult<()> {
         let replaced = self.tx(|tx| {
-            let exists: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM clients WHERE id = ?1)",
-                    [client_id],
-                    |r| r.get(0),
-                )
-                .map_err(be)?;
+            let exists: bool = scalar(
+                tx,
+                "SELECT EXISTS(SELECT 1 FROM clients WHERE id = ?1)",
+                [client_id],
+            )?;
             if !exists {
                 return Err(StoreError::NotFound("client not found".into()));
             }
-            let n = tx
-                .execute(
-                    "UPDATE client_escrow SET sealed = ?2, updated = ?3 WHERE client_id = ?1",
-                    params![client_id, sealed, now],
-                )
-                .map_err(be)?;
+            let n = exec(
+                tx,
+                "UPDATE client_escrow SET sealed = ?2, updated = ?3 WHERE client_id = ?1",
+                params![client_id, sealed, now],
+            )?;
             if n == 0 {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO client_escrow (client_id, sealed, updated) VALUES (?1, ?2, ?3)",
                     params![client_id, sealed, now],
-                )
-                .map_err(be)?;
+                )?;
             }
             Ok(n > 0)
         })?;
@@ -792,14 +815,11 @@ impl Store for SqliteStore {
     }
 
     fn escrow_get(&self, client_id: &str) -> StoreResult<Option<Vec<u8>>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             "SELECT sealed FROM client_escrow WHERE client_id = ?1",
             [client_id],
             |r| r.get(0),
         )
-        .optional()
-        .map_err(be)
     }
 
     fn audit_append(&self, client_id: &str, lines: &[String], now: i64) -> StoreResult<()> {
@@ -815,13 +835,11 @@ impl Store for SqliteStore {
     }
 
     fn audit_count(&self, client_id: &str) -> StoreResult<i64> {
-        let conn = self.lock()?;
-        conn.query_row(
+        scalar(
+            &*self.lock()?,
             "SELECT COUNT(*) FROM audit WHERE client_id = ?1",
             [client_id],
-            |r| r.get(0),
         )
-        .map_err(be)
     }
 
     fn guardpoints_insert(&self, gps: &[GuardPoint]) -> StoreResult<()> {
@@ -840,41 +858,31 @@ impl Store for SqliteStore {
                         g.created
                     ],
                 )
-                .map_err(|e| match be(e) {
-                    StoreError::Conflict(_) => StoreError::Conflict(format!(
+                .map_err(conflict(|| {
+                    format!(
                         "GuardPoint {:?} already exists on this client",
                         g.guard_path
-                    )),
-                    other => other,
-                })?;
+                    )
+                }))?;
             }
             Ok(())
         })
     }
 
     fn guardpoints_of(&self, client_id: &str) -> StoreResult<Vec<GuardPoint>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(&format!(
-                "{GP_SELECT} WHERE g.client_id = ?1 ORDER BY g.created, g.rowid"
-            ))
-            .map_err(be)?;
-        st.query_map([client_id], gp_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            &format!("{GP_SELECT} WHERE g.client_id = ?1 ORDER BY g.created, g.rowid"),
+            [client_id],
+            gp_row,
+        )
     }
 
     fn guardpoint_delete(&self, client_id: &str, gp_id: &str) -> StoreResult<()> {
-        self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM guardpoints WHERE client_id = ?1 AND id = ?2",
-                    [client_id, gp_id],
-                )
-                .map_err(be)?;
-            changed(n, "GuardPoint")
-        })
+        self.change(
+            "DELETE FROM guardpoints WHERE client_id = ?1 AND id = ?2",
+            [client_id, gp_id],
+            "GuardPoint",
+        )
     }
 
     fn policy_insert(&self, p: &Policy, set_ids: &[String]) -> StoreResult<()> {
@@ -883,72 +891,54 @@ impl Store for SqliteStore {
                 "INSERT INTO policies (id, name, json, created, updated) VALUES (?1,?2,?3,?4,?5)",
                 params![p.id, p.name, p.json, p.created, p.updated],
             )
-            .map_err(|e| match be(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("a policy named {:?} already exists", p.name))
-                }
-                other => other,
-            })?;
+            .map_err(conflict(|| {
+                format!("a policy named {:?} already exists", p.name)
+            }))?;
             set_refs_put(tx, &p.id, set_ids)
         })
     }
 
     fn policy_update(&self, id: &str, json: &str, now: i64, set_ids: &[String]) -> StoreResult<()> {
         self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE policies SET json = ?2, updated = ?3 WHERE id = ?1",
-                    params![id, json, now],
-                )
-                .map_err(be)?;
-            changed(n, "policy")?;
+            exec_changed(
+                tx,
+                "UPDATE policies SET json = ?2, updated = ?3 WHERE id = ?1",
+                params![id, json, now],
+                "policy",
+            )?;
             set_refs_put(tx, id, set_ids)
         })
     }
 
     fn profile_insert(&self, p: &Profile) -> StoreResult<()> {
-        self.tx(|tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO client_profiles ({PROFILE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"
-                ),
-                params![
-                    p.id,
-                    p.name,
-                    p.description,
-                    p.concise_logging,
-                    p.learn_mode_allowed,
-                    p.poll_interval,
-                    p.created,
-                    p.updated
-                ],
-            )
-            .map_err(|e| match be(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("a profile named {:?} already exists", p.name))
-                }
-                other => other,
-            })?;
-            Ok(())
-        })
+        self.write(
+            &format!(
+                "INSERT INTO client_profiles ({PROFILE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"
+            ),
+            params![
+                p.id,
+                p.name,
+                p.description,
+                p.concise_logging,
+                p.learn_mode_allowed,
+                p.poll_interval,
+                p.created,
+                p.updated
+            ],
+            conflict(|| format!("a profile named {:?} already exists", p.name)),
+        )
     }
 
     fn profile_list(&self) -> StoreResult<Vec<Profile>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {PROFILE_COLS} FROM client_profiles ORDER BY created, rowid"
-            ))
-            .map_err(be)?;
-        st.query_map([], profile_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            &format!("SELECT {PROFILE_COLS} FROM client_profiles ORDER BY created, rowid"),
+            [],
+            profile_row,
+        )
     }
 
     fn profile_get(&self, r: &str) -> StoreResult<Option<Profile>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             &format!(
                 "SELECT {PROFILE_COLS} FROM client_profiles WHERE id = ?1 OR name = ?1 \
                  ORDER BY id = ?1 DESC LIMIT 1"
@@ -956,106 +946,83 @@ impl Store for SqliteStore {
             [r],
             profile_row,
         )
-        .optional()
-        .map_err(be)
     }
 
     fn profile_update(&self, p: &Profile) -> StoreResult<()> {
-        self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE client_profiles SET description = ?2, concise_logging = ?3,
-                     learn_mode_allowed = ?4, poll_interval = ?5, updated = ?6 WHERE id = ?1",
-                    params![
-                        p.id,
-                        p.description,
-                        p.concise_logging,
-                        p.learn_mode_allowed,
-                        p.poll_interval,
-                        p.updated
-                    ],
-                )
-                .map_err(be)?;
-            changed(n, "profile")
-        })
+        self.change(
+            "UPDATE client_profiles SET description = ?2, concise_logging = ?3,
+             learn_mode_allowed = ?4, poll_interval = ?5, updated = ?6 WHERE id = ?1",
+            params![
+                p.id,
+                p.description,
+                p.concise_logging,
+                p.learn_mode_allowed,
+                p.poll_interval,
+                p.updated
+            ],
+            "profile",
+        )
     }
 
     fn profile_delete(&self, id: &str) -> StoreResult<()> {
         self.tx(|tx| {
-            let name: String = tx
-                .query_row(
-                    "SELECT name FROM client_profiles WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(be)?
-                .ok_or_else(|| StoreError::NotFound("profile not found".into()))?;
+            let name: String = opt_row(
+                tx,
+                "SELECT name FROM client_profiles WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?
+            .ok_or_else(|| StoreError::NotFound("profile not found".into()))?;
             if name == DEFAULT_PROFILE {
                 return Err(StoreError::Conflict(format!(
                     "{DEFAULT_PROFILE} cannot be deleted"
                 )));
             }
-            let used: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM clients WHERE profile_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .map_err(be)?;
+            let used: i64 = scalar(
+                tx,
+                "SELECT COUNT(*) FROM clients WHERE profile_id = ?1",
+                [id],
+            )?;
             if used > 0 {
                 return Err(StoreError::Conflict(format!(
                     "profile is used by {used} client(s)"
                 )));
             }
-            let n = tx
-                .execute("DELETE FROM client_profiles WHERE id = ?1", [id])
-                .map_err(be)?;
-            changed(n, "profile")
+            exec_changed(
+                tx,
+                "DELETE FROM client_profiles WHERE id = ?1",
+                [id],
+                "profile",
+            )
         })
     }
 
     fn set_insert(&self, s: &PolicySet) -> StoreResult<()> {
-        self.tx(|tx| {
-            tx.execute(
-                &format!("INSERT INTO policy_sets ({SET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
-                params![
-                    s.id,
-                    s.kind,
-                    s.name,
-                    s.description,
-                    s.entries,
-                    s.created,
-                    s.updated
-                ],
-            )
-            .map_err(|e| match be(e) {
-                StoreError::Conflict(_) => StoreError::Conflict(format!(
-                    "a {} set named {:?} already exists",
-                    s.kind, s.name
-                )),
-                other => other,
-            })?;
-            Ok(())
-        })
+        self.write(
+            &format!("INSERT INTO policy_sets ({SET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
+            params![
+                s.id,
+                s.kind,
+                s.name,
+                s.description,
+                s.entries,
+                s.created,
+                s.updated
+            ],
+            conflict(|| format!("a {} set named {:?} already exists", s.kind, s.name)),
+        )
     }
 
     fn set_list(&self, kind: &str) -> StoreResult<Vec<PolicySet>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {SET_COLS} FROM policy_sets WHERE kind = ?1 ORDER BY created, rowid"
-            ))
-            .map_err(be)?;
-        st.query_map([kind], set_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            &format!("SELECT {SET_COLS} FROM policy_sets WHERE kind = ?1 ORDER BY created, rowid"),
+            [kind],
+            set_row,
+        )
     }
 
     fn set_get(&self, kind: &str, r: &str) -> StoreResult<Option<PolicySet>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             &format!(
                 "SELECT {SET_COLS} FROM policy_sets WHERE kind = ?1 AND (id = ?2 OR name = ?2) \
                  ORDER BY id = ?2 DESC LIMIT 1"
@@ -1063,43 +1030,34 @@ impl Store for SqliteStore {
             [kind, r],
             set_row,
         )
-        .optional()
-        .map_err(be)
     }
 
     fn set_policies(&self, set_id: &str) -> StoreResult<Vec<Policy>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(
-                "SELECT p.id, p.name, p.json, p.created, p.updated FROM policies p
-                 JOIN policy_set_refs r ON r.policy_id = p.id
-                 WHERE r.set_id = ?1 ORDER BY p.created, p.rowid",
-            )
-            .map_err(be)?;
-        st.query_map([set_id], policy_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            "SELECT p.id, p.name, p.json, p.created, p.updated FROM policies p
+             JOIN policy_set_refs r ON r.policy_id = p.id
+             WHERE r.set_id = ?1 ORDER BY p.created, p.rowid",
+            [set_id],
+            policy_row,
+        )
     }
 
     fn set_update(&self, s: &PolicySet, rewrites: &[(String, String)]) -> StoreResult<()> {
         self.tx(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE policy_sets SET description = ?2, entries = ?3, updated = ?4
-                     WHERE id = ?1",
-                    params![s.id, s.description, s.entries, s.updated],
-                )
-                .map_err(be)?;
-            changed(n, "policy set")?;
+            exec_changed(
+                tx,
+                "UPDATE policy_sets SET description = ?2, entries = ?3, updated = ?4
+                 WHERE id = ?1",
+                params![s.id, s.description, s.entries, s.updated],
+                "policy set",
+            )?;
             for (pid, json) in rewrites {
-                let n = tx
-                    .execute(
-                        "UPDATE policies SET json = ?2, updated = ?3 WHERE id = ?1",
-                        params![pid, json, s.updated],
-                    )
-                    .map_err(be)?;
-                changed(n, "policy")?;
+                exec_changed(
+                    tx,
+                    "UPDATE policies SET json = ?2, updated = ?3 WHERE id = ?1",
+                    params![pid, json, s.updated],
+                    "policy",
+                )?;
             }
             Ok(())
         })
@@ -1107,74 +1065,58 @@ impl Store for SqliteStore {
 
     fn set_delete(&self, id: &str) -> StoreResult<()> {
         self.tx(|tx| {
-            let users: Vec<String> = {
-                let mut st = tx
-                    .prepare(
-                        "SELECT p.name FROM policies p JOIN policy_set_refs r
-                         ON r.policy_id = p.id WHERE r.set_id = ?1 ORDER BY p.name",
-                    )
-                    .map_err(be)?;
-                st.query_map([id], |r| r.get(0))
-                    .map_err(be)?
-                    .collect::<Result<_, _>>()
-                    .map_err(be)?
-            };
+            let users: Vec<String> = rows(
+                tx,
+                "SELECT p.name FROM policies p JOIN policy_set_refs r
+                 ON r.policy_id = p.id WHERE r.set_id = ?1 ORDER BY p.name",
+                [id],
+                |r| r.get(0),
+            )?;
             if !users.is_empty() {
                 return Err(StoreError::Conflict(format!(
                     "set is used by policies: {}",
                     users.join(", ")
                 )));
             }
-            let n = tx
-                .execute("DELETE FROM policy_sets WHERE id = ?1", [id])
-                .map_err(be)?;
-            changed(n, "policy set")
+            exec_changed(
+                tx,
+                "DELETE FROM policy_sets WHERE id = ?1",
+                [id],
+                "policy set",
+            )
         })
     }
 
     fn policy_list(&self) -> StoreResult<Vec<Policy>> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(
-                "SELECT id, name, json, created, updated FROM policies ORDER BY created, rowid",
-            )
-            .map_err(be)?;
-        st.query_map([], policy_row)
-            .map_err(be)?
-            .collect::<Result<_, _>>()
-            .map_err(be)
+        self.all(
+            "SELECT id, name, json, created, updated FROM policies ORDER BY created, rowid",
+            [],
+            policy_row,
+        )
     }
 
     fn policy_get(&self, r: &str) -> StoreResult<Option<Policy>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             "SELECT id, name, json, created, updated FROM policies
              WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
             [r],
             policy_row,
         )
-        .optional()
-        .map_err(be)
     }
 
     fn policy_delete(&self, id: &str) -> StoreResult<()> {
         self.tx(|tx| {
-            let used: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM guardpoints WHERE policy_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .map_err(be)?;
+            let used: i64 = scalar(
+                tx,
+                "SELECT COUNT(*) FROM guardpoints WHERE policy_id = ?1",
+                [id],
+            )?;
             if used > 0 {
                 return Err(StoreError::Conflict(format!(
                     "policy is used by {used} GuardPoint(s)"
                 )));
             }
-            let n = tx
-                .execute("DELETE FROM policies WHERE id = ?1", [id])
-                .map_err(be)?;
-            changed(n, "policy")
+            exec_changed(tx, "DELETE FROM policies WHERE id = ?1", [id], "policy")
         })
     }
 
@@ -1195,35 +1137,27 @@ impl Store for SqliteStore {
                     k.updated
                 ],
             )
-            .map_err(|e| match be(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("a key named {:?} already exists", k.name))
-                }
-                other => other,
-            })?;
+            .map_err(conflict(|| {
+                format!("a key named {:?} already exists", k.name)
+            }))?;
             let sealed = seal(1)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO key_versions (key_id, version, sealed, created) VALUES (?1, 1, ?2, ?3)",
                 params![k.id, sealed, k.created],
-            )
-            .map_err(be)?;
+            )?;
             Ok(())
         })
     }
 
     fn key_list(&self) -> StoreResult<Vec<Key>> {
         let conn = self.lock()?;
-        let mut keys: Vec<Key> = {
-            let mut st = conn
-                .prepare(&format!(
-                    "SELECT {KEY_COLS} FROM keys ORDER BY created, rowid"
-                ))
-                .map_err(be)?;
-            st.query_map([], key_row)
-                .map_err(be)?
-                .collect::<Result<_, _>>()
-                .map_err(be)?
-        };
+        let mut keys = rows(
+            &conn,
+            &format!("SELECT {KEY_COLS} FROM keys ORDER BY created, rowid"),
+            [],
+            key_row,
+        )?;
         for k in &mut keys {
             key_versions(&conn, k)?;
         }
@@ -1232,21 +1166,16 @@ impl Store for SqliteStore {
 
     fn key_get(&self, r: &str) -> StoreResult<Option<Key>> {
         let conn = self.lock()?;
-        let key = conn
-            .query_row(
-                &format!("SELECT {KEY_COLS} FROM keys WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"),
-                [r],
-                key_row,
-            )
-            .optional()
-            .map_err(be)?;
-        match key {
-            Some(mut k) => {
-                key_versions(&conn, &mut k)?;
-                Ok(Some(k))
-            }
-            None => Ok(None),
-        }
+        let key = opt_row(
+            &conn,
+            &format!(
+                "SELECT {KEY_COLS} FROM keys WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+            ),
+            [r],
+            key_row,
+        )?;
+        key.map(|mut k| key_versions(&conn, &mut k).map(|()| k))
+            .transpose()
     }
 
     fn key_add_version(&self, id: &str, now: i64, seal: &mut Sealer<'_>) -> StoreResult<u32> {
@@ -1257,27 +1186,25 @@ impl Store for SqliteStore {
                     "key is {state}; cannot rotate"
                 )));
             }
-            let latest: u32 = tx
-                .query_row(
-                    "SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE key_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .map_err(be)?;
+            let latest: u32 = scalar(
+                tx,
+                "SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE key_id = ?1",
+                [id],
+            )?;
             let v = latest
                 .checked_add(1)
                 .ok_or_else(|| StoreError::Conflict("too many versions".into()))?;
             let sealed = seal(v)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO key_versions (key_id, version, sealed, created) VALUES (?1,?2,?3,?4)",
                 params![id, v, sealed, now],
-            )
-            .map_err(be)?;
-            tx.execute(
+            )?;
+            exec(
+                tx,
                 "UPDATE keys SET updated = ?2 WHERE id = ?1",
                 params![id, now],
-            )
-            .map_err(be)?;
+            )?;
             Ok(v)
         })
     }
@@ -1286,11 +1213,11 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             match key_state(tx, id)?.as_str() {
                 "active" => {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE keys SET state = 'revoked', updated = ?2 WHERE id = ?1",
                         params![id, now],
-                    )
-                    .map_err(be)?;
+                    )?;
                 }
                 "revoked" => {}
                 other => return Err(StoreError::Conflict(format!("key is {other}"))),
@@ -1302,16 +1229,16 @@ impl Store for SqliteStore {
     fn key_destroy(&self, id: &str, now: i64) -> StoreResult<()> {
         self.tx(|tx| {
             key_state(tx, id)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE keys SET state = 'destroyed', updated = ?2 WHERE id = ?1",
                 params![id, now],
-            )
-            .map_err(be)?;
-            tx.execute(
+            )?;
+            exec(
+                tx,
                 "UPDATE key_versions SET sealed = NULL WHERE key_id = ?1",
                 [id],
-            )
-            .map_err(be)?;
+            )?;
             Ok(())
         })?;
         // Move the erased pages out of the WAL into the (secure_delete) main file.
@@ -1320,14 +1247,11 @@ impl Store for SqliteStore {
     }
 
     fn key_version_sealed(&self, id: &str, version: u32) -> StoreResult<Option<Vec<u8>>> {
-        let conn = self.lock()?;
-        conn.query_row(
+        self.one(
             "SELECT sealed FROM key_versions WHERE key_id = ?1 AND version = ?2",
             params![id, version],
             |r| r.get::<_, Option<Vec<u8>>>(0),
-        )
-        .optional()
-        .map_err(be)?
+        )?
         .ok_or_else(|| StoreError::NotFound("key version not found".into()))
     }
 }

@@ -144,6 +144,11 @@ impl Agent {
             .unwrap()
     }
 
+    /// Send `sig` to the daemon `name` ("vmd" or "secfs").
+    pub fn signal(&self, name: &str, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid(name) as i32), sig).unwrap();
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok("voradmin", &["status", "--json"])).unwrap()
     }
