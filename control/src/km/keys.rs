@@ -54,18 +54,6 @@ impl KmKeys {
                 .is_some_and(|k| k.versions.iter().any(|(x, _)| *x == v))
     }
 
-    /// Every (name, version) held.
-    pub fn held_versions(&self) -> Vec<(String, u32)> {
-        self.list()
-            .into_iter()
-            .flat_map(|k| {
-                k.versions
-                    .into_iter()
-                    .map(move |(v, _)| (k.name.clone(), v))
-            })
-            .collect()
-    }
-
     /// Keep a delivered key version: sealed on disk if persistent.
     pub fn put(
         &mut self,

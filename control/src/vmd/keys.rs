@@ -19,6 +19,17 @@ pub trait KeySource: Send {
     fn get(&self, name: &str) -> Option<KeyInfo> {
         self.list().into_iter().find(|k| k.name == name)
     }
+    /// Every (name, version) this source holds.
+    fn held_versions(&self) -> Vec<(String, u32)> {
+        self.list()
+            .into_iter()
+            .flat_map(|k| {
+                k.versions
+                    .into_iter()
+                    .map(move |(v, _)| (k.name.clone(), v))
+            })
+            .collect()
+    }
     /// The material of one key version.
     fn material(&self, name: &str, version: u32) -> Result<PolicyKey, String>;
     /// The local key store, where keys are administered on this host;

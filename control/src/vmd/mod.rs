@@ -228,15 +228,8 @@ impl Agent {
     /// done while the host key is locked (vmd cannot tell).
     fn revoke_unknown_keys(&mut self) {
         let Some(source) = &self.keys else { return };
-        let held: std::collections::BTreeSet<(String, u32)> = source
-            .list()
-            .into_iter()
-            .flat_map(|k| {
-                k.versions
-                    .into_iter()
-                    .map(move |(v, _)| (k.name.clone(), v))
-            })
-            .collect();
+        let held: std::collections::BTreeSet<(String, u32)> =
+            source.held_versions().into_iter().collect();
         let Some(c) = self.secfs.client() else { return };
         let in_secfs = match c.keys() {
             Ok(k) => k,
@@ -277,18 +270,7 @@ impl Agent {
 
     /// What secfs serves now, by path (empty when it cannot say).
     fn served(&mut self) -> BTreeMap<String, StatusEntry> {
-        let Some(c) = self.secfs.client() else {
-            return BTreeMap::new();
-        };
-        match c.list() {
-            Ok(l) => l.into_iter().map(|e| (e.path.clone(), e)).collect(),
-            Err(e) => {
-                if secfs::is_dead(&e) {
-                    self.secfs.disconnect();
-                }
-                BTreeMap::new()
-            }
-        }
+        self.served_checked().unwrap_or_default()
     }
 
     fn ctl(&mut self, req: &Ctl) -> Result<Vec<u8>, ClientError> {
@@ -327,15 +309,7 @@ impl Agent {
 
     fn push_all_keys(&mut self) {
         let Some(store) = &self.keys else { return };
-        let all: Vec<(String, u32)> = store
-            .list()
-            .into_iter()
-            .flat_map(|k| {
-                k.versions
-                    .into_iter()
-                    .map(move |(v, _)| (k.name.clone(), v))
-            })
-            .collect();
+        let all: Vec<(String, u32)> = store.held_versions();
         for (name, v) in all {
             if let Err(e) = self.push_key(&name, v) {
                 error!("vmd: pushing key {name} v{v}: {e}");
