@@ -70,30 +70,8 @@ trap 'exit 130' INT TERM
 
 "$SECFS" genkey "$work/key" >/dev/null
 
-wait_gone() {
-    local pid=$1 i
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-unmount() {
-    local gp=$1 pid=$2 m rest=()
-    if ! "$SECFS" umount "$gp" >/dev/null; then
-        echo "fsx.sh: $gp busy at unmount; detaching it" >&2
-        "$SECFS" umount "$gp" --lazy >/dev/null
-    fi
-    for m in "${mounted[@]}"; do
-        [ "$m" = "$gp" ] || rest+=("$m")
-    done
-    mounted=("${rest[@]}")
-    wait_gone "$pid" || {
-        echo "fsx.sh: secfs daemon $pid did not exit after unmount" >&2
-        return 1
-    }
-}
+# wait_gone, unmount
+source "$here/lib.sh"
 
 # One seed: fsx on its own file; its output and exit status go to files.
 run_seed() {

@@ -109,32 +109,8 @@ summary_of() {
     sed -nE 's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) passed, ([0-9]+) expected failures, ([0-9]+) total.*/\1 \2 \3 \4 \5/p' "$1"
 }
 
-# Wait until a daemon has exited after its unmount.
-wait_gone() {
-    local pid=$1 i
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-unmount() {
-    local gp=$1 pid=$2
-    if ! "$SECFS" umount "$gp" >/dev/null; then
-        echo "pjdfstest.sh: $gp busy at unmount; detaching it" >&2
-        "$SECFS" umount "$gp" --lazy >/dev/null
-    fi
-    local m rest=()
-    for m in "${mounted[@]}"; do
-        [ "$m" = "$gp" ] || rest+=("$m")
-    done
-    mounted=("${rest[@]}")
-    wait_gone "$pid" || {
-        echo "pjdfstest.sh: secfs daemon $pid did not exit after unmount" >&2
-        return 1
-    }
-}
+# wait_gone, unmount
+source "$here/lib.sh"
 
 total_failed=0
 run_no=0
