@@ -2,21 +2,30 @@
 //!
 //! A run starts on a unit boundary; every unit in it is whole except
 //! possibly the last, which is then the file's tail. Callers pass their own
-//! buffers; nothing here allocates.
+//! buffers; nothing here allocates. Unit numbers are bounded by
+//! [`Layout::last_unit`] (files of at most `MAX_PLAIN_SIZE` bytes); a run
+//! reaching past it is refused with [`ContentError::UnitOutOfRange`].
 //!
 //! Short tails. XTS and CBC-CS1 need at least one AES block (16 bytes). A
 //! tail unit (XTS) or tail segment (CBC-CS1) of 1..=15 bytes is instead
-//! XORed with a keystream block: `E_K1(E_K2(unit))` in XTS, `E_K(IV_s)` in
-//! CBC-CS1. The cost: that keystream is the same every time the tail is
-//! rewritten at that length and position, so two versions of a short tail
-//! leak their XOR (XTS already reveals which 16-byte blocks changed; this
+//! XORed with a keystream block: `E_K1(E_K2(unit))` in XTS, `E_K1(IV_s)` in
+//! CBC-CS1 (IV_s the segment's IV). The cost: that keystream is the same
+//! every time the tail is rewritten at that position, so two versions of a
+//! short tail leak their XOR, and flipping a ciphertext bit flips the same
+//! plaintext bit (XTS already reveals which 16-byte blocks changed; this
 //! reveals which bits changed, for at most 15 bytes at the end of a file).
 //!
-//! Holes. A lower unit that is all zeros is a hole and reads as zeros in
-//! every mode (a real ciphertext unit is all zeros with probability
-//! 2^-32768). In `gcm` this means an attacker who zeroes a whole unit makes
-//! it read as zeros undetected; FORMAT.md lists this among what `gcm` does
-//! not protect against.
+//! Holes. An all-zero lower unit is a hole and reads as zeros, except that
+//! in `xts` and `cbc-cs1` a unit shorter than 16 bytes is **never** a hole:
+//! it is plaintext XOR keystream, so one plaintext value per byte position
+//! encrypts to zero, and it is always decrypted
+//! ([`Layout::unit_may_be_hole`]). Writers must therefore write a short
+//! final unit encrypted (never leave it as sparse space or zero fill when a
+//! file is extended). A genuine unit of n >= 16 bytes is all zeros with
+//! probability 2^-8n <= 2^-128. In `gcm` every unit carries a random nonce
+//! and tag, so any all-zero unit is a hole; an attacker who zeroes a whole
+//! unit makes it read as zeros undetected, and FORMAT.md lists this among
+//! what `gcm` does not protect against.
 
 use aes::cipher::{
     Array, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit, consts::U16,
@@ -134,12 +143,12 @@ impl ContentCipher {
         let inner = match mode {
             Mode::Xts => Inner::Xts {
                 units: XtsKey::new(key)?,
-                k1: aes::Aes256::new(&Array::from(*key.first())),
-                k2: aes::Aes256::new(&Array::from(*key.second())),
+                k1: aes::Aes256::new(key.first().into()),
+                k2: aes::Aes256::new(key.second().into()),
             },
             Mode::CbcCs1 => Inner::CbcCs1 {
                 data: LaneKey::new(key.first()),
-                iv: aes::Aes256::new(&Array::from(*key.second())),
+                iv: aes::Aes256::new(key.second().into()),
                 base_iv: u128::from_le_bytes(base_iv),
             },
             Mode::Gcm => Inner::Gcm {
@@ -194,7 +203,8 @@ impl ContentCipher {
     /// `layout().run_lower_len(plain.len())` bytes.
     ///
     /// # Errors
-    /// `BufferSize` for mismatched buffers; `Backend`/`Random` if the cipher
+    /// `BufferSize` for mismatched buffers; `UnitOutOfRange` if the run
+    /// reaches past [`Layout::last_unit`]; `Backend`/`Random` if the cipher
     /// library fails.
     pub fn encrypt(
         &self,
@@ -207,23 +217,25 @@ impl ContentCipher {
                 "lower buffer does not fit the plaintext run",
             ));
         }
+        self.check_run(first, lower.len())?;
         let pu = self.layout.unit_plain_len();
         match &self.inner {
             Inner::Clear => lower.copy_from_slice(plain),
             Inner::Xts { units, k1, k2 } => {
                 let (whole, tail) = split_short_tail(plain.len(), pu);
                 units.units(true, UNIT, &plain[..whole], &mut lower[..whole], |i| {
-                    tweak(first.0 + i as u64)
+                    // u64 + usize cannot overflow a u128.
+                    tweak(u128::from(first.0) + i as u128)
                 })?;
                 if tail > 0 {
-                    let unit = UnitNo(first.0 + (whole / pu) as u64);
+                    let unit = nth_unit(first, whole / pu)?;
                     xts_short_tail(k1, k2, unit, &plain[whole..], &mut lower[whole..]);
                 }
             }
             Inner::CbcCs1 { data, iv, base_iv } => {
                 lower.copy_from_slice(plain);
                 for (i, unit) in lower.chunks_mut(UNIT).enumerate() {
-                    cbc_encrypt_unit(data, iv, *base_iv, UnitNo(first.0 + i as u64), unit);
+                    cbc_encrypt_unit(data, iv, *base_iv, nth_unit(first, i)?, unit);
                 }
             }
             Inner::Gcm {
@@ -234,20 +246,41 @@ impl ContentCipher {
                 let mut nonces = nonces.lock().unwrap_or_else(|e| e.into_inner());
                 for (i, (p, l)) in plain.chunks(pu).zip(lower.chunks_mut(UNIT)).enumerate() {
                     let nonce = nonces.take()?;
-                    gcm_seal(key, file_id, UnitNo(first.0 + i as u64), nonce, p, l)?;
+                    gcm_seal(key, file_id, nth_unit(first, i)?, nonce, p, l)?;
                 }
             }
         }
         Ok(())
     }
 
+    /// Refuse a run of `lower_len` lower bytes from `first` that reaches
+    /// past the last unit a file of `MAX_PLAIN_SIZE` bytes can have.
+    fn check_run(&self, first: UnitNo, lower_len: usize) -> Result<(), ContentError> {
+        let max = self.layout.last_unit();
+        let Some(extra) = lower_len.div_ceil(UNIT).checked_sub(1) else {
+            return Ok(()); // empty run
+        };
+        if first > max {
+            return Err(ContentError::UnitOutOfRange(first));
+        }
+        match u64::try_from(extra)
+            .ok()
+            .and_then(|e| first.0.checked_add(e))
+        {
+            Some(last) if last <= max.0 => Ok(()),
+            _ => Err(ContentError::UnitOutOfRange(max.next())),
+        }
+    }
+
     /// Decrypt the run of lower units starting at `first` into `plain`,
     /// which must be exactly `run_plain_len(lower.len())` bytes. All-zero
-    /// lower units (holes) decrypt to zeros.
+    /// lower units that can be holes ([`Layout::unit_may_be_hole`]: not
+    /// `xts`/`cbc-cs1` units shorter than 16 bytes) decrypt to zeros.
     ///
     /// # Errors
     /// `UnitAuthentication` if a `gcm` unit fails its tag (the plaintext of
-    /// that unit is zeroed, never returned); `BadUnitLength`, `BufferSize`.
+    /// that unit is zeroed, never returned); `BadUnitLength`, `BufferSize`,
+    /// `UnitOutOfRange`.
     pub fn decrypt(
         &self,
         first: UnitNo,
@@ -255,7 +288,7 @@ impl ContentCipher {
         plain: &mut [u8],
     ) -> Result<(), ContentError> {
         let pu = self.layout.unit_plain_len();
-        let last = UnitNo(first.0 + (lower.len() / UNIT) as u64);
+        let last = UnitNo(first.0.saturating_add((lower.len() / UNIT) as u64));
         let expect = self
             .run_plain_len(lower.len())
             .ok_or(ContentError::BadUnitLength(last, lower.len() % UNIT))?;
@@ -264,13 +297,14 @@ impl ContentCipher {
                 "plaintext buffer does not fit the lower run",
             ));
         }
+        self.check_run(first, lower.len())?;
         if let Inner::Clear = self.inner {
             plain.copy_from_slice(lower);
             return Ok(());
         }
         for (i, (l, p)) in lower.chunks(UNIT).zip(plain.chunks_mut(pu)).enumerate() {
-            let unit = UnitNo(first.0 + i as u64);
-            if is_zero(l) {
+            let unit = nth_unit(first, i)?;
+            if self.layout.unit_may_be_hole(l.len()) && is_zero(l) {
                 p.fill(0);
                 continue;
             }
@@ -278,7 +312,7 @@ impl ContentCipher {
                 Inner::Clear => unreachable_clear(),
                 Inner::Xts { units, k1, k2 } => {
                     if l.len() >= 16 {
-                        units.units(false, UNIT, l, p, |_| tweak(unit.0))?;
+                        units.units(false, UNIT, l, p, |_| tweak(u128::from(unit.0)))?;
                     } else {
                         xts_short_tail(k1, k2, unit, l, p);
                     }
@@ -301,6 +335,15 @@ impl ContentCipher {
 /// Never called: clear runs return before the unit loop.
 fn unreachable_clear() {}
 
+/// Unit `first + i`, checked.
+fn nth_unit(first: UnitNo, i: usize) -> Result<UnitNo, ContentError> {
+    u64::try_from(i)
+        .ok()
+        .and_then(|i| first.0.checked_add(i))
+        .map(UnitNo)
+        .ok_or(ContentError::UnitOutOfRange(first))
+}
+
 /// Split a run into the part XTS handles (whole units and a tail of at least
 /// 16 bytes) and a short tail (1..=15 bytes).
 fn split_short_tail(len: usize, unit: usize) -> (usize, usize) {
@@ -313,13 +356,13 @@ fn split_short_tail(len: usize, unit: usize) -> (usize, usize) {
 }
 
 /// The IEEE 1619 tweak: the data unit sequence number, little-endian.
-fn tweak(unit: u64) -> [u8; 16] {
-    u128::from(unit).to_le_bytes()
+fn tweak(unit: u128) -> [u8; 16] {
+    unit.to_le_bytes()
 }
 
 /// Short XTS tail: XOR with E_K1(E_K2(tweak)).
 fn xts_short_tail(k1: &aes::Aes256, k2: &aes::Aes256, unit: UnitNo, input: &[u8], out: &mut [u8]) {
-    let mut ks = block(tweak(unit.0));
+    let mut ks = block(tweak(u128::from(unit.0)));
     k2.encrypt_block(&mut ks);
     k1.encrypt_block(&mut ks);
     for ((o, i), k) in out.iter_mut().zip(input).zip(ks.iter()) {
@@ -327,11 +370,13 @@ fn xts_short_tail(k1: &aes::Aes256, k2: &aes::Aes256, unit: UnitNo, input: &[u8]
     }
 }
 
-/// Segment IVs of `count` consecutive segments from `first_seg`:
-/// IV_s = E_Kiv(base_iv XOR s), s as a 128-bit little-endian integer.
-fn segment_ivs(iv_key: &aes::Aes256, base_iv: u128, first_seg: u64, out: &mut [[u8; 16]]) {
+/// The IVs of the segments of `unit`:
+/// IV_s = E_Kiv(base_iv XOR s), s = 8 * unit + index as a 128-bit
+/// little-endian integer (computed in u128, so no unit number overflows).
+fn segment_ivs(iv_key: &aes::Aes256, base_iv: u128, unit: UnitNo, out: &mut [[u8; 16]]) {
+    let first_seg = u128::from(unit.0) * SEGMENTS_PER_UNIT as u128;
     for (i, iv) in out.iter_mut().enumerate() {
-        *iv = (base_iv ^ u128::from(first_seg + i as u64)).to_le_bytes();
+        *iv = (base_iv ^ (first_seg + i as u128)).to_le_bytes();
     }
     let (blocks, _) = Array::<u8, U16>::slice_as_chunks_mut(out.as_flattened_mut());
     iv_key.encrypt_blocks(blocks);
@@ -346,7 +391,7 @@ fn cbc_encrypt_unit(
     buf: &mut [u8],
 ) {
     let mut ivs = [[0u8; 16]; SEGMENTS_PER_UNIT];
-    segment_ivs(iv_key, base_iv, unit.0 * SEGMENTS_PER_UNIT as u64, &mut ivs);
+    segment_ivs(iv_key, base_iv, unit, &mut ivs);
     if buf.len() == UNIT {
         let mut it = buf.chunks_mut(SEGMENT_LEN);
         let mut lanes: [&mut [u8]; LANES] = std::array::from_fn(|_| it.next().unwrap_or_default());
@@ -410,15 +455,28 @@ fn cbc_decrypt_unit(
     plain: &mut [u8],
 ) {
     let mut ivs = [[0u8; 16]; SEGMENTS_PER_UNIT];
-    segment_ivs(iv_key, base_iv, unit.0 * SEGMENTS_PER_UNIT as u64, &mut ivs);
+    segment_ivs(iv_key, base_iv, unit, &mut ivs);
     let k = data.cipher();
-    // Whole segments: decrypt every block in one batch, then XOR with the
-    // previous ciphertext block (or the segment IV).
     let whole = lower.len() / SEGMENT_LEN * SEGMENT_LEN;
-    plain[..whole].copy_from_slice(&lower[..whole]);
-    let (blocks, _) = Array::<u8, U16>::slice_as_chunks_mut(&mut plain[..whole]);
+    cbc_decrypt_segments(k, &ivs, &lower[..whole], &mut plain[..whole]);
+    if whole < lower.len() {
+        let s = whole / SEGMENT_LEN;
+        cs1_decrypt_segment(k, ivs[s], &lower[whole..], &mut plain[whole..]);
+    }
+}
+
+/// CBC-decrypt whole 512-byte segments, segment `s` from `ivs[s]`: decrypt
+/// every block in one batch, then XOR with the previous ciphertext block
+/// (or the segment IV). `lower` and `plain` hold whole segments, at most
+/// `ivs.len()` of them.
+pub(crate) fn cbc_decrypt_segments<C>(k: &C, ivs: &[[u8; 16]], lower: &[u8], plain: &mut [u8])
+where
+    C: BlockCipherDecrypt + BlockSizeUser<BlockSize = U16>,
+{
+    plain.copy_from_slice(lower);
+    let (blocks, _) = Array::<u8, U16>::slice_as_chunks_mut(plain);
     k.decrypt_blocks(blocks);
-    for (s, iv) in ivs.iter().enumerate().take(whole / SEGMENT_LEN) {
+    for (s, iv) in ivs.iter().enumerate().take(lower.len() / SEGMENT_LEN) {
         let base = s * SEGMENT_LEN;
         for b in 0..SEGMENT_LEN / 16 {
             let off = base + b * 16;
@@ -427,10 +485,6 @@ fn cbc_decrypt_unit(
                 *p ^= c;
             }
         }
-    }
-    if whole < lower.len() {
-        let s = whole / SEGMENT_LEN;
-        cs1_decrypt_segment(k, ivs[s], &lower[whole..], &mut plain[whole..]);
     }
 }
 
@@ -485,7 +539,7 @@ fn gcm_aad(file_id: &FileId, unit: UnitNo) -> [u8; 24] {
     aad
 }
 
-fn gcm_seal(
+pub(crate) fn gcm_seal(
     key: &LessSafeKey,
     file_id: &FileId,
     unit: UnitNo,
@@ -588,11 +642,86 @@ mod tests {
     fn holes_read_as_zeros() {
         for mode in Mode::ALL {
             let c = cipher(mode);
-            let lower = vec![0u8; 2 * UNIT + 100];
-            let plen = c.run_plain_len(lower.len()).unwrap();
-            let mut p = vec![1u8; plen];
-            c.decrypt(UnitNo(0), &lower, &mut p).unwrap();
-            assert!(is_zero(&p), "{mode}");
+            // The shortest tail each mode can hole: one AES block, or a
+            // gcm unit holding one byte.
+            let shortest = if mode == Mode::Gcm { 29 } else { 16 };
+            for tail in [100, shortest] {
+                let lower = vec![0u8; 2 * UNIT + tail];
+                let plen = c.run_plain_len(lower.len()).unwrap();
+                let mut p = vec![1u8; plen];
+                c.decrypt(UnitNo(0), &lower, &mut p).unwrap();
+                assert!(is_zero(&p), "{mode} tail {tail}");
+            }
+        }
+    }
+
+    /// A zero xts/cbc-cs1 unit of 1..=15 bytes is ciphertext, not a hole:
+    /// it decrypts to the keystream, while the whole units before it are
+    /// still holes.
+    #[test]
+    fn short_zero_units_are_not_holes() {
+        for mode in [Mode::Xts, Mode::CbcCs1] {
+            let c = cipher(mode);
+            assert!(!c.layout().unit_may_be_hole(15));
+            assert!(c.layout().unit_may_be_hole(16));
+            for tail in 1..16 {
+                let lower = vec![0u8; 2 * UNIT + tail];
+                let mut p = vec![1u8; lower.len()];
+                c.decrypt(UnitNo(0), &lower, &mut p).unwrap();
+                assert!(is_zero(&p[..2 * UNIT]), "{mode} tail {tail}");
+                assert!(!is_zero(&p[2 * UNIT..]), "{mode} tail {tail}");
+                // And the keystream is what a plaintext of those bytes
+                // encrypts to zero.
+                let mut again = vec![1u8; tail];
+                c.encrypt(UnitNo(2), &p[2 * UNIT..], &mut again).unwrap();
+                assert!(is_zero(&again), "{mode} tail {tail}");
+            }
+        }
+        for mode in [Mode::Gcm, Mode::Clear] {
+            assert!(Layout::of(mode).unit_may_be_hole(1), "{mode}");
+        }
+    }
+
+    /// Unit numbers near u64::MAX are refused, never overflow.
+    #[test]
+    fn huge_unit_numbers_are_typed_errors() {
+        for mode in Mode::ALL {
+            let c = cipher(mode);
+            let max = c.layout().last_unit();
+            let pu = c.layout().unit_plain_len();
+            let plain = vec![7u8; 2 * pu + 1];
+            let mut lower = vec![0u8; c.layout().run_lower_len(plain.len())];
+            let mut back = vec![0u8; plain.len()];
+            // The last unit itself works (a 1-byte tail there).
+            let mut l1 = vec![0u8; c.layout().run_lower_len(1)];
+            c.encrypt(max, &[7], &mut l1).unwrap();
+            let mut p1 = [0u8; 1];
+            c.decrypt(max, &l1, &mut p1).unwrap();
+            assert_eq!(p1, [7], "{mode}");
+            for first in [
+                UnitNo(u64::MAX),
+                UnitNo(u64::MAX - 1),
+                UnitNo(u64::MAX / 8 + 1),
+                UnitNo(max.0 + 1),
+                UnitNo(max.0 - 1), // the run's third unit is past the end
+            ] {
+                assert!(
+                    matches!(
+                        c.encrypt(first, &plain, &mut lower),
+                        Err(ContentError::UnitOutOfRange(_))
+                    ),
+                    "{mode} {first}"
+                );
+                assert!(
+                    matches!(
+                        c.decrypt(first, &lower, &mut back),
+                        Err(ContentError::UnitOutOfRange(_))
+                    ),
+                    "{mode} {first}"
+                );
+            }
+            // An empty run touches no unit.
+            c.encrypt(UnitNo(u64::MAX), &[], &mut []).unwrap();
         }
     }
 

@@ -23,8 +23,16 @@ pub enum HeaderError {
     /// Reserved bytes are not zero: the header is damaged.
     #[error("header is damaged: reserved bytes are not zero")]
     ReservedNotZero,
-    /// The key check value does not match the policy key given.
-    #[error("wrong policy key: key check value does not match (key {name} version {version})")]
+    /// The key check value (header bytes 112..120) does not match the policy
+    /// key given, computed over the file id (bytes 80..96). This means the
+    /// wrong policy key was offered, **or** the file id or key check bytes
+    /// are damaged: format version 1 cannot tell those apart, because the
+    /// check runs before the header tag. A file that reports this under the
+    /// key named in its header is more likely damaged than misconfigured.
+    #[error(
+        "key check value does not match key {name} version {version}: wrong policy key, \
+         or the header's file id or key check bytes are damaged"
+    )]
     WrongKey { name: String, version: u32 },
     /// The policy key matches but the header does not authenticate: damaged
     /// or spliced from other headers.
@@ -54,6 +62,10 @@ pub enum ContentError {
     /// shorter than its nonce and tag).
     #[error("unit {0} has an impossible lower length {1}")]
     BadUnitLength(UnitNo, usize),
+    /// A unit number past the last unit of a file of `MAX_PLAIN_SIZE`
+    /// bytes (or a run of units that would reach past it).
+    #[error("unit {0} is beyond the largest file size")]
+    UnitOutOfRange(UnitNo),
     /// Buffers handed in do not fit the run of units described.
     #[error("buffer sizes do not match the unit run: {0}")]
     BufferSize(&'static str),

@@ -212,12 +212,40 @@ impl Header {
         data_key: &DataKey,
         policy: &PolicyKey,
     ) -> Result<Header, HeaderError> {
+        let mut nonce = [0u8; 12];
+        crate::random_bytes(&mut nonce).map_err(|_| HeaderError::Random)?;
+        Self::seal_with_nonce(
+            mode,
+            key_name,
+            key_version,
+            file_id,
+            base_iv,
+            data_key,
+            policy,
+            nonce,
+        )
+    }
+
+    /// [`Header::seal`] with a given wrap nonce: the known-answer tests use
+    /// it; everything else must use a random one.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every header field plus the nonce; crate-private, used by seal and the KATs"
+    )]
+    pub(crate) fn seal_with_nonce(
+        mode: Mode,
+        key_name: &str,
+        key_version: u32,
+        file_id: FileId,
+        base_iv: [u8; 16],
+        data_key: &DataKey,
+        policy: &PolicyKey,
+        nonce: [u8; 12],
+    ) -> Result<Header, HeaderError> {
         validate_key_name(key_name)?;
         if !mode.has_header() {
             return Err(HeaderError::UnknownMode(0));
         }
-        let mut nonce = [0u8; 12];
-        crate::random_bytes(&mut nonce).map_err(|_| HeaderError::Random)?;
         let mut h = Header {
             mode,
             key_name: key_name.to_owned(),
@@ -226,20 +254,29 @@ impl Header {
             base_iv,
             kcv: key_check_value(policy, &file_id),
             nonce,
-            wrapped: *data_key.expose(),
+            wrapped: [0; DATA_KEY_LEN],
             tag: [0; 16],
         };
         let aad = h.associated_data();
         let key = wrapping_key(policy, &file_id)?;
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad[..]),
-                &mut h.wrapped,
-            )
-            .map_err(|_| HeaderError::AuthenticationFailed)?;
-        h.tag.copy_from_slice(tag.as_ref());
-        Ok(h)
+        // `wrapped` holds the plaintext data key until the seal succeeds:
+        // wipe it on every failure path, before `h` is dropped.
+        h.wrapped.copy_from_slice(data_key.expose());
+        let sealed = key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad[..]),
+            &mut h.wrapped,
+        );
+        match sealed {
+            Ok(tag) => {
+                h.tag.copy_from_slice(tag.as_ref());
+                Ok(h)
+            }
+            Err(_) => {
+                h.wrapped.zeroize();
+                Err(HeaderError::AuthenticationFailed)
+            }
+        }
     }
 
     /// Rewrap this file's data key under another policy key: the shallow
@@ -349,9 +386,11 @@ impl Header {
     /// Open the wrapped data key with `policy`.
     ///
     /// # Errors
-    /// `WrongKey` if the key check value shows `policy` is not the key that
-    /// sealed this header; `AuthenticationFailed` if the header was damaged
-    /// or altered anywhere (reserved bytes included).
+    /// `WrongKey` if the key check value does not match `policy`: the wrong
+    /// policy key, or damage to the file id or key check bytes (the check
+    /// covers exactly those and runs first); `AuthenticationFailed` if the
+    /// header was damaged or altered anywhere else (reserved bytes
+    /// included).
     pub fn unwrap_key(&self, policy: &PolicyKey) -> Result<DataKey, HeaderError> {
         let kcv = key_check_value(policy, &self.file_id);
         if aws_lc_rs::constant_time::verify_slices_are_equal(&kcv, &self.kcv).is_err() {
@@ -480,6 +519,39 @@ mod tests {
                     Header::open(&b, &pk(1)).is_err(),
                     "flip at {byte}:{bit} undetected"
                 );
+            }
+        }
+    }
+
+    /// Damage to the file id or key check value reads as `WrongKey` (the
+    /// check runs first and covers exactly those bytes, see the variant's
+    /// doc); damage anywhere else is another typed error. Never `Ok`.
+    #[test]
+    fn every_byte_flip_gives_a_typed_error() {
+        let (h, _) = Header::create(Mode::Gcm, "key-name", 4, &pk(1)).unwrap();
+        let bytes = h.to_bytes();
+        let kcv_covered =
+            |i: usize| (OFF_FILE_ID..OFF_BASE_IV).contains(&i) || (OFF_KCV..OFF_NONCE).contains(&i);
+        for byte in 0..HEADER_LEN {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes;
+                b[byte] ^= flip;
+                let err = Header::open(&b, &pk(1)).unwrap_err();
+                if kcv_covered(byte) {
+                    assert_eq!(
+                        err,
+                        HeaderError::WrongKey {
+                            name: "key-name".into(),
+                            version: 4
+                        },
+                        "byte {byte} ^ {flip:#x}"
+                    );
+                } else {
+                    assert!(
+                        !matches!(err, HeaderError::WrongKey { .. }),
+                        "byte {byte} ^ {flip:#x}: {err:?}"
+                    );
+                }
             }
         }
     }

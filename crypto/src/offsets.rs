@@ -13,8 +13,9 @@
 //! plaintext bytes; in `gcm` a lower unit is nonce (12) + P = 4068 ciphertext
 //! bytes + tag (16); `clear` has no header and P = 4096. Only the file's last
 //! unit may be short, and a short `gcm` unit keeps its nonce and tag. So the
-//! logical size follows from the lower size alone: stat and readdir never
-//! read headers.
+//! logical size follows from the lower size and the mode (which the
+//! filesystem keeps in the lower file's `trusted.guardfs.mode` xattr, see
+//! FORMAT.md): stat and readdir never read headers.
 //!
 //! [`PlainOff`] and [`LowerOff`] are distinct types so that a plaintext
 //! offset can never be passed where a lower offset is expected.
@@ -32,6 +33,9 @@ pub const GCM_TAG_LEN: usize = 16;
 /// The largest logical file size GuardFS accepts (2^62 bytes), chosen so
 /// that no lower size computation can overflow a u64.
 pub const MAX_PLAIN_SIZE: PlainOff = PlainOff(1 << 62);
+/// The shortest lower unit that can be a hole in `xts` and `cbc-cs1`: one
+/// AES block. See [`Layout::unit_may_be_hole`].
+pub const MIN_HOLE_LEN: usize = 16;
 
 /// An offset or size in the plaintext view of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -83,6 +87,8 @@ pub struct Layout {
     unit_plain: u64,
     prefix: u64,
     suffix: u64,
+    /// Shortest all-zero lower unit that reads as a hole.
+    min_hole: usize,
 }
 
 impl Layout {
@@ -94,20 +100,46 @@ impl Layout {
                 unit_plain: LOWER_UNIT,
                 prefix: 0,
                 suffix: 0,
+                min_hole: MIN_HOLE_LEN,
             },
+            // Every gcm unit carries nonce and tag; clear units are their
+            // own plaintext, so zeros read as zeros either way.
             Mode::Gcm => Layout {
                 header: LOWER_UNIT,
                 unit_plain: LOWER_UNIT - (GCM_NONCE_LEN + GCM_TAG_LEN) as u64,
                 prefix: GCM_NONCE_LEN as u64,
                 suffix: GCM_TAG_LEN as u64,
+                min_hole: 1,
             },
             Mode::Clear => Layout {
                 header: 0,
                 unit_plain: LOWER_UNIT,
                 prefix: 0,
                 suffix: 0,
+                min_hole: 1,
             },
         }
+    }
+
+    /// Whether an all-zero lower unit of `lower_len` bytes (> 0) is a hole,
+    /// which reads as zeros without being decrypted.
+    ///
+    /// In `xts` and `cbc-cs1` a unit shorter than one AES block
+    /// ([`MIN_HOLE_LEN`], 16 bytes) is never a hole: it is the plaintext
+    /// XORed with a fixed keystream, so some plaintext encrypts to all
+    /// zeros. Writers must therefore never leave such a short final unit as
+    /// a sparse gap or zero fill (a truncate-up or a write past the end must
+    /// write it encrypted); longer units may stay holes. In `gcm` every
+    /// unit carries a random nonce and tag and any all-zero unit is a hole;
+    /// in `clear` zeros are plaintext zeros.
+    pub const fn unit_may_be_hole(&self, lower_len: usize) -> bool {
+        lower_len >= self.min_hole
+    }
+
+    /// The highest unit number a file of [`MAX_PLAIN_SIZE`] bytes has; the
+    /// content ciphers refuse units beyond it.
+    pub const fn last_unit(&self) -> UnitNo {
+        UnitNo((MAX_PLAIN_SIZE.0 - 1) / self.unit_plain)
     }
 
     /// Bytes of header at the start of every lower file (4096 or 0).
@@ -373,6 +405,25 @@ mod tests {
         assert_eq!(x.run_lower_len(5000), 5000);
         assert_eq!(x.unit_count(PlainOff(4097)), 2);
         assert_eq!(x.unit_count(PlainOff(0)), 0);
+    }
+
+    #[test]
+    fn hole_rule_and_last_unit() {
+        for m in [Mode::Xts, Mode::CbcCs1] {
+            let l = Layout::of(m);
+            assert!(!l.unit_may_be_hole(1) && !l.unit_may_be_hole(15), "{m}");
+            assert!(l.unit_may_be_hole(16) && l.unit_may_be_hole(4096), "{m}");
+            assert_eq!(l.last_unit(), UnitNo((1 << 50) - 1));
+        }
+        for m in [Mode::Gcm, Mode::Clear] {
+            assert!(Layout::of(m).unit_may_be_hole(1), "{m}");
+        }
+        for m in Mode::ALL {
+            let l = Layout::of(m);
+            // The last unit holds the last byte of the largest file.
+            let (u, _) = l.unit_of(PlainOff(MAX_PLAIN_SIZE.0 - 1));
+            assert_eq!(l.last_unit(), u, "{m}");
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! `tests/fixtures/v1/` holds files written by format version 1: one per
 //! mode and size, all under the policy key `fixture-key` version 1 whose
 //! bytes are 0x42 repeated. Their plaintext byte `i` is `(i * 131 + 7) % 256`.
-//! Regenerate (only when adding a new format version, into a new directory)
-//! with `GUARDFS_WRITE_FIXTURES=1 cargo test -p guardfs-crypto --test fixtures`.
+//! Generate them (only when adding a new format version, into a new
+//! directory) with `GUARDFS_WRITE_FIXTURES=1 cargo test -p guardfs-crypto
+//! --test fixtures`; the test refuses to write into a version directory that
+//! already exists.
 
 use std::path::PathBuf;
 
@@ -50,7 +52,16 @@ fn decrypt_file(bytes: &[u8]) -> Result<(Mode, Vec<u8>), HeaderError> {
 #[test]
 fn v1_fixtures_open() {
     if std::env::var_os("GUARDFS_WRITE_FIXTURES").is_some() {
-        std::fs::create_dir_all(dir()).unwrap();
+        // Released fixtures are never rewritten: they prove that files
+        // written by that version keep opening. `create_dir` (not
+        // `create_dir_all`) fails if the version directory exists.
+        if let Err(e) = std::fs::create_dir(dir()) {
+            panic!(
+                "refusing to write fixtures into {}: {e}; fixtures of a released format \
+                 version are never overwritten (a new version goes into a new directory)",
+                dir().display()
+            );
+        }
         for mode in MODES {
             for size in SIZES {
                 let path = dir().join(format!("{mode}-{size}.lower"));

@@ -27,7 +27,7 @@ pub(crate) struct LaneKey {
 impl LaneKey {
     pub(crate) fn new(key: &[u8; 32]) -> LaneKey {
         LaneKey {
-            soft: Aes256::new(&Array::from(*key)),
+            soft: Aes256::new(key.into()),
             #[cfg(target_arch = "x86_64")]
             ni: ni::RoundKeys::new(key),
         }
@@ -37,7 +37,7 @@ impl LaneKey {
     #[cfg(test)]
     pub(crate) fn new_portable(key: &[u8; 32]) -> LaneKey {
         LaneKey {
-            soft: Aes256::new(&Array::from(*key)),
+            soft: Aes256::new(key.into()),
             #[cfg(target_arch = "x86_64")]
             ni: None,
         }
