@@ -13,7 +13,11 @@
 #   KEEP_LOGS   directory to copy the pjdfstest outputs and daemon logs to
 #
 # The configuration, and the reason for every test that stays skipped, is
-# in integration/pjdfstest.toml.
+# in integration/pjdfstest.toml: a test may be skipped only if that file has
+# a line
+#   # skip-allowed: TEST — REASON
+# naming it exactly (e.g. link::link_count_max). Any other skip fails the
+# configuration it happened in, so a new skip cannot go unnoticed.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -101,7 +105,31 @@ sed 's/^allow_remount = true$/allow_remount = false/' "$config" >"$work/main.tom
 grep -q '^allow_remount = false$' "$work/main.toml" ||
     die "pjdfstest.toml must contain the line 'allow_remount = true'"
 
+# The skips pjdfstest.toml allows: test name -> reason.
+declare -A skip_allowed=()
+allow_re='^#[[:space:]]*skip-allowed:[[:space:]]*([^[:space:]]+)[[:space:]]+(—|--|-)[[:space:]]+([^[:space:]].*)$'
+while IFS= read -r line; do
+    if [[ $line =~ $allow_re ]]; then
+        skip_allowed[${BASH_REMATCH[1]}]=${BASH_REMATCH[3]}
+    elif [[ $line =~ ^#[[:space:]]*skip-allowed ]]; then
+        die "malformed line in $config (want '# skip-allowed: TEST — REASON'): $line"
+    fi
+done <"$config"
+# Tests skipped in some configuration of this run.
+declare -A skipped_anywhere=()
+
 strip_colors() { sed -E 's/\x1b\[[0-9;]*m//g'; }
+
+# The skips in a pjdfstest output, one "TEST<TAB>REASON" line each.
+# pjdfstest prints a skipped test as "TEST ... skipped" followed by its
+# reason on lines starting with a tab.
+skips_of() {
+    awk 'function out() { if (name != "") print name "\t" reason; name = ""; reason = "" }
+         / skipped$/ { out(); name = $1; next }
+         name != "" && /^\t/ { sub(/^\t/, ""); reason = reason (reason == "" ? "" : " ") $0; next }
+         { out() }
+         END { out() }' "$1"
+}
 
 # "Summary: F failed, S skipped, P passed, E expected failures, T total"
 # -> "F S P E T"
@@ -166,6 +194,26 @@ run_one() {
         ok=0
         why+=("main pass skipped $remount_skips EROFS tests, EROFS pass ran ${e[4]}")
     fi
+    # Every skip must be allowed in pjdfstest.toml. (The EROFS tests of the
+    # main pass ran in the EROFS pass.)
+    local skips=() undocumented=() sname sreason
+    while IFS=$'\t' read -r sname sreason; do
+        [ -n "$sname" ] || continue
+        skipped_anywhere[$sname]=1
+        if [ -n "${skip_allowed[$sname]+set}" ]; then
+            skips+=("skipped $sname: $sreason (allowed: ${skip_allowed[$sname]})")
+        else
+            skips+=("skipped $sname: $sreason (NOT ALLOWED)")
+            undocumented+=("$sname")
+        fi
+    done < <(
+        skips_of "$main_out" | grep -v $'\tRemounts (allow_remount) are not allowed' || true
+        skips_of "$erofs_out"
+    )
+    if [ "${#undocumented[@]}" -ne 0 ]; then
+        ok=0
+        why+=("skipped without a '# skip-allowed: TEST — REASON' line in pjdfstest.toml: ${undocumented[*]}")
+    fi
     local failed=$((m[0] + e[0] + m[3] + e[3]))
     local skipped=$((m[1] - remount_skips + e[1]))
     local passed=$((m[2] + e[2]))
@@ -204,11 +252,9 @@ run_one() {
         echo "    --- daemon log (tail) ---"
         tail -n 20 "$log" 2>/dev/null | sed 's/^/    /' || true
     fi
-    # Skips are listed with their reasons (the EROFS tests of the main pass
-    # ran in the EROFS pass).
-    awk '/ skipped$/ { name = $1; next }
-         name != "" && /^\t/ { sub(/^\t/, ""); if ($0 !~ /Remounts \(allow_remount\)/) print "    skipped " name ": " $0; next }
-         { name = "" }' "$main_out" "$erofs_out"
+    # Skips are listed with their reasons.
+    local k
+    for k in "${skips[@]}"; do echo "    $k"; done
     results+=("$line")
     if [ -n "${KEEP_LOGS:-}" ]; then
         mkdir -p "$KEEP_LOGS"
@@ -225,6 +271,10 @@ done
 echo
 echo "pjdfstest summary:"
 printf '  %s\n' "${results[@]}"
+for k in "${!skip_allowed[@]}"; do
+    [ -n "${skipped_anywhere[$k]+set}" ] ||
+        echo "  note: $k is allowed to skip (pjdfstest.toml) but ran in every configuration"
+done
 if [ "$total_failed" -ne 0 ]; then
     echo "pjdfstest.sh: $total_failed configuration(s) failed" >&2
     exit 1

@@ -27,6 +27,13 @@ fn stack(mode: Mode) -> (tempfile::TempDir, Stack) {
         .prefix("guardfs-stack")
         .tempdir_in("/var/tmp")
         .unwrap();
+    let s = stack_on(&dir, mode);
+    (dir, s)
+}
+
+/// A stacking layer over an existing lower directory (with the same key
+/// as `stack`): a fresh one sees only what is on disk.
+fn stack_on(dir: &tempfile::TempDir, mode: Mode) -> Stack {
     let fd = nix::fcntl::open(
         dir.path(),
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
@@ -41,7 +48,7 @@ fn stack(mode: Mode) -> (tempfile::TempDir, Stack) {
     let access = Arc::new(Access::unrestricted(
         dir.path().as_os_str().as_encoded_bytes(),
     ));
-    let s = Stack::new(
+    Stack::new(
         fd,
         GuardConfig {
             mode,
@@ -50,8 +57,7 @@ fn stack(mode: Mode) -> (tempfile::TempDir, Stack) {
             passthrough: false,
         },
     )
-    .unwrap();
-    (dir, s)
+    .unwrap()
 }
 
 fn name(s: &str) -> &OsStr {
@@ -144,6 +150,289 @@ fn forget_drops_nodes() {
     assert_eq!(s.node_count(), before - 1);
 }
 
+/// Deterministic pseudo-random bytes (xorshift).
+fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Look up `path` ("a/b") from the root.
+fn lookup_path(s: &Stack, path: &str) -> VfsResult<Entry> {
+    let mut e: Option<Entry> = None;
+    for part in path.split('/') {
+        let parent = e.map_or(Ino::ROOT, |e| e.ino);
+        e = Some(s.lookup(&C, parent, name(part))?);
+    }
+    Ok(e.expect("non-empty path"))
+}
+
+/// The whole contents of `path`, read through the trait.
+fn read_all(s: &Stack, path: &str) -> Vec<u8> {
+    let e = lookup_path(s, path).unwrap();
+    let o = s.open(&C, e.ino, libc::O_RDONLY).unwrap();
+    let size = s.getattr(&C, e.ino, None).unwrap().size as usize;
+    let mut buf = vec![0u8; size + 100];
+    let mut got = 0;
+    loop {
+        let n = s
+            .read(&C, e.ino, o.fh, got as u64, &mut buf[got..])
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    s.release(e.ino, o.fh).unwrap();
+    buf.truncate(got);
+    assert_eq!(got, size, "{path}: read length vs size");
+    buf
+}
+
+fn write_file(s: &Stack, parent: Ino, n: &str, data: &[u8]) -> Entry {
+    let (e, o) = s
+        .create(&C, parent, name(n), 0o100644, libc::O_RDWR | libc::O_EXCL)
+        .unwrap();
+    assert_eq!(
+        s.write(&C, e.ino, o.fh, 0, data, false).unwrap(),
+        data.len()
+    );
+    s.release(e.ino, o.fh).unwrap();
+    e
+}
+
+/// renameat2 flags through the trait: RENAME_NOREPLACE refuses an
+/// existing target; RENAME_EXCHANGE swaps two files, also between
+/// directories, and a file with a directory. Checked again through a fresh
+/// stacking layer (what is on disk).
+#[test]
+fn rename_noreplace_and_exchange_through_the_trait() {
+    const NOREPLACE: RenameFlags = RenameFlags(libc::RENAME_NOREPLACE);
+    const EXCHANGE: RenameFlags = RenameFlags(libc::RENAME_EXCHANGE);
+    for mode in Mode::ALL {
+        let (dir, s) = stack(mode);
+        let (a, b, c) = (bytes(1, 5000), bytes(2, 9000), bytes(3, 13));
+        let d = s.mkdir(&C, Ino::ROOT, name("d"), 0o755).unwrap();
+        let e = s.mkdir(&C, Ino::ROOT, name("e"), 0o755).unwrap();
+        let fa = write_file(&s, Ino::ROOT, "a", &a);
+        let fb = write_file(&s, d.ino, "b", &b);
+        write_file(&s, e.ino, "c", &c);
+        // NOREPLACE onto an existing name: EEXIST, nothing changes.
+        assert_eq!(
+            s.rename(&C, Ino::ROOT, name("a"), d.ino, name("b"), NOREPLACE),
+            Err(Errno::EEXIST),
+            "{mode}"
+        );
+        assert_eq!(read_all(&s, "a"), a, "{mode}");
+        assert_eq!(read_all(&s, "d/b"), b, "{mode}");
+        // NOREPLACE onto a free name moves the file.
+        s.rename(&C, Ino::ROOT, name("a"), d.ino, name("a"), NOREPLACE)
+            .unwrap();
+        assert_eq!(lookup_path(&s, "a").unwrap_err(), Errno::ENOENT);
+        assert_eq!(lookup_path(&s, "d/a").unwrap().ino, fa.ino, "{mode}");
+        // An open handle follows its file through an exchange.
+        let held = s.open(&C, fa.ino, libc::O_RDWR).unwrap();
+        s.rename(&C, d.ino, name("a"), d.ino, name("b"), EXCHANGE)
+            .unwrap();
+        assert_eq!(lookup_path(&s, "d/a").unwrap().ino, fb.ino, "{mode}");
+        assert_eq!(lookup_path(&s, "d/b").unwrap().ino, fa.ino, "{mode}");
+        assert_eq!(read_all(&s, "d/a"), b, "{mode}: exchanged");
+        assert_eq!(read_all(&s, "d/b"), a, "{mode}: exchanged");
+        let mut buf = vec![0u8; 6000];
+        let n = s.read(&C, fa.ino, held.fh, 0, &mut buf).unwrap();
+        assert_eq!(&buf[..n], &a[..], "{mode}: handle after exchange");
+        s.write(&C, fa.ino, held.fh, 4998, b"XYZ", false).unwrap();
+        s.release(fa.ino, held.fh).unwrap();
+        let mut a2 = a.clone();
+        a2.truncate(4998);
+        a2.extend_from_slice(b"XYZ");
+        assert_eq!(read_all(&s, "d/b"), a2, "{mode}: write after exchange");
+        // Between directories.
+        s.rename(&C, d.ino, name("b"), e.ino, name("c"), EXCHANGE)
+            .unwrap();
+        assert_eq!(read_all(&s, "d/b"), c, "{mode}");
+        assert_eq!(read_all(&s, "e/c"), a2, "{mode}");
+        // Exchange needs both names.
+        assert_eq!(
+            s.rename(&C, d.ino, name("b"), e.ino, name("none"), EXCHANGE),
+            Err(Errno::ENOENT),
+            "{mode}"
+        );
+        // A directory with a file.
+        s.rename(&C, Ino::ROOT, name("d"), e.ino, name("c"), EXCHANGE)
+            .unwrap();
+        assert_eq!(read_all(&s, "d"), a2, "{mode}");
+        assert_eq!(read_all(&s, "e/c/a"), b, "{mode}");
+        assert_eq!(read_all(&s, "e/c/b"), c, "{mode}");
+        // The same from disk.
+        drop(s);
+        let s = stack_on(&dir, mode);
+        assert_eq!(read_all(&s, "d"), a2, "{mode}: fresh stack");
+        assert_eq!(read_all(&s, "e/c/a"), b, "{mode}: fresh stack");
+        assert_eq!(read_all(&s, "e/c/b"), c, "{mode}: fresh stack");
+    }
+}
+
+/// Eight threads write one file through the trait, each through its own
+/// handle: disjoint regions below and above the current size (so both the
+/// in-place and the extending write paths run), chunked at unit-straddling
+/// offsets and lengths; a range every thread rewrites whole; and ranges
+/// that partly overlap. A ninth thread keeps reading the shared range.
+///
+/// The design (stack/file.rs) makes every write atomic: it holds the unit
+/// range lock over all the units it touches (or the size lock exclusively
+/// when it extends the file), and reads hold the same units shared. So:
+/// disjoint regions read back exactly; the shared range is wholly one
+/// write's bytes, before and after, and every read of it sees one write;
+/// in partly overlapping ranges each byte is from a writer that covers it.
+#[test]
+fn eight_threads_through_the_trait() {
+    const REGION: u64 = 30_011;
+    const STAG: u64 = 8 * REGION + 100; // partly overlapping writes
+    const STAG_STEP: u64 = 1000;
+    const STAG_LEN: usize = 5000;
+    const STAG_END: u64 = STAG + 7 * STAG_STEP + STAG_LEN as u64;
+    const SAME: u64 = 65 * 4096 - 77; // rewritten whole by every thread
+    const SAME_LEN: usize = 2 * 4096 + 300;
+    const HIGH: u64 = 300_000; // regions beyond the size: extending writes
+    const SIZE: u64 = HIGH + 8 * REGION;
+    const ROUNDS: u64 = 12;
+    let chunk_lens = [1u64, 15, 16, 17, 100, 4095, 4096, 4097, 5000, 12_293];
+    for mode in Mode::ALL {
+        let (dir, s) = stack(mode);
+        let s = Arc::new(s);
+        let fe = write_file(&s, Ino::ROOT, "shared", &[]);
+        let o = s.open(&C, fe.ino, libc::O_RDWR).unwrap();
+        s.write(&C, fe.ino, o.fh, SAME, &[0xEE; SAME_LEN], false)
+            .unwrap();
+        s.release(fe.ino, o.fh).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let o = s.open(&C, fe.ino, libc::O_RDONLY).unwrap();
+                let mut buf = vec![0u8; SAME_LEN];
+                let mut torn = 0;
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = s.read(&C, fe.ino, o.fh, SAME, &mut buf).unwrap();
+                    assert_eq!(n, SAME_LEN);
+                    if buf.iter().any(|&b| b != buf[0]) {
+                        torn += 1;
+                    }
+                    reads += 1;
+                }
+                s.release(fe.ino, o.fh).unwrap();
+                (torn, reads)
+            })
+        };
+        let writers: Vec<_> = (0..8u64)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let o = s.open(&C, fe.ino, libc::O_RDWR).unwrap();
+                    let w = |off: u64, data: &[u8]| {
+                        assert_eq!(
+                            s.write(&C, fe.ino, o.fh, off, data, false).unwrap(),
+                            data.len()
+                        );
+                    };
+                    // Chunks of each region, in a per-thread order.
+                    let mut chunks = Vec::new();
+                    let mut at = 0;
+                    let mut k = t as usize;
+                    while at < REGION {
+                        let len = chunk_lens[k % chunk_lens.len()].min(REGION - at);
+                        chunks.push((at, len));
+                        at += len;
+                        k += 3;
+                    }
+                    let rot = (t as usize * 7) % chunks.len();
+                    chunks.rotate_left(rot);
+                    let low = bytes(t + 100, REGION as usize);
+                    let high = bytes(t + 200, REGION as usize);
+                    let per_round = chunks.len().div_ceil(ROUNDS as usize);
+                    for round in 0..ROUNDS {
+                        let r = round as usize * per_round;
+                        for &(at, len) in chunks.iter().skip(r).take(per_round) {
+                            let (a, l) = (at as usize, len as usize);
+                            w(t * REGION + at, &low[a..a + l]);
+                            // High regions back to front: each extends.
+                            let back = REGION - at - len;
+                            let b = back as usize;
+                            w(HIGH + t * REGION + back, &high[b..b + l]);
+                        }
+                        w(SAME, &[(t * ROUNDS + round) as u8; SAME_LEN]);
+                        w(STAG + t * STAG_STEP, &[t as u8 + 1; STAG_LEN]);
+                    }
+                    s.release(fe.ino, o.fh).unwrap();
+                })
+            })
+            .collect();
+        for t in writers {
+            t.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (torn, reads) = reader.join().unwrap();
+        // A clear file is the lower file: its pread/pwrite give no
+        // atomicity between a read and a write spanning pages.
+        if mode != Mode::Clear {
+            assert_eq!(torn, 0, "{mode}: {torn} of {reads} reads saw a torn write");
+        }
+        let check = |all: &[u8], what: &str| {
+            assert_eq!(all.len() as u64, SIZE, "{what}: size");
+            for t in 0..8u64 {
+                let r = (t * REGION) as usize..((t + 1) * REGION) as usize;
+                assert!(
+                    all[r] == bytes(t + 100, REGION as usize)[..],
+                    "{what}: low region of thread {t}"
+                );
+                let r = (HIGH + t * REGION) as usize..(HIGH + (t + 1) * REGION) as usize;
+                assert!(
+                    all[r] == bytes(t + 200, REGION as usize)[..],
+                    "{what}: high region of thread {t}"
+                );
+            }
+            for x in STAG..STAG_END {
+                let b = all[x as usize];
+                let covers = |t: u64| {
+                    (STAG + t * STAG_STEP..STAG + t * STAG_STEP + STAG_LEN as u64).contains(&x)
+                };
+                assert!(
+                    (1..=8).contains(&b) && covers(b as u64 - 1),
+                    "{what}: byte {x} of the overlapping ranges is {b}"
+                );
+            }
+            let same = &all[SAME as usize..SAME as usize + SAME_LEN];
+            assert!(
+                same.iter().all(|&b| b == same[0]) && (same[0] as u64) < 8 * ROUNDS,
+                "{what}: the range every thread rewrote mixes writes"
+            );
+            let zero = |r: std::ops::Range<u64>| {
+                all[r.start as usize..r.end as usize]
+                    .iter()
+                    .all(|&b| b == 0)
+            };
+            assert!(zero(8 * REGION..STAG), "{what}: gap");
+            assert!(zero(STAG_END..SAME), "{what}: gap");
+            assert!(zero(SAME + SAME_LEN as u64..HIGH), "{what}: gap");
+        };
+        let live = read_all(&s, "shared");
+        check(&live, &format!("{mode}"));
+        drop(s);
+        let fresh = stack_on(&dir, mode);
+        let disk = read_all(&fresh, "shared");
+        check(&disk, &format!("{mode} fresh stack"));
+        assert!(live == disk, "{mode}: fresh stack reads other bytes");
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(u8),
@@ -152,6 +441,8 @@ enum Op {
     Read(u8, u64, u16),
     Unlink(u8),
     Rename(u8, u8),
+    /// rename with RENAME_NOREPLACE (false) or RENAME_EXCHANGE (true).
+    Rename2(u8, u8, bool),
     Link(u8, u8),
     Punch(u8, u64, u16),
 }
@@ -167,6 +458,7 @@ fn op() -> impl Strategy<Value = Op> {
         (n.clone(), off.clone(), 1u16..20_000).prop_map(|(a, b, c)| Op::Read(a, b, c)),
         n.clone().prop_map(Op::Unlink),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        (n.clone(), n.clone(), any::<bool>()).prop_map(|(a, b, x)| Op::Rename2(a, b, x)),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Link(a, b)),
         (n, off, 1u16..12_000).prop_map(|(a, b, c)| Op::Punch(a, b, c)),
     ]
@@ -272,6 +564,50 @@ fn run_model(mode: Mode, ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 if !same && let Some(v) = model.remove(&na) {
                     model.insert(nb, v);
+                }
+            }
+            Op::Rename2(a, b, exchange) => {
+                let (na, nb) = (fname(a), fname(b));
+                let flags = if exchange {
+                    libc::RENAME_EXCHANGE
+                } else {
+                    libc::RENAME_NOREPLACE
+                };
+                let r = s.rename(
+                    &C,
+                    Ino::ROOT,
+                    name(&na),
+                    Ino::ROOT,
+                    name(&nb),
+                    RenameFlags(flags),
+                );
+                let (ha, hb) = (model.contains_key(&na), model.contains_key(&nb));
+                if exchange {
+                    // Both names must exist; they swap files.
+                    let want = if !ha || !hb {
+                        Err(Errno::ENOENT)
+                    } else {
+                        Ok(())
+                    };
+                    prop_assert_eq!(r, want, "exchange {} {}", na, nb);
+                    if r.is_ok() && na != nb {
+                        let va = model.remove(&na).unwrap();
+                        let vb = model.insert(nb, va).unwrap();
+                        model.insert(na, vb);
+                    }
+                } else {
+                    let want = if !ha {
+                        Err(Errno::ENOENT)
+                    } else if hb {
+                        Err(Errno::EEXIST)
+                    } else {
+                        Ok(())
+                    };
+                    prop_assert_eq!(r, want, "noreplace {} {}", na, nb);
+                    if r.is_ok() {
+                        let v = model.remove(&na).unwrap();
+                        model.insert(nb, v);
+                    }
                 }
             }
             Op::Link(a, b) => {

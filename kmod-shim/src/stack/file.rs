@@ -448,11 +448,25 @@ impl FileState {
 
     /// Set the logical size.
     pub fn truncate(&self, io: &Io<'_>, new: u64) -> VfsResult<()> {
+        self.resize(io, new, false)
+    }
+
+    /// Grow the logical size to at least `end`, never shrinking it: the size
+    /// is checked under the contents lock, so a write that extended the file
+    /// meanwhile is kept.
+    fn grow_to(&self, io: &Io<'_>, end: u64) -> VfsResult<()> {
+        self.resize(io, end, true)
+    }
+
+    fn resize(&self, io: &Io<'_>, new: u64, grow_only: bool) -> VfsResult<()> {
         let (node, fd) = (io.node, io.fd);
         if new > MAX_PLAIN_SIZE.0 {
             return Err(Errno::EFBIG);
         }
         let mut contents = self.write_contents();
+        if grow_only && matches!(&*contents, Contents::Encrypted(_, size) if *size >= new) {
+            return Ok(());
+        }
         if matches!(*contents, Contents::Empty) {
             if new == 0 {
                 return Ok(nix::unistd::ftruncate(fd, 0)?);
@@ -482,6 +496,7 @@ impl FileState {
                     }
                 } else if new > old {
                     grow_tail(node, c, fd, old, new, new)?;
+                    write_new_tail(c, fd, old, new)?;
                 }
                 nix::unistd::ftruncate(fd, l.lower_size(PlainOff(new)).0 as i64)?;
                 *size = new;
@@ -509,9 +524,8 @@ impl FileState {
         {
             return Err(Errno::EOPNOTSUPP);
         }
-        let size = self.size().unwrap_or(0);
-        if !keep && end > size {
-            self.truncate(io, end)?;
+        if !keep {
+            self.grow_to(io, end)?;
         }
         let contents = self.read_contents();
         let Contents::Encrypted(c, size) = &*contents else {
@@ -669,6 +683,22 @@ fn grow_tail(
         plain[at..].fill(0);
         write_units(c, fd, tail, plain)
     })
+}
+
+/// When a file grows from `old` to `new` and its new tail unit is partial
+/// and lies wholly beyond `old`, write that unit's encrypted zeros. A short
+/// lower unit is never a hole (in `xts` and `cbc-cs1` a 1..=15-byte tail is
+/// plaintext XOR a keystream, so all-zero lower bytes are a real value), so
+/// it must not be left as the zeros `ftruncate` makes. Written before the
+/// lower file is resized, so a crash in between leaves a zero-extended file.
+fn write_new_tail(c: &Crypt, fd: BorrowedFd<'_>, old: u64, new: u64) -> VfsResult<()> {
+    let l = *c.layout();
+    let (last, at) = l.unit_of(PlainOff(new));
+    let (old_tail, old_at) = l.unit_of(PlainOff(old));
+    if at == 0 || (old_at != 0 && last == old_tail) {
+        return Ok(()); // whole units only, or grow_tail rewrote this unit
+    }
+    write_units(c, fd, last, &[0u8; 4096][..at])
 }
 
 /// Read-modify-write the units covering `[off, off + data.len())` in a

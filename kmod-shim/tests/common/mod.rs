@@ -160,6 +160,14 @@ impl Gp {
         assert!(!is_mounted(&self.dir));
     }
 
+    /// Unmount and mount again, so every read that follows decrypts what
+    /// is on disk (the kernel's page and attribute caches of the old mount
+    /// are gone). Files must be closed first.
+    pub fn remount(&mut self, mode: &str, extra: &[&str]) {
+        self.unmount();
+        self.mount(mode, extra);
+    }
+
     pub fn kill9(&mut self) {
         let pid = self.pid.take().expect("running daemon");
         nix::sys::signal::kill(
@@ -200,4 +208,25 @@ pub fn lower_size(mode: &str, plain: u64) -> u64 {
     guardfs_crypto::Layout::of(m)
         .lower_size(guardfs_crypto::PlainOff(plain))
         .0
+}
+
+/// Write back and drop the kernel's clean page, dentry and inode caches
+/// (of every file system), so the next reads go to the daemon.
+pub fn drop_caches() {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").expect("drop_caches");
+}
+
+/// A manifest of the tree under `dir`: the sha256 of every regular file,
+/// then the mode and size of every regular file and the type of every
+/// other entry, each sorted by path.
+pub fn manifest(dir: &Path) -> String {
+    let d = dir.display();
+    let out = sh(&format!(
+        "set -e; cd '{d}'; find . -type f -print0 | sort -z | xargs -0r sha256sum; \
+         find . -type f -printf '%m %s %p\\n' | sort -k3; \
+         find . ! -type f -printf '%y %m %p\\n' | sort -k3"
+    ));
+    assert!(out.status.success(), "manifest of {d}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8 manifest")
 }
