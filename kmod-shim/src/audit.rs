@@ -3,10 +3,14 @@
 //! when the queue is full the record is dropped and counted, and the count
 //! is reported in the log as soon as there is room again.
 //!
-//! Concise logging (as in CTE): an identical record (same user, process,
-//! resource and action) is written once per window instead of every time.
+//! Concise logging (as in CTE): a decision is logged once per window per
+//! (user, process, resource, class of access, verdict), where the classes
+//! are read, write, attribute read, directory listing and other; repeats
+//! within the window are dropped *before* they are queued (so they cost no
+//! formatting and never fill the queue), and counted.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -27,12 +31,38 @@ pub struct AuditOptions {
     pub concise: Option<Duration>,
 }
 
+/// What kind of access a record is about, for concise logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditClass {
+    Read,
+    Write,
+    ReadAttr,
+    Dir,
+    Other,
+}
+
+/// Concise-logging state: when each key was last logged. Keys are hashed
+/// with a per-process random key, so nobody can craft a path whose record
+/// hides another's.
+#[derive(Debug)]
+struct Concise {
+    window: Duration,
+    hasher: RandomState,
+    seen: Mutex<HashMap<u64, Instant>>,
+    suppressed: AtomicU64,
+}
+
+/// Keys remembered before expired ones are swept (and, if still full,
+/// everything is forgotten: at worst a record is logged twice).
+const CONCISE_KEYS: usize = 65_536;
+
 /// The sending side, shared by all worker threads (clones share one queue).
 #[derive(Debug, Clone)]
 pub struct Auditor {
     tx: Arc<Mutex<Option<SyncSender<String>>>>,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    concise: Option<Arc<Concise>>,
 }
 
 impl Auditor {
@@ -63,12 +93,53 @@ impl Auditor {
         let (d, w) = (dropped.clone(), written.clone());
         std::thread::Builder::new()
             .name("secfs-audit".into())
-            .spawn(move || writer(rx, &mut file, syslog, opts.concise, &d, &w))?;
+            .spawn(move || writer(rx, &mut file, syslog, &d, &w))?;
         Ok(Auditor {
             tx: Arc::new(Mutex::new(Some(tx))),
             dropped,
             written,
+            concise: opts.concise.map(|window| {
+                Arc::new(Concise {
+                    window,
+                    hasher: RandomState::new(),
+                    seen: Mutex::new(HashMap::new()),
+                    suppressed: AtomicU64::new(0),
+                })
+            }),
         })
+    }
+
+    /// Queue the record `line()` unless concise logging already logged
+    /// one with the same `key` within its window (then nothing is built
+    /// or queued). Without concise logging every record is queued.
+    pub fn record_concise(&self, key: impl Hash, line: impl FnOnce() -> String) {
+        if let Some(c) = &self.concise {
+            let h = c.hasher.hash_one(key);
+            let now = Instant::now();
+            let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen
+                .get(&h)
+                .is_some_and(|t| now.duration_since(*t) < c.window)
+            {
+                c.suppressed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if seen.len() >= CONCISE_KEYS {
+                seen.retain(|_, t| now.duration_since(*t) < c.window);
+                if seen.len() >= CONCISE_KEYS {
+                    seen.clear();
+                }
+            }
+            seen.insert(h, now);
+        }
+        self.record(line());
+    }
+
+    /// Records concise logging left out.
+    pub fn suppressed(&self) -> u64 {
+        self.concise
+            .as_ref()
+            .map_or(0, |c| c.suppressed.load(Ordering::Relaxed))
     }
 
     /// Queue a record; never blocks.
@@ -130,11 +201,9 @@ fn writer(
     rx: Receiver<String>,
     file: &mut Option<std::fs::File>,
     syslog: Option<UnixDatagram>,
-    concise: Option<Duration>,
     dropped: &AtomicU64,
     written: &AtomicU64,
 ) {
-    let mut seen: HashMap<String, Instant> = HashMap::new();
     let mut reported_drops = 0;
     let mut emit = |line: &str| {
         if let Some(f) = file.as_mut() {
@@ -153,19 +222,6 @@ fn writer(
                 d - reported_drops
             ));
             reported_drops = d;
-        }
-        if let Some(window) = concise {
-            let now = Instant::now();
-            if seen
-                .get(&line)
-                .is_some_and(|t| now.duration_since(*t) < window)
-            {
-                continue;
-            }
-            if seen.len() > 65_536 {
-                seen.retain(|_, t| now.duration_since(*t) < window);
-            }
-            seen.insert(line.clone(), now);
         }
         emit(&line);
         written.fetch_add(1, Ordering::Relaxed);
@@ -189,9 +245,17 @@ mod tests {
             concise: Some(Duration::from_secs(60)),
         })
         .unwrap();
-        a.record("CGP2601I: one".into());
-        a.record("CGP2601I: one".into());
-        a.record("CGP2601I: two".into());
+        // Same user, process, file and class: one line, even when the
+        // lines differ (the match code, say); another class is logged.
+        a.record_concise((0u32, "/bin/cat", "/f", AuditClass::Read), || {
+            "CGP2601I: one".into()
+        });
+        a.record_concise((0u32, "/bin/cat", "/f", AuditClass::Read), || {
+            "CGP2601I: one again".into()
+        });
+        a.record_concise((0u32, "/bin/cat", "/f", AuditClass::Write), || {
+            "CGP2601I: two".into()
+        });
         a.close();
         let t = Instant::now();
         while a.written() < 2 && t.elapsed() < Duration::from_secs(5) {
@@ -200,6 +264,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(text.matches("CGP2601I: one").count(), 1, "{text}");
+        assert_eq!(a.suppressed(), 1);
         assert_eq!(text.matches("CGP2601I: two").count(), 1, "{text}");
         assert!(text.starts_with("20"), "timestamped: {text}");
     }
@@ -211,6 +276,7 @@ mod tests {
             tx: Arc::new(Mutex::new(Some(tx))),
             dropped: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
+            concise: None,
         };
         for _ in 0..5 {
             a.record("x".into());

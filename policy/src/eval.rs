@@ -403,12 +403,26 @@ impl CompiledPolicy {
             return Some(CodeLetter::Resource);
         }
         if let Some(u) = rule.user {
-            let in_set = (req.authenticated || !rule.authenticated_only)
-                && self
-                    .user_sets
+            let in_set = || {
+                self.user_sets
                     .get(u.index)
-                    .is_some_and(|set| set.iter().any(|e| user_matches(e, req)));
-            if !component(in_set, u) {
+                    .is_some_and(|set| set.iter().any(|e| user_matches(e, req)))
+            };
+            let matches = if req.authenticated || !rule.authenticated_only {
+                component(in_set(), u)
+            } else if rule.permit {
+                // An unauthenticated process never gains access through a
+                // user-set component, included or excluded.
+                false
+            } else if u.exclude {
+                // ...nor escapes a deny through one: "deny everyone but
+                // the set" denies it (it is not known to be in the set).
+                true
+            } else {
+                // "deny the set": its claimed uid/groups suffice.
+                in_set()
+            };
+            if !matches {
                 return Some(CodeLetter::User);
             }
         }

@@ -23,8 +23,20 @@
 //! executable path the kernel reports (`/proc/PID/exe`), so write resolved
 //! paths (`/usr/bin/su`, not `/bin/su` on merged-`/usr` systems) or have the
 //! loader resolve them. Keywords are lowercase. CTE's `|authenticator_euid|`
-//! is not in the reference this crate follows and is rejected like any
-//! unknown keyword.
+//! (authenticate on an effective-uid change) is not supported: it is not
+//! in the reference this crate follows, and GuardFS observes identity
+//! changes by uid and login uid only; it is rejected like any unknown
+//! keyword, so a settings file relying on it fails loudly.
+//!
+//! # Identity changes after authentication
+//!
+//! CTE evaluates user-set rules against the identity an authenticator
+//! established. GuardFS evaluates the uid/gids of the request, so a
+//! process that changed identity *after* authenticating through a program
+//! that is not an authenticator (`sudo`, a set-uid binary) would otherwise
+//! be judged as an authenticated user it never authenticated as; instead
+//! it is not authenticated (see [`HostSettings::classify`]). List `sudo`
+//! as an authenticator to have its users count as authenticated.
 
 use crate::error::HostSettingsError;
 use crate::path::path_problem;
@@ -198,15 +210,20 @@ impl HostSettings {
     ///
     /// 1. If any entry runs a `|path_no_trust|` program: [`Untrusted`].
     /// 2. Else if `|trust|*` is set, or any entry runs a `|trust|` program:
-    ///    [`Authenticated`].
-    /// 3. Else if some entry `i` runs an `|authenticator|` program and the
-    ///    identity changed in it (`ancestry[i]`) or in its child
-    ///    (`ancestry[i + 1]`, the fork that switches to the user before
-    ///    exec'ing the shell): [`Authenticated`] — the process descends from
-    ///    the authenticator after the change.
-    /// 4. Else [`NotAuthenticated`] (CTE trusts no process by default; a
-    ///    daemon started by an authenticator without an identity change, or
-    ///    an empty ancestry, is not authenticated).
+    ///    [`Authenticated`] (under whatever identity its descendants take).
+    /// 3. Else, walking from the oldest entry: an entry `i` running an
+    ///    `|authenticator|` program whose identity changed in it
+    ///    (`ancestry[i]`) or in its child (`ancestry[i + 1]`, the fork that
+    ///    switches to the user before exec'ing the shell) makes the rest of
+    ///    the chain authenticated. A later identity change in a program
+    ///    that is *not* an authenticator (`sudo`, a set-uid binary, a
+    ///    daemon dropping privileges) ends that: CTE evaluates the identity
+    ///    the authenticator established, and the process now runs as
+    ///    someone else, so it is [`NotAuthenticated`] (fail closed) until
+    ///    an authenticator changes identity again below it.
+    /// 4. Otherwise [`NotAuthenticated`] (CTE trusts no process by default;
+    ///    a daemon started by an authenticator without an identity change,
+    ///    or an empty ancestry, is not authenticated).
     ///
     /// Allocation-free.
     ///
@@ -214,23 +231,55 @@ impl HostSettings {
     /// [`Authenticated`]: ProcessTrust::Authenticated
     /// [`NotAuthenticated`]: ProcessTrust::NotAuthenticated
     pub fn classify(&self, ancestry: &[Ancestor<'_>]) -> ProcessTrust {
+        self.classify_from(None, ancestry)
+    }
+
+    /// [`classify`](Self::classify) for the part of an ancestry below a
+    /// process whose trust is already known: `inherited` is that process's
+    /// trust (the caller recorded it while the process was alive, so the
+    /// mark survives the process exiting and its descendants being
+    /// reparented); `ancestry` runs from its child down to the process
+    /// being classified. `None` means nothing is inherited.
+    ///
+    /// An inherited [`Untrusted`](ProcessTrust::Untrusted) is final; an
+    /// inherited [`Authenticated`](ProcessTrust::Authenticated) counts as
+    /// an authenticator's identity change just above `ancestry[0]`.
+    pub fn classify_from(
+        &self,
+        inherited: Option<ProcessTrust>,
+        ancestry: &[Ancestor<'_>],
+    ) -> ProcessTrust {
         let listed = |list: &[Box<[u8]>], exe: &[u8]| list.iter().any(|p| **p == *exe);
-        if ancestry.iter().any(|a| listed(&self.no_trust, a.exe)) {
+        if inherited == Some(ProcessTrust::Untrusted)
+            || ancestry.iter().any(|a| listed(&self.no_trust, a.exe))
+        {
             return ProcessTrust::Untrusted;
         }
         if self.trust_all || ancestry.iter().any(|a| listed(&self.trusted, a.exe)) {
             return ProcessTrust::Authenticated;
         }
+        let mut authenticated = inherited == Some(ProcessTrust::Authenticated);
+        // Index up to which identity changes are the authenticator's own.
+        let mut established: Option<usize> = None;
         for (i, a) in ancestry.iter().enumerate() {
-            if !listed(&self.authenticators, a.exe) {
-                continue;
+            if listed(&self.authenticators, a.exe) {
+                let child_changed = ancestry.get(i + 1).is_some_and(|c| c.identity_changed);
+                if a.identity_changed || child_changed {
+                    authenticated = true;
+                    established = Some(if child_changed { i + 1 } else { i });
+                    continue;
+                }
             }
-            let child_changed = ancestry.get(i + 1).is_some_and(|c| c.identity_changed);
-            if a.identity_changed || child_changed {
-                return ProcessTrust::Authenticated;
+            if a.identity_changed && authenticated && established.is_none_or(|e| i > e) {
+                authenticated = false;
+                established = None;
             }
         }
-        ProcessTrust::NotAuthenticated
+        if authenticated {
+            ProcessTrust::Authenticated
+        } else {
+            ProcessTrust::NotAuthenticated
+        }
     }
 }
 
@@ -407,6 +456,55 @@ mod tests {
         assert_eq!(
             all.classify(&[anc("/usr/sbin/cron", false)]),
             ProcessTrust::Authenticated
+        );
+    }
+
+    #[test]
+    fn identity_change_after_authentication_by_a_non_authenticator_fails_closed() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        // alice logs in over ssh, then sudo makes her root: the process
+        // no longer runs as the identity sshd established.
+        let sudo = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/bash", true),
+            anc("/usr/bin/sudo", true),
+            anc("/usr/bin/cat", false),
+        ];
+        assert_eq!(hs.classify(&sudo), ProcessTrust::NotAuthenticated);
+        // su is an authenticator: it authenticates again.
+        let su_after_sudo = [
+            anc("/usr/sbin/sshd", false),
+            anc("/usr/bin/bash", true),
+            anc("/usr/bin/sudo", true),
+            anc("/usr/bin/su", true),
+            anc("/usr/bin/bash", true),
+        ];
+        assert_eq!(hs.classify(&su_after_sudo), ProcessTrust::Authenticated);
+    }
+
+    #[test]
+    fn inherited_trust_survives_a_lost_ancestry() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        // The untrusted ksh exited; its child was reparented, but its trust
+        // was recorded while ksh was alive.
+        let below = [anc("/usr/bin/bash", false), anc("/usr/bin/cat", false)];
+        assert_eq!(
+            hs.classify_from(Some(ProcessTrust::Untrusted), &below),
+            ProcessTrust::Untrusted
+        );
+        assert_eq!(
+            hs.classify_from(Some(ProcessTrust::Authenticated), &below),
+            ProcessTrust::Authenticated
+        );
+        assert_eq!(
+            hs.classify_from(None, &below),
+            ProcessTrust::NotAuthenticated
+        );
+        // An inherited authentication ends at a later identity change.
+        let changed = [anc("/usr/bin/sudo", true), anc("/usr/bin/cat", false)];
+        assert_eq!(
+            hs.classify_from(Some(ProcessTrust::Authenticated), &changed),
+            ProcessTrust::NotAuthenticated
         );
     }
 

@@ -82,8 +82,13 @@
 //!   rule still permits `d_rd`, `d_rd_att` and `f_rd_att`, without the key.
 //! * **User sets only match authenticated processes** unless
 //!   `authenticated_users_only` is `false` for the policy or the rule. An
-//!   unauthenticated process is in no user set, so `exclude_user_set`
-//!   rules *do* match it (fail closed for "deny everyone but ...").
+//!   unauthenticated process never *gains* access through a user-set
+//!   component and never *escapes* a deny through one: on a permit rule
+//!   the component does not match it, included or excluded (so
+//!   `exclude_user_set` cannot permit "everyone but guests" to a process
+//!   whose user is unknown); on a deny rule an excluded set does not
+//!   exclude it ("deny everyone but admins" denies it) and an included set
+//!   matches by the uid and groups it runs with ("deny these users").
 //! * **Exclude flags** need a set to exclude (`exclude_user_set` without
 //!   `user_set_id` is an error, not "match nothing").
 //! * **Resources** are paths relative to the GuardPoint written absolute
@@ -114,12 +119,43 @@
 //!
 //! # Not supported
 //!
-//! * Policy types other than `Standard` (Live Data Transformation, IDT,
-//!   CSI, cloud object storage): rejected.
-//! * Actions outside the list above (e.g. Windows-only actions), effects
-//!   other than `permit`, `deny`, `applykey`, `audit`: rejected.
-//! * `partial_match`, signature *sets* referenced by id, `key_type` other
-//!   than `name`, data-transformation rules: rejected.
+//! Everything below is refused at parse time (so a policy never means less
+//! than its author wrote) unless it says otherwise.
+//!
+//! * **Policy types other than `Standard`** (Live Data Transformation, IDT,
+//!   CSI, cloud object storage, HDFS): each needs its own data path
+//!   (online rekeying, in-place transformation of existing data, object or
+//!   HDFS semantics) that secfs does not implement; GuardFS transforms data
+//!   offline with `dataxform`.
+//! * **Data transformation rules** (`data_transform_rules`, an unknown
+//!   field here): they belong to
+//!   transformation policies and `dataxform`, not to access decisions.
+//! * **`partial_match`** on resources: CTE's prefix matching of resource
+//!   paths would let a rule for `/data` cover `/database`; resources here
+//!   are whole path components plus `*`/`?` patterns.
+//! * **`key_type` other than `name`** (key ids, UUIDs, aliases): secfs
+//!   receives keys by name from `vmd`; resolving other identifiers is the
+//!   control plane's job, and it delivers names.
+//! * **Signature sets referenced by id** (`signature_set_id`): signatures
+//!   are given inline per process entry (`signature`, SHA-256); the
+//!   manager's separate signature-set objects and their other hash types
+//!   are not modelled.
+//! * **Windows-only actions** (those of the Windows agent, which act on
+//!   NTFS semantics Linux has no equivalent for) and any action name not
+//!   listed above: rejected as unknown. Effects other than
+//!   `permit`, `deny`, `applykey`, `audit` are rejected too.
+//! * **`os_domain`** on user entries and **HDFS fields** (`hdfs_*`): Windows
+//!   domains and HDFS users have no meaning for a Linux file system;
+//!   rejected as unknown fields.
+//! * **`|authenticator_euid|`** host setting: rejected (see
+//!   [`HostSettings`]); identity changes are observed by uid and login uid.
+//! * **`|protect|`** host setting: parsed and listed by
+//!   [`HostSettings::paths`], **not enforced** (protecting agent files
+//!   from deletion is outside what a GuardPoint's file system can see).
+//! * **`key_op`**: accepted and evaluated, but no FUSE operation maps to
+//!   it (rekey and key-management operations go through `vmd`/`dataxform`,
+//!   not the file system), so a rule for `key_op` only matters to callers
+//!   that ask about it explicitly.
 //!
 //! # Example
 //!

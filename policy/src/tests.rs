@@ -915,6 +915,58 @@ fn user_sets_need_authentication_unless_switched_off() {
 }
 
 #[test]
+fn unauthenticated_processes_neither_gain_nor_escape_through_user_sets() {
+    let p = compile(&json!({
+        "name": "p",
+        "security_rules": [
+            // Permit everyone but guests: an unauthenticated process must
+            // not count as "not a guest".
+            { "order_number": 1, "user_set_id": "guests", "exclude_user_set": true,
+              "resource_set_id": "open", "action": "read", "effect": "permit,applykey" },
+            // Deny the blocked users: their claimed uid suffices.
+            { "order_number": 2, "user_set_id": "blocked", "action": "all_ops", "effect": "deny" },
+            // Deny everyone but admins: unauthenticated admins are denied.
+            { "order_number": 3, "user_set_id": "admins", "exclude_user_set": true,
+              "resource_set_id": "adm", "action": "all_ops", "effect": "deny" },
+            { "order_number": 4, "user_set_id": "staff", "action": "all_ops", "effect": "permit" },
+            { "order_number": 5, "resource_set_id": "adm", "action": "all_ops", "effect": "permit" }
+        ],
+        "resource_sets": [
+            { "id": "open", "resources": [ { "directory": "/open" } ] },
+            { "id": "adm", "resources": [ { "directory": "/adm" } ] }
+        ],
+        "user_sets": [
+            { "id": "guests", "users": [ { "uid": 2000 } ] },
+            { "id": "blocked", "users": [ { "uid": 666 } ] },
+            { "id": "admins", "users": [ { "uid": 0 } ] },
+            { "id": "staff", "users": [ { "uid": 1000 } ] }
+        ]
+    }));
+    // uid 1000, authenticated: not a guest, rule 1 permits.
+    let mut r = req("/open/f", Action::FRd);
+    assert_eq!(p.evaluate(&r).code().to_string(), "1M");
+    // Unauthenticated: rule 1 does not match (U) and nothing else permits
+    // except the staff rule, which needs authentication too.
+    r.authenticated = false;
+    let d = p.evaluate(&r);
+    assert_eq!(d.code().to_string(), "1U,2U,3R,4U,5R");
+    assert!(!d.is_permit());
+    // A blocked uid is denied whether authenticated or not.
+    let mut b = req("/open/f", Action::FRd);
+    b.uid = 666;
+    b.authenticated = false;
+    assert_eq!(p.evaluate(&b).code().to_string(), "1U,2M");
+    // An unauthenticated uid 0 is not known to be an admin: rule 3 denies.
+    let mut a = req("/adm/x", Action::FRd);
+    a.uid = 0;
+    assert_eq!(p.evaluate(&a).code().to_string(), "1R,2U,3U,4U,5M");
+    a.authenticated = false;
+    let d = p.evaluate(&a);
+    assert_eq!(d.code().to_string(), "1R,2U,3M");
+    assert!(!d.is_permit());
+}
+
+#[test]
 fn user_entries_match_names_and_supplementary_groups() {
     let p = compile(&json!({
         "name": "users",

@@ -7,6 +7,7 @@
 //!                 [--policy FILE [--host-settings FILE]] [--key NAME=FILE]...
 //! secfs umount DIR [--lazy]
 //! secfs serve --vmd PATH [--ctl-dir DIR] [--blob-dir DIR] [--audit-log FILE]
+//!             [--concise-logging]
 //! ```
 //!
 //! `serve` is the agent's form: one process serving every GuardPoint,
@@ -81,6 +82,10 @@ struct ServeArgs {
     /// Worker threads per GuardPoint (default: number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Concise logging: log a decision once per minute per (user,
+    /// process, file, read/write/attribute/directory class).
+    #[arg(long)]
+    concise_logging: bool,
 }
 
 #[derive(clap::Args)]
@@ -104,7 +109,8 @@ struct MountArgs {
     /// Audit log (records also go to syslog).
     #[arg(long, default_value = "/var/log/guardfs/audit.log")]
     audit_log: PathBuf,
-    /// Concise logging: identical audit records once per minute.
+    /// Concise logging: log a decision once per minute per (user,
+    /// process, file, read/write/attribute/directory class).
     #[arg(long)]
     concise_logging: bool,
     /// Mode for new files; existing files keep the mode in their header.
@@ -126,6 +132,9 @@ struct MountArgs {
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
 }
+
+/// Concise logging's window (CTE logs the first access per minute).
+const CONCISE_WINDOW: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -225,6 +234,22 @@ fn precheck(a: &MountArgs) -> Result<Prepared, (i32, String)> {
         ),
         None => None,
     };
+    // Every key the key rules name must be supplied: otherwise files under
+    // them could be neither read nor created, and it would show only as
+    // I/O errors later.
+    if let Some((compiled, _)) = &policy {
+        let missing = guardfs_shim::stack::access::missing_keys(compiled, &keys);
+        if !missing.is_empty() {
+            return Err((
+                exitcode::BAD_KEY,
+                format!(
+                    "policy {} names keys that were not supplied (use --key NAME=FILE): {}",
+                    compiled.name(),
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(Prepared { keys, policy })
 }
 
@@ -254,7 +279,7 @@ fn run_mount(a: MountArgs) -> i32 {
             let opts = AuditOptions {
                 file: Some(a.audit_log.clone()),
                 syslog: true,
-                concise: a.concise_logging.then_some(Duration::from_secs(60)),
+                concise: a.concise_logging.then_some(CONCISE_WINDOW),
             };
             match Auditor::start(opts) {
                 Ok(audit) => Access::with_policy(&gp, policy, host, Some(audit)),
@@ -336,7 +361,7 @@ fn run_serve(a: ServeArgs) -> i32 {
     let audit = match Auditor::start(AuditOptions {
         file: Some(a.audit_log.clone()),
         syslog: true,
-        concise: None,
+        concise: a.concise_logging.then_some(CONCISE_WINDOW),
     }) {
         Ok(x) => x,
         Err(e) => {
@@ -391,9 +416,16 @@ fn reload(stack: &Stack, policy: Option<&Path>, host: Option<&Path>, invalidate:
     match load_policy(policy, host) {
         Ok((compiled, settings)) => {
             let name = compiled.name().to_owned();
-            let generation = stack.access().load(compiled, settings);
-            stack.invalidate_all(invalidate);
-            log::info!("secfs: SIGHUP: policy {name} loaded (generation {generation})");
+            match stack
+                .access()
+                .load_checked(compiled, settings, &*stack.config().keys)
+            {
+                Ok(generation) => {
+                    stack.invalidate_all(invalidate);
+                    log::info!("secfs: SIGHUP: policy {name} loaded (generation {generation})");
+                }
+                Err(e) => log::error!("secfs: SIGHUP: {e}; keeping the current policy"),
+            }
         }
         Err(e) => log::error!("secfs: SIGHUP: {e}; keeping the current policy"),
     }

@@ -1,9 +1,27 @@
 //! Access decisions: which view of a file a caller gets, or none.
 //!
 //! secfs asks the compiled policy (crate `guardfs-policy`) at open-, create-
-//! and lookup-level operations, never per read or write: a file handle
-//! keeps the decision made when it was opened, so writes flushed later by
-//! the kernel are attributed to the opener.
+//! and lookup-level operations (and for attribute reads, see below), never
+//! per read or write: a file handle keeps the decision made when it was
+//! opened, so writes flushed later by the kernel are attributed to the
+//! opener.
+//!
+//! # Views
+//!
+//! A permitted caller gets one of two views of a regular file:
+//! * **Plain**: decrypted contents and the logical size. Given to a permit
+//!   with `applykey`, and, under a `clear_key` key rule, to a permit
+//!   without `applykey` *only for headerless (clear) files* — there the
+//!   lower bytes are the plaintext.
+//! * **Raw**: the exact lower bytes, header included, and the lower size.
+//!   Given to a permit without `applykey` (a backup tool), including an
+//!   encrypted file that was renamed or linked into a `clear_key` subtree:
+//!   without the key such a reader never gets plaintext. Raw views are
+//!   read-only.
+//!
+//! Whether a file is encrypted is decided from the lower file itself (its
+//! mode marker, else its header magic) when the view is chosen, at lookup
+//! and again at open, so the decision at open is the one that counts.
 //!
 //! # Caching strategy (no plaintext through shared kernel caches)
 //!
@@ -12,34 +30,70 @@
 //! inode whose cache holds plaintext. When the loaded policy can give some
 //! reader ciphertext (`possible_outcomes` says raw reads are possible), the
 //! GuardPoint runs *isolated*:
-//! * a regular file has two kernel inodes, one per view: the plaintext view
-//!   (node id = lower inode number) and the raw view (a separate node id
-//!   whose reads return the exact lower bytes, header included, and whose
+//! * a regular file has up to two kernel inodes, one per view: the
+//!   plaintext view (node id = lower inode number) and the raw view (a
+//!   separate node id whose reads return the exact lower bytes and whose
 //!   size is the lower size);
 //! * lookups of regular files are answered with an entry lifetime of zero,
 //!   so every path walk asks secfs again, and the answer depends on the
-//!   caller: its decision picks the inode;
-//! * raw views are opened with direct I/O (no page cache for them at all).
+//!   caller: a non-auditing probe of its read decision picks the inode;
+//! * raw views are opened with direct I/O (no page cache for them at all);
+//! * `readdir` hands out names only (no `READDIRPLUS` entries), so no
+//!   inode is reached without a per-caller lookup.
 //!
 //! Each view's page cache and attribute cache only ever hold what every
 //! process reaching that inode may see, so full caching (writeback cache,
-//! kept page cache) stays on for the plaintext view. When the policy can
-//! only permit plaintext or deny, there is one inode per file and entries
-//! are cached normally.
+//! kept page cache, attribute lifetime of the mount's TTL) stays on for the
+//! plaintext view. When the policy can only permit plaintext or deny (no
+//! raw reads anywhere), there is one inode per file and entries are cached
+//! normally: a denied process can reach the inode, but every open, and
+//! every attribute read (`getattr`, `f_rd_att`/`d_rd_att`, browsing
+//! applies), `readlink` (`f_rd`), listing and xattr access is decided for
+//! the caller in secfs. What the kernel serves from its caches without
+//! asking secfs — a cached attribute for a path walk, within the TTL — was
+//! fetched by a caller the policy let read attributes; attribute reads are
+//! not treated as secret beyond that TTL (one second by default).
 //!
-//! A new policy generation (reload) bumps a counter; handles opened under
-//! an older generation are decided again on their next read or write, and
-//! the mount invalidates every cached page and attribute, so no fd opened
-//! earlier keeps access the new policy removes.
+//! # Policy generations and revocation
+//!
+//! Each loaded policy has a generation number, stored together with the
+//! compiled policy in one snapshot; a decision ([`Grant`]) carries the
+//! generation of the snapshot it was taken from, and a file handle keeps
+//! it. After a reload (SIGHUP or the control channel's LoadPolicy):
+//! * every new operation is decided under the new snapshot;
+//! * a handle opened under an older generation is decided again, for its
+//!   opener, on its next read, write or fallocate: if the new policy no
+//!   longer grants the same view, the operation fails with `EACCES`;
+//! * the mount invalidates every cached page and attribute of every inode.
+//!
+//! Mapped pages: the kernel's invalidation (`FUSE_NOTIFY_INVAL_INODE`)
+//! drops an inode's clean cached pages and unmaps them from every mapping,
+//! so a later access through a mapping made under the old generation
+//! faults and is fetched by a read on the mapping's handle, which is
+//! re-checked (a refused fetch is `SIGBUS`). Not covered: bytes a process
+//! already copied out of a mapping or its own modified private pages, and
+//! pages the kernel could not drop at that instant (under writeback) until
+//! they are dropped later. Revocation is immediate for `read(2)` and new
+//! faults, never retroactive for data already handed out.
+//!
+//! **Known gap**: the re-check happens when the kernel asks secfs for
+//! data. Once a process the new policy permits has read the file again,
+//! its pages are back in the shared cache of the plaintext inode, and a
+//! handle or mapping opened under the old generation by a process the new
+//! policy denies is served those pages by the kernel without asking secfs.
+//! Closing this needs the old generation's opens on a separate inode (or
+//! uncached) after a reload; until then, a narrowing reload is fully
+//! effective only for processes that reopen the file.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use guardfs_policy::{Action, AuditLine, CompiledPolicy, HostSettings, KeyChoice, Request};
 use log::warn;
 
-use crate::audit::Auditor;
+use crate::audit::{AuditClass, Auditor};
+use crate::stack::keys::KeySource;
 use crate::stack::procinfo::ProcCache;
 use crate::vfs::{Caller, Errno, VfsResult};
 
@@ -67,6 +121,11 @@ pub enum NewKey {
 pub struct Grant {
     pub view: View,
     pub key: NewKey,
+    /// The policy generation this decision was taken under (0: no policy).
+    pub generation: u64,
+    /// Permit without `applykey` under a `clear_key` key rule: the plaintext
+    /// view only for headerless files; see [`Grant::for_file`].
+    pub clear_only: bool,
 }
 
 impl Grant {
@@ -75,7 +134,18 @@ impl Grant {
         Grant {
             view: View::Plain,
             key: NewKey::Default,
+            generation: 0,
+            clear_only: false,
         }
+    }
+
+    /// The grant for a file that is (`encrypted`) or is not encrypted: a
+    /// `clear_only` grant shows an encrypted file raw (no key applied).
+    pub fn for_file(mut self, encrypted: bool) -> Grant {
+        if self.clear_only && encrypted {
+            self.view = View::Raw;
+        }
+        self
     }
 }
 
@@ -92,8 +162,13 @@ pub struct Loaded {
 /// The access-control state of one GuardPoint.
 #[derive(Debug)]
 pub struct Access {
+    /// The loaded policy and its generation, swapped together.
     state: RwLock<Option<Arc<Loaded>>>,
+    /// The generation of `state`, published after it (a fast path for
+    /// "has anything changed"; decisions take theirs from the snapshot).
     generation: AtomicU64,
+    /// Serializes loads so generations are assigned in order.
+    loading: Mutex<()>,
     /// The GuardPoint's path, as audit lines show it.
     guard_point: Vec<u8>,
     procs: ProcCache,
@@ -105,29 +180,69 @@ fn now_local() -> guardfs_policy::TimeOfWeek {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    guardfs_policy::TimeOfWeek::from_unix(secs, local_offset())
+    guardfs_policy::TimeOfWeek::from_unix(secs, local_offset(secs))
 }
 
-/// The local UTC offset in seconds (the policy's `when` is local time).
-fn local_offset() -> i32 {
-    // TZ offsets change rarely; read them from the time zone data at start.
-    static OFFSET: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    *OFFSET.get_or_init(|| {
-        std::process::Command::new("date")
-            .arg("+%z")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| {
-                let s = s.trim();
-                let sign = if s.starts_with('-') { -1 } else { 1 };
-                let digits = s.trim_start_matches(['+', '-']);
-                let h: i32 = digits.get(..2)?.parse().ok()?;
-                let m: i32 = digits.get(2..4)?.parse().ok()?;
-                Some(sign * (h * 3600 + m * 60))
-            })
-            .unwrap_or(0)
-    })
+/// How often the local UTC offset is looked up again (DST changes it).
+const OFFSET_REFRESH_SECS: i64 = 60;
+
+/// The local UTC offset in seconds (the policy's `when` is local time),
+/// looked up at most once a minute; one thread refreshes it while the
+/// others use the previous value.
+fn local_offset(now: i64) -> i32 {
+    static OFFSET: AtomicI64 = AtomicI64::new(0);
+    static CHECKED: AtomicI64 = AtomicI64::new(i64::MIN);
+    static REFRESH: Mutex<()> = Mutex::new(());
+    let last = CHECKED.load(Ordering::Acquire);
+    if now.saturating_sub(last) >= OFFSET_REFRESH_SECS
+        && let Ok(_g) = REFRESH.try_lock()
+        && CHECKED.load(Ordering::Acquire) == last
+    {
+        if let Some(o) = read_offset() {
+            OFFSET.store(i64::from(o), Ordering::Release);
+        }
+        CHECKED.store(now, Ordering::Release);
+    }
+    if last == i64::MIN {
+        // The very first decision waits for the first lookup.
+        let _g = REFRESH.lock().unwrap_or_else(|e| e.into_inner());
+    }
+    OFFSET.load(Ordering::Acquire) as i32
+}
+
+fn read_offset() -> Option<i32> {
+    let o = std::process::Command::new("date")
+        .arg("+%z")
+        .output()
+        .ok()?;
+    let s = String::from_utf8(o.stdout).ok()?;
+    let s = s.trim();
+    let sign = if s.starts_with('-') { -1 } else { 1 };
+    let digits = s.trim_start_matches(['+', '-']);
+    let h: i32 = digits.get(..2)?.parse().ok()?;
+    let m: i32 = digits.get(2..4)?.parse().ok()?;
+    Some(sign * (h * 3600 + m * 60))
+}
+
+/// The key names `policy`'s key rules use that `keys` does not hold.
+pub fn missing_keys(policy: &CompiledPolicy, keys: &dyn KeySource) -> Vec<String> {
+    policy
+        .key_names()
+        .filter(|n| keys.latest(n).is_none())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The concise-logging class of an action.
+fn class_of(action: Action) -> AuditClass {
+    use Action as A;
+    match action {
+        A::FRd => AuditClass::Read,
+        A::FWr | A::FWrApp | A::FCre | A::FRm | A::FRen | A::FLink => AuditClass::Write,
+        A::FRdAtt | A::FRdSec | A::DRdAtt => AuditClass::ReadAttr,
+        A::DRd => AuditClass::Dir,
+        _ => AuditClass::Other,
+    }
 }
 
 impl Access {
@@ -136,6 +251,7 @@ impl Access {
         Access {
             state: RwLock::new(None),
             generation: AtomicU64::new(0),
+            loading: Mutex::new(()),
             guard_point: guard_point.to_vec(),
             procs: ProcCache::default(),
             audit: None,
@@ -157,20 +273,50 @@ impl Access {
         a
     }
 
+    /// Like [`Access::load`], but refuse (keeping the current policy) a
+    /// policy whose key rules name a key `keys` does not hold.
+    pub fn load_checked(
+        &self,
+        policy: CompiledPolicy,
+        host: HostSettings,
+        keys: &dyn KeySource,
+    ) -> Result<u64, String> {
+        let missing = missing_keys(&policy, keys);
+        if !missing.is_empty() {
+            return Err(format!(
+                "policy {} names keys that were not supplied: {}",
+                policy.name(),
+                missing.join(", ")
+            ));
+        }
+        Ok(self.load(policy, host))
+    }
+
     /// Switch to a new policy generation atomically; returns its number.
+    /// The policy and its generation are published together: a decision
+    /// taken from the new snapshot carries the new number.
     pub fn load(&self, policy: CompiledPolicy, host: HostSettings) -> u64 {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
         let isolated = [Action::FRd, Action::FWr, Action::FWrApp]
             .iter()
             .any(|&a| policy.possible_outcomes(a).raw);
-        let loaded = Arc::new(Loaded {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let previous = state.as_ref().map(|l| l.generation).unwrap_or(0);
+        let generation = previous.max(self.generation.load(Ordering::Acquire)) + 1;
+        let host_changed = state.as_ref().is_none_or(|l| l.host != host);
+        *state = Some(Arc::new(Loaded {
             policy,
             host,
             isolated,
             generation,
-        });
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
-        self.procs.clear();
+        }));
+        self.generation.store(generation, Ordering::Release);
+        drop(state);
+        // Trust computed under other host settings is stale; identities
+        // (and the trust they inherit) stay valid otherwise.
+        if host_changed {
+            self.procs.clear();
+        }
         generation
     }
 
@@ -207,17 +353,36 @@ impl Access {
     /// absolute) for `caller`. Deny is `EACCES`; learn mode permits and
     /// logs what it would have denied.
     pub fn check(&self, caller: &Caller, path: &[u8], action: Action) -> VfsResult<Grant> {
+        self.decide(caller, path, action, true)
+    }
+
+    /// [`Access::check`] without an audit record: for choices secfs makes
+    /// on the caller's behalf (which inode a lookup reaches) that are not
+    /// operations the caller asked for; the operation itself is decided
+    /// and audited when it happens.
+    pub fn probe(&self, caller: &Caller, path: &[u8], action: Action) -> VfsResult<Grant> {
+        self.decide(caller, path, action, false)
+    }
+
+    fn decide(
+        &self,
+        caller: &Caller,
+        path: &[u8],
+        action: Action,
+        audit: bool,
+    ) -> VfsResult<Grant> {
         let Some(l) = self.current() else {
             return Ok(Grant::unrestricted());
         };
-        // Requests the kernel makes on its own behalf (pid 0) have no
-        // process to judge; they only happen for already-opened files.
-        if caller.pid == 0 {
-            return Ok(Grant::unrestricted());
-        }
-        let ident = self
-            .procs
-            .identity(caller.pid, caller.uid, caller.gid, &l.host, true);
+        // Requests the kernel makes on its own behalf (pid 0, or a caller
+        // outside secfs's pid namespace) are judged as an unknown,
+        // unauthenticated process: no executable, no signature.
+        let ident = if caller.pid == 0 {
+            self.procs.unknown(caller.uid, caller.gid)
+        } else {
+            self.procs
+                .identity(caller.pid, caller.uid, caller.gid, &l.host, true)
+        };
         let names: Vec<&str> = ident.group_names.iter().map(String::as_str).collect();
         let req = Request {
             path,
@@ -233,10 +398,20 @@ impl Access {
             now: now_local(),
         };
         let d = l.policy.evaluate(&req);
-        if d.audit()
+        if audit
+            && d.audit()
             && let Some(a) = &self.audit
         {
-            a.record(AuditLine::new(&l.policy, &req, &self.guard_point, &d).to_string());
+            a.record_concise(
+                (
+                    caller.uid,
+                    ident.exe.as_deref().unwrap_or_default(),
+                    path,
+                    class_of(action),
+                    d.is_permit(),
+                ),
+                || AuditLine::new(&l.policy, &req, &self.guard_point, &d).to_string(),
+            );
         }
         if !d.is_permit() {
             return Err(Errno::EACCES);
@@ -254,12 +429,92 @@ impl Access {
             }
             KeyChoice::Unmatched => NewKey::Default,
         };
-        // Under clear_key the lower bytes are the plaintext: one view.
-        let view = if d.apply_key() || key == NewKey::Clear {
+        // Without the key, only a clear (headerless) file under clear_key
+        // is shown as plaintext; the caller resolves that per file.
+        let clear_only = !d.apply_key() && key == NewKey::Clear;
+        let view = if d.apply_key() || clear_only {
             View::Plain
         } else {
             View::Raw
         };
-        Ok(Grant { view, key })
+        Ok(Grant {
+            view,
+            key,
+            generation: l.generation,
+            clear_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_travels_with_the_snapshot() {
+        let p = |n: &str| {
+            CompiledPolicy::from_json(&format!(
+                r#"{{ "name": "{n}", "security_rules": [
+                    {{ "order_number": 1, "action": "all_ops", "effect": "permit,applykey" }} ] }}"#
+            ))
+            .unwrap()
+        };
+        let a = Access::with_policy(b"/gp", p("one"), HostSettings::default(), None);
+        let c = Caller {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        };
+        let g = a.check(&c, b"/f", Action::FRd).unwrap();
+        assert_eq!((g.generation, a.generation()), (1, 1));
+        assert_eq!(a.load(p("two"), HostSettings::default()), 2);
+        let g = a.check(&c, b"/f", Action::FRd).unwrap();
+        assert_eq!(g.generation, 2);
+        // pid 0 is judged (not waved through).
+        let c0 = Caller { pid: 0, ..c };
+        assert_eq!(a.check(&c0, b"/f", Action::FRd).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn clear_only_grants_show_encrypted_files_raw() {
+        let policy = CompiledPolicy::from_json(
+            r#"{ "name": "c", "security_rules": [
+                { "order_number": 1, "action": "read", "effect": "permit" } ],
+              "key_rules": [ { "key_id": "clear_key" } ] }"#,
+        )
+        .unwrap();
+        let a = Access::with_policy(b"/gp", policy, HostSettings::default(), None);
+        let c = Caller {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        };
+        let g = a.check(&c, b"/f", Action::FRd).unwrap();
+        assert!(g.clear_only);
+        assert_eq!(g.clone().for_file(false).view, View::Plain);
+        assert_eq!(g.for_file(true).view, View::Raw);
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let policy = CompiledPolicy::from_json(
+            r#"{ "name": "k", "security_rules": [
+                { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ],
+              "key_rules": [ { "resource_set_id": "a", "key_id": "ka" }, { "key_id": "kb" } ],
+              "resource_sets": [ { "id": "a", "resources": [ { "directory": "/a" } ] } ] }"#,
+        )
+        .unwrap();
+        let keys = crate::stack::keys::StaticKeys::single(
+            "ka",
+            1,
+            guardfs_crypto::PolicyKey::from_bytes([7; 32]),
+        );
+        assert_eq!(missing_keys(&policy, &keys), ["kb"]);
+        let a = Access::unrestricted(b"/gp");
+        let e = a
+            .load_checked(policy, HostSettings::default(), &keys)
+            .unwrap_err();
+        assert!(e.contains("kb"), "{e}");
+        assert_eq!(a.generation(), 0);
     }
 }

@@ -81,7 +81,8 @@ struct FileHandle {
     reads: bool,
     writes: bool,
     append: bool,
-    /// The policy generation the decision was made under.
+    /// The policy generation the decision was made under (taken from the
+    /// same snapshot as the decision, see `access`).
     generation: AtomicU64,
 }
 
@@ -165,13 +166,55 @@ impl Stack {
 
     /// Re-open a node's lower object with real access modes.
     fn reopen(&self, node: &Node, flags: OFlag) -> VfsResult<OwnedFd> {
-        let name = node.fd.as_raw_fd().to_string();
+        self.reopen_fd(node.fd(), flags)
+    }
+
+    /// Re-open the lower object an `O_PATH` fd refers to.
+    fn reopen_fd(&self, fd: BorrowedFd<'_>, flags: OFlag) -> VfsResult<OwnedFd> {
+        let name = fd.as_raw_fd().to_string();
         Ok(nix::fcntl::openat(
             self.proc_fd.as_fd(),
             name.as_str(),
             flags | OFlag::O_CLOEXEC,
             StatMode::empty(),
         )?)
+    }
+
+    /// Whether the regular file an `O_PATH` fd refers to is encrypted: it
+    /// has an encrypted mode marker, or (marker absent or unreadable) its
+    /// first bytes are a GuardFS header. Anything that cannot be read
+    /// counts as encrypted (the caller then withholds plaintext).
+    fn lower_encrypted(&self, fd: BorrowedFd<'_>) -> bool {
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let marker = sys::getxattr(
+            &std::ffi::CString::new(path).unwrap_or_default(),
+            OsStr::from_bytes(MODE_XATTR.to_bytes()),
+        );
+        if let Ok(v) = marker {
+            return std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<Mode>().ok())
+                .is_none_or(|m| m != Mode::Clear);
+        }
+        let Ok(rd) = self.reopen_fd(fd, OFlag::O_RDONLY | OFlag::O_NONBLOCK) else {
+            return true;
+        };
+        let mut hdr = [0u8; 16];
+        match file::pread_full(rd.as_fd(), &mut hdr, 0) {
+            Ok(n) => guardfs_crypto::Header::has_magic(&hdr[..n]),
+            Err(_) => true,
+        }
+    }
+
+    /// `g` for the file `node`: a clear-only grant shows an encrypted file
+    /// raw (see `access`).
+    fn for_node(&self, g: Grant, node: &Node) -> Grant {
+        if g.clear_only {
+            let enc = node.kind == FileKind::Regular && self.lower_encrypted(node.fd());
+            g.for_file(enc)
+        } else {
+            g
+        }
     }
 
     /// The class of a regular file, from its marker xattr (cached per node).
@@ -238,21 +281,22 @@ impl Stack {
     /// Look `name` up in `parent` and count one lookup of it, for a caller
     /// of the plaintext view.
     fn do_lookup(&self, parent: &Node, name: &OsStr) -> VfsResult<Entry> {
-        self.lookup_view(parent, name, |_| Ok(View::Plain))
+        self.lookup_view(parent, name, |_, _| Ok(View::Plain))
     }
 
-    /// Look `name` up; `view_of(kind)` picks the view (and may refuse).
+    /// Look `name` up; `view_of(kind, key)` picks the view (and may
+    /// refuse); `key` is the lower object's (st_dev, st_ino).
     fn lookup_view(
         &self,
         parent: &Node,
         name: &OsStr,
-        view_of: impl Fn(FileKind) -> VfsResult<View>,
+        view_of: impl Fn(FileKind, (u64, u64)) -> VfsResult<View>,
     ) -> VfsResult<Entry> {
         for _ in 0..4 {
             let st = nix::sys::stat::fstatat(parent.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
             let key = key_of(&st);
             let kind = FileKind::from_mode(st.st_mode);
-            let view = view_of(kind)?;
+            let view = view_of(kind, key)?;
             let res = self.nodes.lookup(key, view, kind, || {
                 let fd = nix::fcntl::openat(
                     parent.fd(),
@@ -297,13 +341,21 @@ impl Stack {
 
     /// The path of a node relative to the GuardPoint, written absolute
     /// (`/` is the GuardPoint), as policies name resources.
-    fn rel_path(&self, node: &Node) -> Vec<u8> {
+    ///
+    /// A node whose path cannot be read, or lies outside the GuardPoint
+    /// (moved out of it by a rename on the lower file system), has no
+    /// resource path the policy could judge: `EACCES`.
+    fn rel_path(&self, node: &Node) -> VfsResult<Vec<u8>> {
         use std::os::unix::ffi::OsStringExt;
         if node.ino == Ino::ROOT {
-            return b"/".to_vec();
+            return Ok(b"/".to_vec());
         }
         let Ok(p) = std::fs::read_link(format!("/proc/self/fd/{}", node.fd.as_raw_fd())) else {
-            return b"/".to_vec();
+            log::warn!(
+                "secfs: {}: path unknown; access refused",
+                node.display_path()
+            );
+            return Err(Errno::EACCES);
         };
         let mut p = p.into_os_string().into_vec();
         if p.ends_with(b" (deleted)") {
@@ -311,20 +363,26 @@ impl Stack {
         }
         let gp = self.cfg.access.guard_point();
         match p.strip_prefix(gp) {
-            Some(rest) if rest.starts_with(b"/") => rest.to_vec(),
-            Some([]) => b"/".to_vec(),
-            _ => p,
+            Some(rest) if rest.starts_with(b"/") => Ok(rest.to_vec()),
+            Some([]) => Ok(b"/".to_vec()),
+            _ => {
+                log::warn!(
+                    "secfs: {} is outside the GuardPoint; access refused",
+                    String::from_utf8_lossy(&p)
+                );
+                Err(Errno::EACCES)
+            }
         }
     }
 
     /// The path of `name` in `parent`, relative to the GuardPoint.
-    fn child_path(&self, parent: &Node, name: &OsStr) -> Vec<u8> {
-        let mut p = self.rel_path(parent);
+    fn child_path(&self, parent: &Node, name: &OsStr) -> VfsResult<Vec<u8>> {
+        let mut p = self.rel_path(parent)?;
         if p != b"/" {
             p.push(b'/');
         }
         p.extend_from_slice(name.as_bytes());
-        p
+        Ok(p)
     }
 
     /// Ask the policy about `action` on `node` (skipping path work when no
@@ -333,7 +391,7 @@ impl Stack {
         if self.cfg.access.generation() == 0 {
             return Ok(Grant::unrestricted());
         }
-        self.cfg.access.check(c, &self.rel_path(node), action)
+        self.cfg.access.check(c, &self.rel_path(node)?, action)
     }
 
     fn check_child(
@@ -348,7 +406,7 @@ impl Stack {
         }
         self.cfg
             .access
-            .check(c, &self.child_path(parent, name), action)
+            .check(c, &self.child_path(parent, name)?, action)
     }
 
     /// Re-check an open file after the policy changed under it.
@@ -357,7 +415,7 @@ impl Stack {
         if h.generation.load(Ordering::Acquire) == now {
             return Ok(());
         }
-        let path = self.rel_path(&h.node);
+        let path = self.rel_path(&h.node)?;
         let mut actions = Vec::with_capacity(2);
         if h.reads {
             actions.push(Action::FRd);
@@ -369,13 +427,20 @@ impl Stack {
                 Action::FWr
             });
         }
+        // The generation stored is the oldest snapshot any check used, so
+        // a reload during the re-check is checked again next time.
+        let mut decided = u64::MAX;
         for a in actions {
             let g = self.cfg.access.check(&h.caller, &path, a)?;
+            let g = self.for_node(g, &h.node);
             if g.view != h.view {
                 return Err(Errno::EACCES);
             }
+            decided = decided.min(g.generation);
         }
-        h.generation.store(now, Ordering::Release);
+        if decided != u64::MAX {
+            h.generation.store(decided, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -502,7 +567,7 @@ impl Stack {
             if !wanted {
                 continue;
             }
-            let g = self.check_node(c, node, action)?;
+            let g = self.for_node(self.check_node(c, node, action)?, node);
             // Writing is only ever done in the plaintext view: a write
             // without the key would store plaintext or garbage.
             if action != Action::FRd && g.view != View::Plain {
@@ -511,9 +576,19 @@ impl Stack {
             if grant.as_ref().is_some_and(|p: &Grant| p.view != g.view) {
                 return Err(Errno::EACCES);
             }
-            grant = Some(g);
+            // The handle is re-checked unless every check it rests on
+            // was taken under the current generation.
+            let generation = grant
+                .as_ref()
+                .map_or(g.generation, |p| p.generation.min(g.generation));
+            grant = Some(Grant { generation, ..g });
         }
-        let grant = grant.unwrap_or_else(Grant::unrestricted);
+        let grant = match grant {
+            Some(g) => g,
+            // Unreachable (every access mode reads or writes); never
+            // fail open: decide it as a read.
+            None => self.for_node(self.check_node(c, node, Action::FRd)?, node),
+        };
         // The inode must show the view this caller was granted.
         if grant.view != node.view {
             return Err(Errno::EACCES);
@@ -561,7 +636,7 @@ impl Stack {
             reads: acc != libc::O_WRONLY,
             writes: acc != libc::O_RDONLY,
             append: flags & libc::O_APPEND != 0,
-            generation: AtomicU64::new(self.cfg.access.generation()),
+            generation: AtomicU64::new(grant.generation),
         }));
         // Raw views never use the page cache (see access.rs). Plain files
         // of a `clear` GuardPoint need no transformation: once the policy
@@ -666,6 +741,12 @@ fn attr_action(kind: FileKind, write: bool, security: bool) -> Action {
     }
 }
 
+/// A policy refusal (EACCES) as EPERM, for operations POSIX refuses with
+/// EPERM (chmod, chown, utimes with explicit times).
+fn eperm(e: Errno) -> Errno {
+    if e == Errno::EACCES { Errno::EPERM } else { e }
+}
+
 fn is_security_xattr(name: &OsStr) -> bool {
     name.as_bytes().starts_with(b"security.") || name.as_bytes().starts_with(b"system.posix_acl")
 }
@@ -703,22 +784,36 @@ impl VnodeOps for Stack {
         if self.cfg.access.generation() == 0 {
             return self.do_lookup(&p, name);
         }
-        let path = self.child_path(&p, name);
-        self.lookup_view(&p, name, |kind| {
+        let path = self.child_path(&p, name)?;
+        self.lookup_view(&p, name, |kind, key| {
             // Looking up a name reads its attributes.
             self.cfg
                 .access
                 .check(c, &path, attr_action(kind, false, false))?;
             // When views are isolated, the caller's read decision picks the
             // inode it reaches (a refused reader reaches the plaintext
-            // inode, which it cannot open).
+            // inode, which it cannot open). This is a probe, not an
+            // operation: it is not audited (the open is).
             if kind == FileKind::Regular && self.cfg.access.isolated() {
-                return Ok(self
-                    .cfg
-                    .access
-                    .check(c, &path, Action::FRd)
-                    .map(|g| g.view)
-                    .unwrap_or(View::Plain));
+                let Ok(g) = self.cfg.access.probe(c, &path, Action::FRd) else {
+                    return Ok(View::Plain);
+                };
+                if !g.clear_only {
+                    return Ok(g.view);
+                }
+                // Clear-only: raw unless the file is headerless. Look at
+                // the object itself; if the name changed meanwhile, the
+                // open decides again on the inode it reaches.
+                let fd = nix::fcntl::openat(
+                    p.fd(),
+                    name,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    StatMode::empty(),
+                )?;
+                if key_of(&nix::sys::stat::fstat(fd.as_fd())?) != key {
+                    return Ok(View::Raw);
+                }
+                return Ok(g.for_file(self.lower_encrypted(fd.as_fd())).view);
             }
             Ok(View::Plain)
         })
@@ -728,24 +823,35 @@ impl VnodeOps for Stack {
         self.nodes.forget(ino, nlookup);
     }
 
-    fn getattr(&self, _c: &Caller, ino: Ino, _fh: Option<Fh>) -> VfsResult<Attr> {
+    fn getattr(&self, c: &Caller, ino: Ino, _fh: Option<Fh>) -> VfsResult<Attr> {
         let node = self.nodes.get(ino)?;
+        // Reading attributes is f_rd_att / d_rd_att (browsing applies).
+        self.check_node(c, &node, attr_action(node.kind, false, false))?;
         let st = self.stat_node(&node)?;
         Ok(self.attr_of(&node, &st))
     }
 
     fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
         let node = self.nodes.get(ino)?;
+        // chmod, chown and utimes that the policy refuses fail as POSIX
+        // has them fail for a caller without the right: EPERM.
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
-            self.check_node(c, &node, attr_action(node.kind, true, true))?;
+            self.check_node(c, &node, attr_action(node.kind, true, true))
+                .map_err(eperm)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            self.check_node(c, &node, attr_action(node.kind, true, false))?;
+            // Setting the times to "now" needs only write access in POSIX
+            // (EACCES); explicit times need ownership (EPERM).
+            let explicit = [set.atime, set.mtime]
+                .iter()
+                .any(|t| matches!(t, Some(SetTime::At(_))));
+            self.check_node(c, &node, attr_action(node.kind, true, false))
+                .map_err(|e| if explicit { eperm(e) } else { e })?;
         }
         let mut grant = Grant::unrestricted();
         if set.size.is_some() {
             // Truncation changes contents: a write, in the plaintext view.
-            grant = self.check_node(c, &node, Action::FWr)?;
+            grant = self.for_node(self.check_node(c, &node, Action::FWr)?, &node);
             if grant.view != View::Plain || node.view != View::Plain {
                 return Err(Errno::EACCES);
             }
@@ -807,8 +913,10 @@ impl VnodeOps for Stack {
         Ok(self.attr_of(&node, &st))
     }
 
-    fn readlink(&self, _c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
+    fn readlink(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
         let node = self.nodes.get(ino)?;
+        // A symlink's target is its contents: f_rd.
+        self.check_node(c, &node, Action::FRd)?;
         Ok(std::os::unix::ffi::OsStringExt::into_vec(
             nix::fcntl::readlinkat(node.fd(), c"")?,
         ))
@@ -827,6 +935,12 @@ impl VnodeOps for Stack {
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = StatMode::from_bits_truncate(mode & 0o7777);
         let grant = self.check_child(c, &p, name, Action::FCre)?;
+        // A new regular file gets a header with the key: only for a
+        // caller granted the key (or under clear_key, where it stays
+        // headerless).
+        if kind == SFlag::S_IFREG && grant.view != View::Plain {
+            return Err(Errno::EACCES);
+        }
         self.as_caller(c, &p, || {
             Ok(nix::sys::stat::mknodat(
                 p.fd(),
@@ -979,11 +1093,20 @@ impl VnodeOps for Stack {
             node.file()
                 .create_header(&self.io(&node, fd.as_fd(), &grant.key))?;
         }
-        // The creator may write what it created; reading needs f_rd.
-        let grant = if flags & libc::O_ACCMODE == libc::O_WRONLY {
-            grant
+        // Creating is f_cre; the open that comes with it is decided like
+        // any open (f_wr for writing, f_rd for reading), whether the name
+        // was created now or existed already.
+        let open_flags = if created {
+            flags & !libc::O_TRUNC
         } else {
-            self.decide_open(c, &node, flags & !libc::O_TRUNC)?
+            flags
+        };
+        let grant = match self.decide_open(c, &node, open_flags) {
+            Ok(g) => g,
+            Err(err) => {
+                self.nodes.forget(e.ino, 1);
+                return Err(err);
+            }
         };
         let opened = match self.open_node(c, node.clone(), flags, grant) {
             Ok(o) => o,

@@ -3,8 +3,38 @@
 //! names, read from /proc.
 //!
 //! Everything is cached: identities per (pid, start time) so a reused pid
-//! is a new process, and signatures per (device, inode, mtime, size) of the
-//! binary so a replaced binary is hashed again.
+//! is a new process, and signatures per (device, inode, size, mtime,
+//! ctime) of the binary so a replaced or rewritten binary is hashed again
+//! (a user can reset a file's mtime, never its ctime). A cached identity
+//! is used only while the process still runs the same executable file
+//! (path, device, inode and ctime) with the same uid and gid.
+//!
+//! # Trust through ancestry, and orphans
+//!
+//! Host settings judge a process by its ancestry (see
+//! `guardfs_policy::HostSettings::classify`). The live ancestry in /proc
+//! forgets a parent once it exits (its children are reparented to a
+//! reaper), which would let a process escape `|path_no_trust|` by
+//! orphaning itself. So:
+//! * every identity built records the process's trust under its (pid,
+//!   start time); a process inherits from the nearest live ancestor that
+//!   has such a record (an untrusted ancestor makes it untrusted, an
+//!   authenticated one authenticated unless an identity change below
+//!   it ends that), and only the part of its ancestry below that ancestor
+//!   is classified again;
+//! * a process that was untrusted stays untrusted when it execs another
+//!   program (same pid and start time);
+//! * a process never seen before whose parent is a reaper (pid 1, or a
+//!   process running the same executable as pid 1, such as `systemd
+//!   --user`) and that belongs to a login session (its audit login uid is
+//!   set, which `pam_loginuid` does at login and services started at boot
+//!   never have) may be an orphan whose history is lost: it is never
+//!   authenticated (fail closed). Services started by init are unaffected.
+//!
+//! Not covered: an orphan of a process secfs never saw, outside any login
+//! session (a boot-time service that runs an untrusted program which
+//! double-forks), looks like a service; and records are forgotten when
+//! the cache is full of live processes.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -12,6 +42,10 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 use guardfs_policy::{Ancestor, HostSettings, ProcessTrust};
+
+/// The identity of an executable file: device, inode and change time
+/// (sec, nsec). A binary rewritten in place has a new ctime.
+type ExeId = (u64, u64, i64, i64);
 
 /// What the policy needs to know about a process.
 #[derive(Debug, Clone)]
@@ -25,39 +59,54 @@ pub struct Identity {
     pub group_names: Vec<String>,
     /// Supplementary gids.
     pub groups: Vec<u32>,
+    exe_id: Option<ExeId>,
     uid: u32,
     gid: u32,
 }
 
 /// Per-process facts read from /proc.
 struct Proc {
+    pid: u32,
+    start: u64,
     exe: Option<Vec<u8>>,
     ppid: u32,
     uid: u32,
     loginuid: Option<u32>,
 }
 
-fn read_proc(pid: u32) -> Option<Proc> {
+/// `/proc/PID/stat` fields after the command name (which may contain
+/// spaces and ')').
+fn stat_fields(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may contain spaces and ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some(stat.get(stat.rfind(')')? + 2..)?.to_owned())
+}
+
+fn read_proc(pid: u32) -> Option<Proc> {
+    let rest = stat_fields(pid)?;
+    let mut f = rest.split_whitespace();
+    let ppid = f.nth(1)?.parse().ok()?;
+    let start = f.nth(17)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let uid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|u| u.split_whitespace().nth(1))
         .and_then(|u| u.parse().ok())?;
-    let loginuid = std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|&u| u != u32::MAX);
     Some(Proc {
+        pid,
+        start,
         exe: exe_of(pid),
         ppid,
         uid,
-        loginuid,
+        loginuid: loginuid_of(pid),
     })
+}
+
+fn loginuid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&u| u != u32::MAX)
 }
 
 fn exe_of(pid: u32) -> Option<Vec<u8>> {
@@ -72,15 +121,19 @@ fn exe_of(pid: u32) -> Option<Vec<u8>> {
     Some(p)
 }
 
+fn exe_id_of(pid: u32) -> Option<ExeId> {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a
 /// reused pid from the process that had it before.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_fields(pid)?.split_whitespace().nth(19)?.parse().ok()
 }
 
-type SigKey = (u64, u64, i64, i64, u64);
+/// Signature cache key: device, inode, size, mtime and ctime (sec, nsec).
+type SigKey = (u64, u64, u64, i64, i64, i64, i64);
 
 /// Caches of identities and signatures.
 #[derive(Default)]
@@ -110,27 +163,53 @@ impl ProcCache {
         want_sig: bool,
     ) -> Arc<Identity> {
         let key = (pid, start_time(pid).unwrap_or(0));
-        // The same process may have exec'd another program or changed
-        // credentials since it was cached: check what can change.
+        // The same process may have exec'd another program, its binary
+        // may have been rewritten, or it changed credentials since it was
+        // cached: check what can change.
         let exe_now = exe_of(pid);
-        if let Some(i) = self
+        let exe_id_now = exe_id_of(pid);
+        let prior = self
             .idents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
+            .cloned();
+        if let Some(i) = &prior
             && i.exe == exe_now
+            && i.exe_id == exe_id_now
             && (i.uid, i.gid) == (uid, gid)
             && (i.sha256.is_some() || !want_sig || i.exe.is_none())
         {
             return i.clone();
         }
-        let ident = Arc::new(self.build(pid, uid, gid, host, want_sig));
+        let ident = Arc::new(self.build(pid, uid, gid, host, want_sig, prior.as_deref()));
         let mut m = self.idents.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= MAX_CACHED {
-            m.clear();
+            // Keep the records of live processes (their descendants may
+            // inherit from them); forget everything only if all are live.
+            m.retain(|&(p, start), _| start_time(p) == Some(start));
+            if m.len() >= MAX_CACHED {
+                m.clear();
+            }
         }
         m.insert(key, ident.clone());
         ident
+    }
+
+    /// An unknown process (a request the kernel made with pid 0): no
+    /// executable, not authenticated.
+    pub fn unknown(&self, uid: u32, gid: u32) -> Arc<Identity> {
+        Arc::new(Identity {
+            exe: None,
+            sha256: None,
+            trust: ProcessTrust::NotAuthenticated,
+            user_name: self.name(true, uid),
+            group_names: self.name(false, gid).into_iter().collect(),
+            groups: Vec::new(),
+            exe_id: None,
+            uid,
+            gid,
+        })
     }
 
     /// Forget cached identities (host settings changed).
@@ -141,8 +220,64 @@ impl ProcCache {
             .clear();
     }
 
-    fn build(&self, pid: u32, uid: u32, gid: u32, host: &HostSettings, want_sig: bool) -> Identity {
-        // Ancestry, oldest first, as the host settings expect.
+    /// The trust of the process `chain[0]`, whose ancestors follow it in
+    /// `chain` (nearest first); `prior` is what was recorded for the same
+    /// process before (it exec'd or changed credentials since).
+    fn trust(&self, chain: &[Proc], host: &HostSettings, prior: Option<&Identity>) -> ProcessTrust {
+        // The nearest live ancestor with a record.
+        let (cut, inherited) = {
+            let idents = self.idents.lock().unwrap_or_else(|e| e.into_inner());
+            chain
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find_map(|(k, p)| idents.get(&(p.pid, p.start)).map(|i| (k, Some(i.trust))))
+                .unwrap_or((chain.len(), None))
+        };
+        // The part below it, oldest first, as the host settings expect.
+        let below = &chain[..cut];
+        let exes: Vec<&[u8]> = below
+            .iter()
+            .map(|c| c.exe.as_deref().unwrap_or_default())
+            .collect();
+        let ancestry: Vec<Ancestor<'_>> = below
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(k, c)| Ancestor {
+                exe: exes[k],
+                identity_changed: chain
+                    .get(k + 1)
+                    .is_some_and(|parent| parent.uid != c.uid || parent.loginuid != c.loginuid),
+            })
+            .collect();
+        let mut trust = host.classify_from(inherited, &ancestry);
+        if prior.is_some_and(|p| p.trust == ProcessTrust::Untrusted) {
+            trust = ProcessTrust::Untrusted;
+        }
+        if trust == ProcessTrust::Authenticated
+            && inherited.is_none()
+            && prior.is_none()
+            && let Some(me) = chain.first()
+            && me.loginuid.is_some()
+            && is_reaper(chain.get(1))
+        {
+            // Possibly an orphan whose ancestry is lost: fail closed.
+            trust = ProcessTrust::NotAuthenticated;
+        }
+        trust
+    }
+
+    fn build(
+        &self,
+        pid: u32,
+        uid: u32,
+        gid: u32,
+        host: &HostSettings,
+        want_sig: bool,
+        prior: Option<&Identity>,
+    ) -> Identity {
+        // Ancestry, nearest first.
         let mut chain = Vec::new();
         let mut p = pid;
         for _ in 0..256 {
@@ -154,27 +289,9 @@ impl ProcCache {
             }
             p = next;
         }
-        chain.reverse();
-        let exes: Vec<Vec<u8>> = chain
-            .iter()
-            .map(|c| c.exe.clone().unwrap_or_default())
-            .collect();
-        let ancestry: Vec<Ancestor<'_>> = chain
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let changed = i > 0 && {
-                    let parent = &chain[i - 1];
-                    parent.uid != c.uid || parent.loginuid != c.loginuid
-                };
-                Ancestor {
-                    exe: &exes[i],
-                    identity_changed: changed,
-                }
-            })
-            .collect();
-        let trust = host.classify(&ancestry);
+        let trust = self.trust(&chain, host, prior);
         let exe = exe_of(pid);
+        let exe_id = exe_id_of(pid);
         let sha256 = if want_sig { self.signature(pid) } else { None };
         let groups = groups_of(pid);
         let mut group_names = Vec::new();
@@ -190,6 +307,7 @@ impl ProcCache {
             user_name: self.name(true, uid),
             group_names,
             groups,
+            exe_id,
             uid,
             gid,
         }
@@ -199,7 +317,15 @@ impl ProcCache {
     fn signature(&self, pid: u32) -> Option<[u8; 32]> {
         let path = format!("/proc/{pid}/exe");
         let m = std::fs::metadata(&path).ok()?;
-        let key = (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size());
+        let key = (
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        );
         if let Some(s) = self
             .sigs
             .lock()
@@ -218,8 +344,14 @@ impl ProcCache {
             }
             ctx.update(&buf[..n]);
         }
+        // Hashed while being rewritten: do not cache a torn hash under
+        // the new version's key.
+        let after = std::fs::metadata(&path).ok()?;
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());
+        if (after.ctime(), after.ctime_nsec()) != (key.5, key.6) {
+            return Some(out);
+        }
         let mut sigs = self.sigs.lock().unwrap_or_else(|e| e.into_inner());
         if sigs.len() >= MAX_CACHED {
             sigs.clear();
@@ -269,4 +401,76 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether `parent` is a reaper that adopts orphans: pid 1, or a process
+/// running pid 1's executable (`systemd --user`, a child subreaper). An
+/// unknown parent counts as one.
+fn is_reaper(parent: Option<&Proc>) -> bool {
+    let Some(p) = parent else { return true };
+    p.pid == 1 || (p.exe.is_some() && p.exe == exe_of(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn signature_follows_in_place_rewrites_with_reset_mtime() {
+        // A copy of a binary, run, then rewritten in place with the same
+        // size and its mtime put back: the cached hash must not be reused.
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("sleeper");
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = ProcCache::default();
+        let mut child = std::process::Command::new(&bin).arg("5").spawn().unwrap();
+        let first = cache.signature(child.id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let m = std::fs::metadata(&bin).unwrap();
+        let mtime = m.modified().unwrap();
+        let mut bytes = std::fs::read(&bin).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&bin, &bytes).unwrap();
+        let f = std::fs::File::options().write(true).open(&bin).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert_eq!(std::fs::metadata(&bin).unwrap().modified().unwrap(), mtime);
+        let mut child = std::process::Command::new(&bin).arg("5").spawn().unwrap();
+        let second = cache.signature(child.id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_ne!(first, second, "a rewritten binary is hashed again");
+    }
+
+    #[test]
+    fn untrusted_parents_mark_survives_orphaning() {
+        // The cached record of a parent is inherited by its children even
+        // when the live chain above the parent is gone.
+        let host = HostSettings::parse("|path_no_trust|/nonexistent/ksh\n|trust|*").unwrap();
+        let cache = ProcCache::default();
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        let ident = cache.identity(me, 0, 0, &host, false);
+        assert_eq!(ident.trust, ProcessTrust::Authenticated);
+        // Pretend this process was judged untrusted (as if it had run ksh).
+        cache.idents.lock().unwrap().insert(
+            (me, start),
+            Arc::new(Identity {
+                trust: ProcessTrust::Untrusted,
+                ..(*ident).clone()
+            }),
+        );
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let c = cache.identity(child.id(), 0, 0, &host, false);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(c.trust, ProcessTrust::Untrusted);
+    }
 }

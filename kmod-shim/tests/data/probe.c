@@ -6,6 +6,8 @@
  *   probe mmap FILE          map it (shared, else private) and copy it out
  *   probe stat FILE          print st_size
  *   probe hold FILE SECS     mmap and print, then keep the mapping SECS
+ *   probe hold2 FILE SECS    mmap and print, keep the mapping SECS, then
+ *                            print "--AGAIN--" and the mapping once more
  *   probe reread FILE SECS   read, print, sleep SECS, read again from the
  *                            same fd: prints "AGAIN OK" or "AGAIN ERR n"
  */
@@ -39,7 +41,7 @@ int main(int argc, char **argv) {
     if (fstat(fd, &st) < 0) return fail();
     size_t n = (size_t)st.st_size;
     if (!strcmp(argv[1], "stat")) { printf("%lld\n", (long long)st.st_size); return 0; }
-    if (!strcmp(argv[1], "mmap") || !strcmp(argv[1], "hold")) {
+    if (!strcmp(argv[1], "mmap") || !strcmp(argv[1], "hold") || !strcmp(argv[1], "hold2")) {
         if (n == 0) return 0;
         unsigned char *m = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
         if (m == MAP_FAILED) m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -47,6 +49,13 @@ int main(int argc, char **argv) {
         fwrite(m, 1, n, stdout);
         fflush(stdout);
         if (!strcmp(argv[1], "hold") && argc > 3) sleep((unsigned)atoi(argv[3]));
+        if (!strcmp(argv[1], "hold2") && argc > 3) {
+            sleep((unsigned)atoi(argv[3]));
+            fputs("--AGAIN--", stdout);
+            fflush(stdout);
+            fwrite(m, 1, n, stdout);
+            fflush(stdout);
+        }
         return 0;
     }
     unsigned char *buf = malloc(n + 1);
