@@ -229,14 +229,18 @@ impl Stack {
                 .and_then(|s| s.parse::<Mode>().ok())
                 .map(Class::of_mode)
                 .unwrap_or(Class::Plain),
-            Err(e) if e == Errno(libc::ENOTSUP) => self.class_from_header(node),
+            // No marker (xattrs unsupported, or lost, e.g. by a restore
+            // without xattrs): the header magic decides.
+            Err(e) if e == Errno(libc::ENOTSUP) || e == Errno(libc::ENODATA) => {
+                self.class_from_header(node)
+            }
             Err(_) => Class::Plain,
         };
         node.set_class(c);
         c
     }
 
-    /// Fallback for lower filesystems without xattrs: peek the header.
+    /// Fallback for files without a marker: peek the header.
     fn class_from_header(&self, node: &Node) -> Class {
         let Ok(fd) = self.reopen(node, OFlag::O_RDONLY) else {
             return Class::Plain;
