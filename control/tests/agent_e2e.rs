@@ -437,6 +437,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         a.ok("vmsec", &["vmdconfig"])
             .contains("secfs_pagecache_writeback=0")
     );
+    a.ok("voradmin", &["secfs", "config", "concise_logging", "1"]);
+    assert!(
+        a.ok("vmsec", &["vmdconfig"])
+            .contains("secfs_concise_logging=1")
+    );
+    let o = a.cmd("voradmin", &["secfs", "config", "concise_logging", "yes"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("0 or 1"), "{}", text(&o));
     assert_eq!(a.ok("voradmin", &["key", "list"]).trim(), "no keys");
     assert!(
         a.status_json()["guardpoints"]
@@ -464,4 +472,33 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("guardpoints.json"), "{}", text(&o));
     assert_eq!(fs::read(&gps).unwrap(), b"[{\"path\": ");
+}
+
+#[test]
+fn concise_logging_setting_reaches_secfs() {
+    let a = Agent::with_conf("secfs_concise_logging=1");
+    a.start();
+    let cmdline = fs::read(format!("/proc/{}/cmdline", a.pid("secfs"))).unwrap();
+    assert!(contains(&cmdline, b"--concise-logging"), "{cmdline:?}");
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_concise", "xts");
+    let f = dir.join("concise.txt");
+    fs::write(&f, b"once").unwrap();
+    for _ in 0..3 {
+        let o = Command::new("/usr/bin/cat").arg(&f).output().unwrap();
+        assert_eq!(o.stdout, b"once");
+    }
+    let res = format!("Res[{}]", f.display());
+    let reads = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("Process[/usr/bin/cat]")
+                    && l.contains("Action[read_file]")
+                    && l.contains(&res)
+            })
+            .count()
+    };
+    wait_until("cat's read audited", 10, || reads(&a.log("audit.log")) >= 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(reads(&a.log("audit.log")), 1, "{}", a.log("audit.log"));
 }

@@ -163,7 +163,7 @@ enum SecfsCmd {
         action: String,
         file: PathBuf,
     },
-    /// Set a secfs parameter (pagecache_writeback 0|1, threads N).
+    /// Set a secfs parameter (pagecache_writeback 0|1, threads N, concise_logging 0|1).
     Config { param: String, value: String },
 }
 

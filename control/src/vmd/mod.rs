@@ -42,6 +42,10 @@ const SECFS_PARAMS: &[(&str, &str)] = &[
         "threads",
         "1..64: FUSE worker threads per GuardPoint (default: CPUs)",
     ),
+    (
+        "concise_logging",
+        "0 or 1: log the first read/write per (user, process, file) per minute (default 0)",
+    ),
 ];
 
 /// What vmd knows about one registered GuardPoint beyond the registry.
@@ -688,7 +692,7 @@ impl Agent {
 
     fn secfs_config(&mut self, param: &str, value: &str) -> Result<Value, String> {
         let ok = match param {
-            "pagecache_writeback" => matches!(value, "0" | "1"),
+            "pagecache_writeback" | "concise_logging" => matches!(value, "0" | "1"),
             "threads" => value.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n)),
             _ => {
                 let known: Vec<String> = SECFS_PARAMS
@@ -809,6 +813,9 @@ fn secfs_args(conf: &AgentConf) -> Vec<String> {
     let mut out = Vec::new();
     if conf.get("secfs_pagecache_writeback") == Some("0") {
         out.push("--no-writeback-cache".to_owned());
+    }
+    if conf.get("secfs_concise_logging") == Some("1") {
+        out.push("--concise-logging".to_owned());
     }
     if let Some(t) = conf.get("secfs_threads") {
         out.push("--threads".to_owned());
