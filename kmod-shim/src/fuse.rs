@@ -97,6 +97,15 @@ impl<V: VnodeOps> FuseBinding<V> {
         Some(id)
     }
 
+    /// How long the kernel may keep the attributes of `ino`.
+    fn attr_ttl(&self, ino: Ino) -> Duration {
+        if self.ops.attrs_cacheable(ino) {
+            self.opts.ttl
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Drop the backing reference of handle `fh`, if it has one.
     fn release_backing(&self, fh: u64) {
         let Some(ino) = self
@@ -306,7 +315,7 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             .ops
             .getattr(&caller(req), Ino(ino.0), fh.map(|f| Fh(f.0)))
         {
-            Ok(a) => reply.attr(&self.opts.ttl, &attr(Ino(ino.0), &a)),
+            Ok(a) => reply.attr(&self.attr_ttl(Ino(ino.0)), &attr(Ino(ino.0), &a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -339,7 +348,7 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             fh: fh.map(|f| Fh(f.0)),
         };
         match self.ops.setattr(&caller(req), Ino(ino.0), &set) {
-            Ok(a) => reply.attr(&self.opts.ttl, &attr(Ino(ino.0), &a)),
+            Ok(a) => reply.attr(&self.attr_ttl(Ino(ino.0)), &attr(Ino(ino.0), &a)),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -241,6 +241,11 @@ pub trait VnodeOps: Send + Sync {
     fn lookup(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry>;
     fn forget(&self, ino: Ino, nlookup: u64);
     fn getattr(&self, c: &Caller, ino: Ino, fh: Option<Fh>) -> VfsResult<Attr>;
+    /// Whether the kernel may cache the attributes of `ino` for the
+    /// mount's attribute lifetime (else it asks again on every use).
+    fn attrs_cacheable(&self, ino: Ino) -> bool {
+        true
+    }
     fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
         Err(Errno::ENOSYS)
     }

@@ -780,3 +780,158 @@ fn key_rules_pick_keys_per_subtree() {
     assert_eq!(key_name("public"), "default");
     assert_eq!(fs::read(gp.path("hr/salaries")).unwrap(), b"confidential");
 }
+
+/// What `probe keep` printed: the mapping before the trigger, then
+/// through the same fd after it: pread, fstat and the mapping (`None`
+/// when the process died before printing it, e.g. of SIGBUS).
+struct Kept {
+    status: std::process::ExitStatus,
+    mapped: Vec<u8>,
+    read: Vec<u8>,
+    fstat: Vec<u8>,
+    map: Option<Vec<u8>>,
+}
+
+fn kept(c: std::process::Child) -> Kept {
+    let o = c.wait_with_output().unwrap();
+    let find = |m: &[u8], from: usize| {
+        o.stdout[from..]
+            .windows(m.len())
+            .position(|w| w == m)
+            .map(|p| p + from)
+    };
+    let r = find(b"--READ--", 0).unwrap_or_else(|| panic!("no read: {o:?}"));
+    let s = find(b"--FSTAT--", r).unwrap_or_else(|| panic!("no fstat: {o:?}"));
+    let m = find(b"--MAP--", s).unwrap_or_else(|| panic!("no map marker: {o:?}"));
+    let map = o.stdout[m + 7..].to_vec();
+    Kept {
+        status: o.status,
+        mapped: o.stdout[..r].to_vec(),
+        read: o.stdout[r + 8..s].to_vec(),
+        fstat: o.stdout[s + 9..m].to_vec(),
+        map: o.status.success().then_some(map),
+    }
+}
+
+/// The reload scenario of the issue's "no plaintext leak" requirement:
+/// B opened and mapped a file under a policy that gave it plaintext; a
+/// reload denies B (or gives it ciphertext only) while A stays permitted;
+/// A reads the file again, so the kernel caches plaintext again. B's old
+/// fd and mapping must not get that plaintext: the file's old handles are
+/// revoked (every opener's, A's included) and the file gets a fresh
+/// inode. A file whose decisions did not change keeps working through
+/// old fds.
+#[test]
+fn old_handles_get_no_plaintext_after_a_narrowing_reload() {
+    use std::os::unix::process::ExitStatusExt;
+    let bins = Bins::new(&["aapp", "bapp"]);
+    let v1 = r#"{ "name": "v1", "security_rules": [
+        { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ] }"#;
+    for variant in ["denied", "ciphertext"] {
+        let b_rules = if variant == "denied" {
+            r#"{ "order_number": 1, "process_set_id": "b", "resource_set_id": "locked", "action": "all_ops", "effect": "deny" },"#
+        } else {
+            r#"{ "order_number": 1, "process_set_id": "b", "resource_set_id": "locked", "action": "read", "effect": "permit" },
+               { "order_number": 2, "process_set_id": "b", "resource_set_id": "locked", "action": "all_ops", "effect": "deny" },"#
+        };
+        let v2 = format!(
+            r#"{{ "name": "v2", "security_rules": [ {b_rules}
+            {{ "order_number": {last}, "action": "all_ops", "effect": "permit,applykey" }} ],
+          "resource_sets": [ {{ "id": "locked", "resources": [ {{ "directory": "/locked", "include_subfolders": true }} ] }} ],
+          "process_sets": [ {{ "id": "b", "processes": [ {{ "directory": "{}", "file": "bapp" }} ] }} ] }}"#,
+            bins.dir(),
+            last = if variant == "denied" { 2 } else { 3 },
+        );
+        let (gp, cfg) = guarded(v1, &[]);
+        fs::create_dir(gp.path("locked")).unwrap();
+        fs::create_dir(gp.path("open")).unwrap();
+        let data = write_secret(&gp, "locked/f");
+        let other = write_secret(&gp, "open/g");
+        let lower = fs::read(gp.lower("locked/f")).unwrap();
+        let (f, g) = (gp.path("locked/f"), gp.path("open/g"));
+        let (f, g) = (f.to_str().unwrap(), g.to_str().unwrap());
+        let trigger = cfg.path().join("go");
+        let keep = |bin: &str, file: &str| {
+            Command::new(bins.path(bin))
+                .args(["keep", file, trigger.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let b_f = keep("bapp", f);
+        let b_g = keep("bapp", g);
+        let a_f = keep("aapp", f);
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        fs::write(cfg.path().join("policy.json"), &v2).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        wait_until("v2 loaded", || {
+            let log = gp.log_text();
+            assert!(!log.contains("keeping the current policy"), "{log}");
+            log.contains("policy v2 loaded")
+        });
+        // A's new opens work and read plaintext: the cache is full again.
+        for mode in ["read", "mmap"] {
+            let o = run_as(None, &bins.path("aapp"), &[mode, f]);
+            assert_eq!(o.stdout, data, "{variant}: A's new open ({mode}): {o:?}");
+        }
+        // B's new opens follow v2.
+        for mode in ["read", "mmap"] {
+            let o = run_as(None, &bins.path("bapp"), &[mode, f]);
+            if variant == "denied" {
+                assert!(is_denied(&o), "{variant}: B's new open ({mode}): {o:?}");
+            } else {
+                assert_eq!(o.stdout, lower, "{variant}: B's new open ({mode})");
+            }
+        }
+        fs::write(&trigger, b"").unwrap();
+        let b = kept(b_f);
+        assert_eq!(b.mapped, data, "{variant}: B mapped plaintext under v1");
+        assert!(
+            b.read.starts_with(b"ERR ") && !contains(&b.read, SECRET),
+            "{variant}: B's old fd read: {:?}",
+            String::from_utf8_lossy(&b.read[..b.read.len().min(40)])
+        );
+        assert!(
+            b.fstat.starts_with(b"ERR "),
+            "{variant}: B's old fd fstat: {:?}",
+            String::from_utf8_lossy(&b.fstat)
+        );
+        assert!(
+            b.status.signal() == Some(libc::SIGBUS)
+                || b.map.as_ref().is_some_and(|m| !contains(m, SECRET)),
+            "{variant}: B's old mapping: {:?}",
+            b.status
+        );
+        assert!(b.map.is_none_or(|m| !contains(&m, SECRET)));
+        // A's old fd on the file is revoked too (it shares the inode).
+        let a = kept(a_f);
+        assert_eq!(a.mapped, data);
+        assert!(
+            a.read.starts_with(b"ERR "),
+            "{variant}: A's old fd: {:?}",
+            String::from_utf8_lossy(&a.read[..a.read.len().min(40)])
+        );
+        // Nobody's decision on g changed: B's old fd and mapping work.
+        let bg = kept(b_g);
+        assert!(bg.status.success(), "{variant}: {:?}", bg.status);
+        assert_eq!(bg.mapped, other);
+        assert_eq!(bg.read, other, "{variant}: B's old fd on g");
+        assert_eq!(bg.fstat, b"OK");
+        assert_eq!(
+            bg.map.as_deref(),
+            Some(&other[..]),
+            "{variant}: mapping of g"
+        );
+        assert!(
+            gp.log_text().contains("1 open file(s) retired"),
+            "{}",
+            gp.log_text()
+        );
+        // And the file is still fine for A.
+        assert_eq!(fs::read(gp.path("locked/f")).unwrap(), data);
+    }
+}

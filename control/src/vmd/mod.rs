@@ -321,6 +321,28 @@ impl Agent {
         }
     }
 
+    /// Push every version held here of every key `policy`'s key rules name
+    /// (and of `extra`, the GuardPoint's key), before the policy reaches
+    /// secfs: secfs refuses a policy naming keys it has not been given.
+    /// Keys not held here (locked host key, not fetched yet) are skipped;
+    /// secfs then reports what is missing.
+    fn push_policy_keys(&mut self, policy: &str, extra: Option<&str>) -> Result<(), String> {
+        let compiled = self.policies.compiled(policy).map_err(err)?;
+        let mut names: Vec<String> = compiled.key_names().map(str::to_owned).collect();
+        names.extend(extra.map(str::to_owned));
+        names.sort();
+        names.dedup();
+        for name in names {
+            let Some(info) = self.keys.as_ref().and_then(|s| s.get(&name)) else {
+                continue;
+            };
+            for (v, _) in info.versions {
+                self.push_key(&name, v)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Write a blob (policy or host settings) to the blob directory under
     /// its digest.
     fn blob(&self, text: &str) -> Result<[u8; 32], String> {
@@ -419,13 +441,7 @@ impl Agent {
         }
         let (key, mode) = self.policy_key(policy)?;
         let (pdigest, hdigest) = self.policy_blobs(policy)?;
-        if let Some(k) = &key
-            && let Some(info) = self.keys.as_ref().and_then(|s| s.get(k))
-        {
-            for (v, _) in info.versions {
-                self.push_key(k, v)?;
-            }
-        }
+        self.push_policy_keys(policy, key.as_deref())?;
         let req = Ctl::Guard {
             path: path.to_owned(),
             mode,
@@ -678,6 +694,7 @@ impl Agent {
             .map(|g| (g.path.clone(), g.policy.clone()))
             .collect();
         for (path, pol) in targets {
+            self.push_policy_keys(&pol, None)?;
             let (pd, hd) = self.policy_blobs(&pol)?;
             self.ctl(&Ctl::LoadPolicy {
                 path: path.clone(),

@@ -406,8 +406,9 @@ fn run_serve(a: ServeArgs) -> i32 {
 }
 
 /// SIGHUP: read the policy files again and switch to them atomically; on
-/// any error keep the current policy. Then drop every kernel cache, so
-/// nothing cached under the old policy outlives it.
+/// any error keep the current policy. Then revoke the old handles of files
+/// whose decision changed and drop every kernel cache, so nothing cached
+/// under the old policy outlives it (`Stack::policy_loaded`).
 fn reload(stack: &Stack, policy: Option<&Path>, host: Option<&Path>, invalidate: &dyn Fn(Ino)) {
     let Some(policy) = policy else {
         log::info!("secfs: SIGHUP: mounted without --policy; nothing to reload");
@@ -421,7 +422,7 @@ fn reload(stack: &Stack, policy: Option<&Path>, host: Option<&Path>, invalidate:
                 .load_checked(compiled, settings, &*stack.config().keys)
             {
                 Ok(generation) => {
-                    stack.invalidate_all(invalidate);
+                    stack.policy_loaded(invalidate);
                     log::info!("secfs: SIGHUP: policy {name} loaded (generation {generation})");
                 }
                 Err(e) => log::error!("secfs: SIGHUP: {e}; keeping the current policy"),

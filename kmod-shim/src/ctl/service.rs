@@ -226,8 +226,19 @@ impl Service {
                 let (compiled, settings) = self.load_blobs(policy, host.as_ref())?;
                 let served = self.lock();
                 let s = served.get(path).ok_or(Errno::ENOENT)?;
-                s.stack.access().load(compiled, settings);
-                s.stack.invalidate_all(&*s.invalidate);
+                let name = compiled.name().to_owned();
+                // A policy whose key rules name keys that were not pushed
+                // is refused; the current policy stays.
+                let generation = s
+                    .stack
+                    .access()
+                    .load_checked(compiled, settings, &*s.stack.config().keys)
+                    .map_err(|e| {
+                        error!("secfs: {path}: {e}; keeping the current policy");
+                        Errno::EINVAL
+                    })?;
+                s.stack.policy_loaded(&*s.invalidate);
+                info!("secfs: {path}: policy {name} loaded (generation {generation})");
                 Ok(Vec::new())
             }
             Request::Guard {
@@ -303,6 +314,21 @@ impl Service {
         let access = match policy {
             Some(p) => {
                 let (compiled, settings) = self.load_blobs(p, host)?;
+                // Not refused here, unlike LoadPolicy: vmd guards while its
+                // key store is locked and pushes the keys once unlocked;
+                // until then files under those key rules stay unreadable.
+                let keys = NamedKeys {
+                    shared: self.keys.clone(),
+                    name: key.clone(),
+                };
+                let missing = crate::stack::access::missing_keys(&compiled, &keys);
+                if !missing.is_empty() {
+                    warn!(
+                        "secfs: guard {path}: policy {} names keys not supplied yet: {}",
+                        compiled.name(),
+                        missing.join(", ")
+                    );
+                }
                 Access::with_policy(path.as_bytes(), compiled, settings, self.audit.clone())
             }
             None => Access::unrestricted(path.as_bytes()),

@@ -64,7 +64,50 @@
 //! * a handle opened under an older generation is decided again, for its
 //!   opener, on its next read, write or fallocate: if the new policy no
 //!   longer grants the same view, the operation fails with `EACCES`;
+//! * right after the load, every such handle on a regular file is also
+//!   decided again eagerly (a probe, not audited; the handle's next
+//!   operation is decided and audited as above). Each file for which the
+//!   decision of *any* handle changed (denied, or another view) is
+//!   **retired**: its node leaves the lookup table, so the next lookup
+//!   gets a fresh node id for the same lower file (sharing its contents
+//!   state); the kernel inode is invalidated (dirty pages are written back
+//!   through the handles, which still work at that point), then *every*
+//!   handle on it is revoked — those of openers the new policy still
+//!   permits too, since they share the inode's page cache — and it is
+//!   invalidated again;
 //! * the mount invalidates every cached page and attribute of every inode.
+//!
+//! A revoked handle refuses read, write, fallocate, fsync, lseek and
+//! truncation with `EACCES`, and so does `getattr` with its handle (which
+//! the kernel sends before a cached `write(2)` once attributes are stale);
+//! a retired node's attributes are never cached (lifetime zero), and
+//! opens, `getattr` and `setattr` on it without a handle give `ESTALE`,
+//! on which the kernel looks the path up again and reaches the fresh
+//! node (so `fstat` on an old fd fails). Release still works. After the
+//! second invalidation nothing can bring pages back into the retired
+//! inode's cache: a read or fault through an old fd or mapping reaches
+//! secfs and is refused (a fault is `SIGBUS`), whatever a permitted
+//! process reads meanwhile through the fresh inode.
+//!
+//! Costs and limits, exactly:
+//! * old handles of a file whose decision changed for any opener are
+//!   revoked for every opener: a process the new policy still permits
+//!   must reopen the file (its new open reaches the fresh node);
+//! * the fresh node usually has a synthetic node id, and FUSE reports
+//!   the node id as `st_ino`, so the file's inode number as seen through
+//!   the mount changes until the retired node is forgotten and the file
+//!   is looked up afresh;
+//! * writes an old handle left in the kernel's cache after the load (in
+//!   the instant before it is revoked) are refused when written back;
+//! * a handle whose opener has exited, or whose file moved outside the
+//!   GuardPoint, decides as that opener would now (usually denied), so
+//!   its file is retired;
+//! * handles and files whose decisions did not change are untouched; a
+//!   reload that narrows nothing for open files costs one probe per open
+//!   regular-file handle;
+//! * FUSE passthrough handles (`clear` GuardPoints) do their I/O on the
+//!   lower file in the kernel: neither the re-check nor revocation reaches
+//!   them.
 //!
 //! Mapped pages: the kernel's invalidation (`FUSE_NOTIFY_INVAL_INODE`)
 //! drops an inode's clean cached pages and unmaps them from every mapping,
@@ -75,15 +118,6 @@
 //! pages the kernel could not drop at that instant (under writeback) until
 //! they are dropped later. Revocation is immediate for `read(2)` and new
 //! faults, never retroactive for data already handed out.
-//!
-//! **Known gap**: the re-check happens when the kernel asks secfs for
-//! data. Once a process the new policy permits has read the file again,
-//! its pages are back in the shared cache of the plaintext inode, and a
-//! handle or mapping opened under the old generation by a process the new
-//! policy denies is served those pages by the kernel without asking secfs.
-//! Closing this needs the old generation's opens on a separate inode (or
-//! uncached) after a reload; until then, a narrowing reload is fully
-//! effective only for processes that reopen the file.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -36,7 +36,7 @@ use guardfs_policy::Action;
 use crate::stack::access::{Access, Grant, NewKey, View};
 use crate::stack::file::{Io, MODE_XATTR, PRIVATE_XATTR_PREFIX};
 use crate::stack::keys::KeySource;
-use crate::stack::nodes::{Class, Node, Nodes};
+use crate::stack::nodes::{Class, Node, Nodes, Standing};
 use crate::sys;
 use crate::vfs::*;
 
@@ -413,12 +413,28 @@ impl Stack {
             .check(c, &self.child_path(parent, name)?, action)
     }
 
-    /// Re-check an open file after the policy changed under it.
+    /// Re-check an open file after the policy changed under it; refuse
+    /// every handle on a revoked node.
     fn recheck(&self, h: &FileHandle) -> VfsResult<()> {
+        if h.node.standing() == Standing::Revoked {
+            return Err(Errno::EACCES);
+        }
         let now = self.cfg.access.generation();
         if h.generation.load(Ordering::Acquire) == now {
             return Ok(());
         }
+        let decided = self.decide_handle(h, true)?;
+        if decided != u64::MAX {
+            h.generation.store(decided, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Decide again, for its opener, what an open file rests on: `EACCES`
+    /// if the current policy no longer grants the same view, else the
+    /// oldest generation a decision was taken under (`u64::MAX`: none).
+    /// `audit`: an operation of the opener (else a non-auditing probe).
+    fn decide_handle(&self, h: &FileHandle, audit: bool) -> VfsResult<u64> {
         let path = self.rel_path(&h.node)?;
         let mut actions = Vec::with_capacity(2);
         if h.reads {
@@ -435,17 +451,18 @@ impl Stack {
         // a reload during the re-check is checked again next time.
         let mut decided = u64::MAX;
         for a in actions {
-            let g = self.cfg.access.check(&h.caller, &path, a)?;
+            let g = if audit {
+                self.cfg.access.check(&h.caller, &path, a)?
+            } else {
+                self.cfg.access.probe(&h.caller, &path, a)?
+            };
             let g = self.for_node(g, &h.node);
             if g.view != h.view {
                 return Err(Errno::EACCES);
             }
             decided = decided.min(g.generation);
         }
-        if decided != u64::MAX {
-            h.generation.store(decided, Ordering::Release);
-        }
-        Ok(())
+        Ok(decided)
     }
 
     /// Invalidate everything the kernel caches for every inode (after a
@@ -456,7 +473,77 @@ impl Stack {
         }
     }
 
-    /// Load a new policy generation into this GuardPoint.
+    /// After a policy load: close the old generation's access to shared
+    /// kernel caches (see `access`, "Policy generations and revocation").
+    ///
+    /// Every open handle of an older generation on a regular file is
+    /// decided again for its opener (without an audit record; the handle's
+    /// next operation is decided and audited as before). Each file for
+    /// which any such decision changed is retired: lookups get a fresh
+    /// node for it from now on, its kernel inode is invalidated (dirty
+    /// pages are written back through handles that still work), every
+    /// handle on it is revoked, and it is invalidated again, so nothing
+    /// can refill its page cache. Then every inode is invalidated, as
+    /// before. Returns the number of files retired.
+    pub fn policy_loaded(&self, invalidate: &dyn Fn(Ino)) -> usize {
+        let now = self.cfg.access.generation();
+        let open: Vec<Arc<Handle>> = self
+            .handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|h| {
+                matches!(&***h, Handle::File(f) if f.node.kind == FileKind::Regular
+                    && f.node.standing() == Standing::Live
+                    && f.generation.load(Ordering::Acquire) < now)
+            })
+            .cloned()
+            .collect();
+        let mut changed: Vec<Ino> = Vec::new();
+        for h in &open {
+            let Handle::File(f) = &**h else { continue };
+            if changed.contains(&f.node.ino) {
+                continue;
+            }
+            if self.decide_handle(f, false).is_err() {
+                changed.push(f.node.ino);
+            }
+        }
+        let retired: Vec<Arc<Node>> = changed
+            .into_iter()
+            .filter_map(|ino| self.nodes.retire(ino))
+            .collect();
+        for n in &retired {
+            invalidate(n.ino);
+        }
+        for n in &retired {
+            n.revoke();
+        }
+        for n in &retired {
+            invalidate(n.ino);
+        }
+        if !retired.is_empty() {
+            log::info!(
+                "secfs: policy generation {now}: {} open file(s) retired, their old handles revoked",
+                retired.len()
+            );
+        }
+        self.invalidate_all(invalidate);
+        retired.len()
+    }
+
+    /// Refuse an operation on a retired node: with a handle of a revoked
+    /// node, `EACCES`; without a handle, `ESTALE` (the kernel then looks
+    /// the path up again and reaches the fresh node).
+    fn gate(&self, node: &Node, fh: Option<Fh>) -> VfsResult<()> {
+        match (node.standing(), fh) {
+            (Standing::Live, _) => Ok(()),
+            (Standing::Retired, Some(_)) => Ok(()),
+            (Standing::Revoked, Some(_)) => Err(Errno::EACCES),
+            (_, None) => Err(Errno(libc::ESTALE)),
+        }
+    }
+
     /// The first 4096 bytes of the lower file at `rel` (relative to the
     /// GuardPoint, resolved beneath it without following any symlink), for
     /// `voradmin secfs iv get`. Only regular files (a FIFO must not block
@@ -632,7 +719,7 @@ impl Stack {
         let plain = !raw && node.file().is_plain();
         let privileged = plain && self.cfg.passthrough && self.has_privileges(&node);
         let fh = self.add_handle(Handle::File(FileHandle {
-            node,
+            node: node.clone(),
             fd,
             view: grant.view,
             new_key: grant.key,
@@ -642,6 +729,20 @@ impl Stack {
             append: flags & libc::O_APPEND != 0,
             generation: AtomicU64::new(grant.generation),
         }));
+        // A reload that ran while this open was decided did not see this
+        // handle: decide it again now (and refuse it on a node the reload
+        // retired). A reload after this point sees the handle.
+        if node.standing() != Standing::Live
+            || (self.cfg.access.generation() != grant.generation
+                && self.with_file(fh, |f| self.recheck(f)).is_err())
+        {
+            let _ = self.release(node.ino, fh);
+            return Err(if node.standing() != Standing::Live {
+                Errno(libc::ESTALE)
+            } else {
+                Errno::EACCES
+            });
+        }
         // Raw views never use the page cache (see access.rs). Plain files
         // of a `clear` GuardPoint need no transformation: once the policy
         // has decided, the kernel may do their I/O on the lower file itself.
@@ -827,8 +928,20 @@ impl VnodeOps for Stack {
         self.nodes.forget(ino, nlookup);
     }
 
-    fn getattr(&self, c: &Caller, ino: Ino, _fh: Option<Fh>) -> VfsResult<Attr> {
+    /// Not the attributes of a retired node: every use of them asks
+    /// secfs again (and is refused once it is revoked).
+    fn attrs_cacheable(&self, ino: Ino) -> bool {
+        self.nodes
+            .get(ino)
+            .is_ok_and(|n| n.standing() == Standing::Live)
+    }
+
+    fn getattr(&self, c: &Caller, ino: Ino, fh: Option<Fh>) -> VfsResult<Attr> {
         let node = self.nodes.get(ino)?;
+        // The kernel asks with the handle (FUSE_GETATTR_FH) before a
+        // write(2) in writeback-cache mode: refused on a revoked node, so
+        // nothing is written into its page cache.
+        self.gate(&node, fh)?;
         // Reading attributes is f_rd_att / d_rd_att (browsing applies).
         self.check_node(c, &node, attr_action(node.kind, false, false))?;
         let st = self.stat_node(&node)?;
@@ -837,6 +950,7 @@ impl VnodeOps for Stack {
 
     fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
         let node = self.nodes.get(ino)?;
+        self.gate(&node, set.fh)?;
         // chmod, chown and utimes that the policy refuses fail as POSIX
         // has them fail for a caller without the right: EPERM.
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
@@ -1054,6 +1168,10 @@ impl VnodeOps for Stack {
         if node.kind != FileKind::Regular {
             return Err(Errno::EINVAL);
         }
+        // A retired node is reached only through a dentry the kernel
+        // cached before the reload: ESTALE makes it look the path up
+        // again (and reach the fresh node).
+        self.gate(&node, None)?;
         let grant = self.decide_open(c, &node, flags)?;
         self.open_node(c, node, flags, grant)
     }
@@ -1180,7 +1298,8 @@ impl VnodeOps for Stack {
     }
 
     fn fsync(&self, _c: &Caller, _ino: Ino, fh: Fh, datasync: bool) -> VfsResult<()> {
-        let (h, _) = self.file_handle(fh)?;
+        let (h, node) = self.file_handle(fh)?;
+        self.gate(&node, Some(fh))?;
         let fd = handle_fd(&h)?;
         if datasync {
             nix::unistd::fdatasync(fd)?;
@@ -1394,6 +1513,7 @@ impl VnodeOps for Stack {
 
     fn lseek(&self, _c: &Caller, _ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64> {
         self.with_file(fh, |f| {
+            self.gate(&f.node, Some(fh))?;
             if f.view == View::Raw {
                 let w = match whence {
                     Whence::Data => nix::unistd::Whence::SeekData,

@@ -6,11 +6,18 @@
 //! fd the lower inode cannot be freed, so its number cannot be reused: two
 //! hard links always map to one node, and a new file never inherits an old
 //! node.
+//!
+//! A node can be *retired* after a policy reload (see `access`, "Policy
+//! generations and revocation"): it loses its place in the key map, so the
+//! next lookup of the same lower object creates a fresh node id, while the
+//! kernel keeps the retired id until it forgets it. Both nodes share the
+//! lower file's [`FileState`] (sizes, range locks, contents state), so one
+//! lower file is never tracked twice.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use crate::stack::access::View;
 use crate::stack::file::FileState;
@@ -62,6 +69,19 @@ impl Class {
     }
 }
 
+/// Where a node stands after policy reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Standing {
+    /// Reachable by lookups; handles work as decided.
+    Live = 0,
+    /// No longer reachable by lookups (a fresh node stands for the lower
+    /// object); new opens are refused, existing handles still work.
+    Retired = 1,
+    /// Retired, and every handle on it is refused.
+    Revoked = 2,
+}
+
 /// One inode known to the kernel.
 #[derive(Debug)]
 pub struct Node {
@@ -73,11 +93,48 @@ pub struct Node {
     /// Which view of the lower object this inode shows (see `access`).
     pub view: View,
     class: AtomicU8,
-    /// Contents state of a regular file, created on first use.
+    /// A [`Standing`].
+    standing: AtomicU8,
+    /// Contents state of a regular file, created on first use (or shared
+    /// with the retired node of the same lower object).
     file: OnceLock<Arc<FileState>>,
 }
 
 impl Node {
+    fn new(
+        ino: Ino,
+        fd: OwnedFd,
+        kind: FileKind,
+        key: (u64, u64),
+        view: View,
+        class: Class,
+    ) -> Node {
+        Node {
+            ino,
+            fd,
+            kind,
+            key,
+            view,
+            class: AtomicU8::new(class as u8),
+            standing: AtomicU8::new(Standing::Live as u8),
+            file: OnceLock::new(),
+        }
+    }
+
+    pub fn standing(&self) -> Standing {
+        match self.standing.load(Ordering::Acquire) {
+            0 => Standing::Live,
+            1 => Standing::Retired,
+            _ => Standing::Revoked,
+        }
+    }
+
+    /// Refuse every handle on this (retired) node from now on.
+    pub fn revoke(&self) {
+        self.standing
+            .store(Standing::Revoked as u8, Ordering::Release);
+    }
+
     pub fn class(&self) -> Class {
         Class::from_u8(self.class.load(Ordering::Acquire))
     }
@@ -118,6 +175,9 @@ struct Slot {
 struct Inner {
     by_ino: HashMap<u64, Slot>,
     by_key: HashMap<(u64, u64, View), u64>,
+    /// The contents state of lower objects that have a retired node, for
+    /// the fresh node of the same object to share.
+    shared: HashMap<(u64, u64, View), Weak<FileState>>,
     root_dev: u64,
     next_synthetic: u64,
 }
@@ -136,15 +196,14 @@ pub struct Nodes {
 impl Nodes {
     /// A table holding the root node.
     pub fn with_root(fd: OwnedFd, key: (u64, u64)) -> Nodes {
-        let root = Arc::new(Node {
-            ino: Ino::ROOT,
+        let root = Arc::new(Node::new(
+            Ino::ROOT,
             fd,
-            kind: FileKind::Directory,
+            FileKind::Directory,
             key,
-            view: View::Plain,
-            class: AtomicU8::new(Class::Plain as u8),
-            file: OnceLock::new(),
-        });
+            View::Plain,
+            Class::Plain,
+        ));
         let mut inner = Inner {
             root_dev: key.0,
             next_synthetic: SYNTHETIC_BASE,
@@ -217,15 +276,11 @@ impl Nodes {
             inner.next_synthetic += 1;
             inner.next_synthetic
         };
-        let node = Arc::new(Node {
-            ino: Ino(ino),
-            fd,
-            kind,
-            key,
-            view,
-            class: AtomicU8::new(Class::Unknown as u8),
-            file: OnceLock::new(),
-        });
+        let node = Node::new(Ino(ino), fd, kind, key, view, Class::Unknown);
+        if let Some(state) = inner.shared.get(&vkey).and_then(Weak::upgrade) {
+            let _ = node.file.set(state);
+        }
+        let node = Arc::new(node);
         inner.by_key.insert(vkey, ino);
         inner.by_ino.insert(
             ino,
@@ -252,8 +307,40 @@ impl Nodes {
         };
         if gone && let Some(slot) = inner.by_ino.remove(&ino.0) {
             let n = &slot.node;
-            inner.by_key.remove(&(n.key.0, n.key.1, n.view));
+            let vkey = (n.key.0, n.key.1, n.view);
+            // A retired node no longer owns its key: the fresh node does.
+            if inner.by_key.get(&vkey) == Some(&ino.0) {
+                inner.by_key.remove(&vkey);
+            }
+            if n.standing() != Standing::Live {
+                inner.shared.retain(|_, w| w.strong_count() > 0);
+            }
         }
+    }
+
+    /// Retire the regular-file node `ino`: the next lookup of its lower
+    /// object gets a fresh node id sharing its contents state, new opens
+    /// of it are refused, and the kernel keeps the id until it forgets it.
+    /// Returns the node, or `None` if it is unknown, the root, not a
+    /// regular file, or already retired.
+    pub fn retire(&self, ino: Ino) -> Option<Arc<Node>> {
+        if ino == Ino::ROOT {
+            return None;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let node = inner.by_ino.get(&ino.0)?.node.clone();
+        if node.kind != FileKind::Regular || node.standing() != Standing::Live {
+            return None;
+        }
+        let vkey = (node.key.0, node.key.1, node.view);
+        if inner.by_key.get(&vkey) == Some(&ino.0) {
+            inner.by_key.remove(&vkey);
+        }
+        let state = Arc::downgrade(node.file());
+        inner.shared.insert(vkey, state);
+        node.standing
+            .store(Standing::Retired as u8, Ordering::Release);
+        Some(node)
     }
 
     /// Every node id (to invalidate kernel caches after a policy change).
@@ -273,5 +360,63 @@ impl Nodes {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+
+    fn opath(p: &std::path::Path) -> OwnedFd {
+        nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).unwrap()
+    }
+
+    fn key(p: &std::path::Path) -> (u64, u64) {
+        let st = nix::sys::stat::stat(p).unwrap();
+        (st.st_dev, st.st_ino)
+    }
+
+    #[test]
+    fn retired_nodes_give_way_to_fresh_ids_that_share_the_file_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let nodes = Nodes::with_root(opath(dir.path()), key(dir.path()));
+        let k = key(&f);
+        let open = || Ok(opath(&f));
+        let old = nodes
+            .lookup(k, View::Plain, FileKind::Regular, open)
+            .unwrap();
+        assert_eq!(old.ino, Ino(k.1), "the lower inode number when free");
+        let state = old.file().clone();
+        assert_eq!(old.standing(), Standing::Live);
+        let retired = nodes.retire(old.ino).unwrap();
+        assert!(Arc::ptr_eq(&retired, &old));
+        assert_eq!(old.standing(), Standing::Retired);
+        assert!(nodes.retire(old.ino).is_none(), "retired once");
+        // The kernel still reaches the retired id...
+        assert!(Arc::ptr_eq(&nodes.get(old.ino).unwrap(), &old));
+        // ...but a lookup gets a fresh id with the same contents state.
+        let fresh = nodes
+            .lookup(k, View::Plain, FileKind::Regular, open)
+            .unwrap();
+        assert_ne!(fresh.ino, old.ino);
+        assert_eq!(fresh.standing(), Standing::Live);
+        assert!(Arc::ptr_eq(fresh.file(), &state));
+        // Forgetting the retired id leaves the fresh node in place.
+        old.revoke();
+        assert_eq!(old.standing(), Standing::Revoked);
+        nodes.forget(old.ino, 1);
+        assert_eq!(nodes.get(old.ino).unwrap_err(), Errno::ENOENT);
+        let again = nodes
+            .lookup(k, View::Plain, FileKind::Regular, open)
+            .unwrap();
+        assert_eq!(again.ino, fresh.ino);
+        // Directories and the root are never retired.
+        assert!(nodes.retire(Ino::ROOT).is_none());
+        nodes.forget(fresh.ino, 2);
+        assert_eq!(nodes.len(), 1, "only the root is left");
     }
 }

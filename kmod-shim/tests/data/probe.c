@@ -10,6 +10,12 @@
  *                            print "--AGAIN--" and the mapping once more
  *   probe reread FILE SECS   read, print, sleep SECS, read again from the
  *                            same fd: prints "AGAIN OK" or "AGAIN ERR n"
+ *   probe keep FILE TRIGGER  open, map and print the mapping; wait until
+ *                            TRIGGER exists (at most 60 s); then through
+ *                            the same fd print "--READ--" and what pread
+ *                            gives (or "ERR n"), "--FSTAT--" and "OK" or
+ *                            "ERR n", and last "--MAP--" and the mapping
+ *                            (a refused fault is SIGBUS)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +46,29 @@ int main(int argc, char **argv) {
     struct stat st;
     if (fstat(fd, &st) < 0) return fail();
     size_t n = (size_t)st.st_size;
+    if (!strcmp(argv[1], "keep") && argc > 3) {
+        if (n == 0) return 2;
+        unsigned char *m = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) return fail();
+        fwrite(m, 1, n, stdout);
+        fflush(stdout);
+        for (int i = 0; i < 600 && access(argv[3], F_OK) != 0; i++) usleep(100000);
+        unsigned char *buf = malloc(n);
+        fputs("--READ--", stdout);
+        ssize_t got = read_all(fd, buf, n);
+        if (got < 0) printf("ERR %d", errno);
+        else fwrite(buf, 1, (size_t)got, stdout);
+        fputs("--FSTAT--", stdout);
+        if (fstat(fd, &st) < 0) printf("ERR %d", errno);
+        else fputs("OK", stdout);
+        fputs("--MAP--", stdout);
+        fflush(stdout);
+        /* Touch the mapping here, not inside write(2) (EFAULT there). */
+        for (size_t i = 0; i < n; i++) buf[i] = ((volatile unsigned char *)m)[i];
+        fwrite(buf, 1, n, stdout);
+        fflush(stdout);
+        return 0;
+    }
     if (!strcmp(argv[1], "stat")) { printf("%lld\n", (long long)st.st_size); return 0; }
     if (!strcmp(argv[1], "mmap") || !strcmp(argv[1], "hold") || !strcmp(argv[1], "hold2")) {
         if (n == 0) return 0;
