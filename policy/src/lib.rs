@@ -125,8 +125,8 @@
 //! * **Policy types other than `Standard`** (Live Data Transformation, IDT,
 //!   CSI, cloud object storage, HDFS): each needs its own data path
 //!   (online rekeying, in-place transformation of existing data, object or
-//!   HDFS semantics) that secfs does not implement; GuardFS transforms data
-//!   offline with `dataxform`.
+//!   HDFS semantics) that secfs does not implement; transforming existing
+//!   data is the job of `dataxform` (DESIGN.md), which is not built yet.
 //! * **Data transformation rules** (`data_transform_rules`, an unknown
 //!   field here): they belong to
 //!   transformation policies and `dataxform`, not to access decisions.
