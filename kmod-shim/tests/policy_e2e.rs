@@ -44,7 +44,7 @@ impl Bins {
             .expect("gcc");
         assert!(out.status.success(), "{out:?}");
         for n in &names[1..] {
-            fs::copy(&first, dir.path().join(n)).unwrap();
+            copy_bin(&first, &dir.path().join(n));
         }
         Bins { dir }
     }
@@ -56,6 +56,14 @@ impl Bins {
     fn dir(&self) -> &str {
         self.dir.path().to_str().unwrap()
     }
+}
+
+/// Copy a binary with cp(1), not in this process: a writable fd held here
+/// for a moment could be inherited by a child another test thread forks
+/// meanwhile, and running the copy would then fail with ETXTBSY.
+fn copy_bin(src: &Path, dst: &Path) {
+    let st = Command::new("cp").arg(src).arg(dst).status().unwrap();
+    assert!(st.success(), "cp {} {}", src.display(), dst.display());
 }
 
 /// Run `prog args...`, optionally as another uid.
@@ -158,7 +166,7 @@ fn user_set_rules_decide_by_uid_and_audit() {
 fn process_set_rules_by_path_and_by_signature() {
     let bins = Bins::new(&["good", "other"]);
     // A copy of cat elsewhere: the signature rule follows the bytes.
-    fs::copy("/bin/cat", bins.path("mycat")).unwrap();
+    copy_bin(Path::new("/bin/cat"), &bins.path("mycat"));
     let sig = {
         let out = Command::new("sha256sum").arg("/bin/cat").output().unwrap();
         String::from_utf8_lossy(&out.stdout)
@@ -278,8 +286,8 @@ fn learn_mode_permits_and_logs_would_deny() {
 fn deny_gives_eacces_and_writes_need_the_key_except_under_clear_key() {
     let bins = Bins::new(&["unused"]);
     // cp under another name: the process set matches the copy's path.
-    fs::copy("/bin/cp", bins.path("keyless")).unwrap();
-    fs::copy("/bin/cp", bins.path("blocked")).unwrap();
+    copy_bin(Path::new("/bin/cp"), &bins.path("keyless"));
+    copy_bin(Path::new("/bin/cp"), &bins.path("blocked"));
     let policy = format!(
         r#"{{ "name": "writes",
       "security_rules": [
@@ -509,8 +517,8 @@ fn clear_key_never_decrypts_for_a_reader_without_applykey() {
 #[test]
 fn concise_logging_and_eperm_for_attribute_changes() {
     let bins = Bins::new(&["reader"]);
-    fs::copy("/bin/chmod", bins.path("chmodder")).unwrap();
-    fs::copy("/bin/touch", bins.path("toucher")).unwrap();
+    copy_bin(Path::new("/bin/chmod"), &bins.path("chmodder"));
+    copy_bin(Path::new("/bin/touch"), &bins.path("toucher"));
     let policy = format!(
         r#"{{ "name": "concise",
       "security_rules": [

@@ -136,6 +136,75 @@ fn bad_names_and_private_xattrs_are_refused() {
     assert!(!String::from_utf8_lossy(&s.listxattr(&C, e.ino).unwrap()).contains("guardfs"));
 }
 
+/// Sorted xattr names of a listxattr answer.
+fn xattr_names(list: &[u8]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn xattrs_pass_through_to_the_lower_object_of_each_node() {
+    let (dir, s) = stack(Mode::Xts);
+    let (f, o) = s
+        .create(&C, Ino::ROOT, name("f"), 0o100644, libc::O_RDWR)
+        .unwrap();
+    s.release(f.ino, o.fh).unwrap();
+    let d = s.mkdir(&C, Ino::ROOT, name("d"), 0o755).unwrap();
+    let l = s
+        .symlink(&C, Ino::ROOT, name("l"), std::path::Path::new("f"))
+        .unwrap();
+    for (e, lower) in [(&f, "f"), (&d, "d")] {
+        s.setxattr(&C, e.ino, name("user.k"), b"v1", 0).unwrap();
+        assert_eq!(
+            s.setxattr(&C, e.ino, name("user.k"), b"v2", libc::XATTR_CREATE)
+                .unwrap_err(),
+            Errno(libc::EEXIST)
+        );
+        s.setxattr(&C, e.ino, name("user.k"), b"v2", libc::XATTR_REPLACE)
+            .unwrap();
+        assert_eq!(s.getxattr(&C, e.ino, name("user.k")).unwrap(), b"v2");
+        // On the lower object itself.
+        let p = dir.path().join(lower);
+        let p = std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+        assert_eq!(
+            guardfs_shim::sys::getxattr(&p, name("user.k")).unwrap(),
+            b"v2"
+        );
+        let names = xattr_names(&s.listxattr(&C, e.ino).unwrap());
+        assert!(names.contains(&"user.k".to_owned()), "{names:?}");
+        assert!(names.iter().all(|n| !n.starts_with("trusted.guardfs.")));
+        s.removexattr(&C, e.ino, name("user.k")).unwrap();
+        assert_eq!(
+            s.getxattr(&C, e.ino, name("user.k")).unwrap_err(),
+            Errno::ENODATA
+        );
+        assert_eq!(
+            s.removexattr(&C, e.ino, name("user.k")).unwrap_err(),
+            Errno::ENODATA
+        );
+    }
+    // A symlink node's xattrs are the symlink's own, not its target's:
+    // user.* is refused on symlinks, trusted.* is the link's.
+    assert_eq!(
+        s.setxattr(&C, l.ino, name("user.k"), b"v", 0).unwrap_err(),
+        Errno::EPERM
+    );
+    s.setxattr(&C, l.ino, name("trusted.t"), b"link", 0)
+        .unwrap();
+    assert_eq!(s.getxattr(&C, l.ino, name("trusted.t")).unwrap(), b"link");
+    assert_eq!(
+        s.getxattr(&C, f.ino, name("trusted.t")).unwrap_err(),
+        Errno::ENODATA
+    );
+    assert_eq!(xattr_names(&s.listxattr(&C, l.ino).unwrap()), ["trusted.t"]);
+    s.removexattr(&C, l.ino, name("trusted.t")).unwrap();
+}
+
 #[test]
 fn forget_drops_nodes() {
     let (_dir, s) = stack(Mode::Gcm);

@@ -541,7 +541,7 @@ mod tests {
         let keys = crate::stack::keys::StaticKeys::single(
             "ka",
             1,
-            guardfs_crypto::PolicyKey::from_bytes([7; 32]),
+            crate::stack::keys::PolicyKey::from_bytes([7; 32]),
         );
         assert_eq!(missing_keys(&policy, &keys), ["kb"]);
         let a = Access::unrestricted(b"/gp");

@@ -1,5 +1,15 @@
 //! File contents: the only place above the crypto crate that knows about
-//! headers, units and ciphers.
+//! headers, units, layouts and ciphers.
+//!
+//! Every use of `guardfs_crypto` in the stacking layer is in this module
+//! (apart from the opaque policy keys [`keys`](crate::stack::keys) hands
+//! through). The rest of the layer sees plain answers: the [`Class`] of a
+//! file from its marker or header bytes ([`marker_class`],
+//! [`header_class`], [`has_header_magic`]), its logical size
+//! ([`logical_size`]), the raw header block ([`read_header_block`]). Two
+//! crypto types are re-exported for what the layer's users configure or
+//! inspect: [`Mode`] (the mode for new files, named on the command line)
+//! and [`Header`] (for status tools).
 //!
 //! Locking. Each regular-file inode has a reader-writer lock over its size
 //! and contents state, and a range lock over units:
@@ -20,7 +30,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use guardfs_crypto::offsets::MAX_PLAIN_SIZE;
-use guardfs_crypto::{ContentCipher, HEADER_LEN, Header, Layout, LowerOff, Mode, PlainOff, UnitNo};
+use guardfs_crypto::{ContentCipher, HEADER_LEN, Layout, LowerOff, PlainOff, UnitNo};
 use log::{error, warn};
 
 use crate::stack::access::NewKey;
@@ -28,6 +38,95 @@ use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node};
 use crate::sys;
 use crate::vfs::{Errno, VfsResult, Whence};
+
+/// A parsed file header (see [`FileState::header`]).
+pub use guardfs_crypto::Header;
+/// The mode of a GuardPoint's new files (`GuardConfig::mode`), and of a
+/// file's header.
+pub use guardfs_crypto::Mode;
+
+/// The first [`HEADER_LEN`] bytes of a lower file, as they are.
+pub type HeaderBlock = [u8; HEADER_LEN];
+
+/// How many leading bytes tell whether a lower file has a header, and its
+/// mode: the magic, the format version, and the mode code.
+const HEADER_PEEK: usize = 16;
+/// Offset of the mode code in a header (the crypto crate's header layout).
+const HEADER_MODE_OFF: usize = 10;
+
+/// The class that files of `mode` have (`clear` is plain).
+fn class_of_mode(mode: Mode) -> Class {
+    match mode {
+        Mode::Xts => Class::Xts,
+        Mode::CbcCs1 => Class::CbcCs1,
+        Mode::Gcm => Class::Gcm,
+        Mode::Clear => Class::Plain,
+    }
+}
+
+/// The encrypted mode a class names, if any.
+fn mode_of_class(class: Class) -> Option<Mode> {
+    match class {
+        Class::Xts => Some(Mode::Xts),
+        Class::CbcCs1 => Some(Mode::CbcCs1),
+        Class::Gcm => Some(Mode::Gcm),
+        Class::Plain | Class::Unknown => None,
+    }
+}
+
+/// The logical size of a file of class `class` whose lower file is
+/// `lower` bytes long (an unencrypted class: `lower` itself).
+pub fn logical_size(class: Class, lower: u64) -> u64 {
+    match mode_of_class(class) {
+        Some(mode) => Layout::of(mode).plain_size(LowerOff(lower)).0,
+        None => lower,
+    }
+}
+
+/// The class a mode marker's value names: `None` if it names no mode.
+pub fn marker_class(value: &[u8]) -> Option<Class> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse::<Mode>().ok())
+        .map(class_of_mode)
+}
+
+/// The class the leading bytes of a lower file show: an encrypted class
+/// when they hold (at least the first 16 bytes of) a header
+/// with a known mode, else plain.
+pub fn class_of_header_bytes(bytes: &[u8]) -> Class {
+    if bytes.len() < HEADER_PEEK || !Header::has_magic(bytes) {
+        return Class::Plain;
+    }
+    Mode::from_header_code(bytes[HEADER_MODE_OFF])
+        .map(class_of_mode)
+        .unwrap_or(Class::Plain)
+}
+
+/// The class of an open lower file from its first bytes (see
+/// [`class_of_header_bytes`]); plain if they cannot be read.
+pub fn header_class(fd: BorrowedFd<'_>) -> Class {
+    let mut hdr = [0u8; HEADER_PEEK];
+    match pread_full(fd, &mut hdr, 0) {
+        Ok(HEADER_PEEK) => class_of_header_bytes(&hdr),
+        _ => Class::Plain,
+    }
+}
+
+/// Whether an open lower file starts with the header magic.
+pub fn has_header_magic(fd: BorrowedFd<'_>) -> VfsResult<bool> {
+    let mut hdr = [0u8; HEADER_PEEK];
+    let n = pread_full(fd, &mut hdr, 0)?;
+    Ok(Header::has_magic(&hdr[..n]))
+}
+
+/// The first [`HEADER_LEN`] bytes of an open lower file, as they are
+/// (a shorter file is padded with zeros).
+pub fn read_header_block(fd: BorrowedFd<'_>) -> VfsResult<HeaderBlock> {
+    let mut hdr = [0u8; HEADER_LEN];
+    pread_full(fd, &mut hdr, 0)?;
+    Ok(hdr)
+}
 
 /// The xattr on a lower file that records its mode, so `stat` can compute
 /// the logical size without reading the header.
@@ -245,7 +344,7 @@ impl FileState {
                                         );
                                     }
                                 }
-                                node.set_class(Class::of_mode(h.mode));
+                                node.set_class(class_of_mode(h.mode));
                                 Contents::Encrypted(Arc::new(Crypt { header: h, cipher }), plain)
                             }
                             Err(e) => self.refuse(node, &format!("cipher setup failed: {e}")),
@@ -335,7 +434,7 @@ impl FileState {
         // before its header was written), so this leaves it exactly one
         // header long.
         pwrite_all(fd, &h.to_bytes(), 0)?;
-        node.set_class(Class::of_mode(mode));
+        node.set_class(class_of_mode(mode));
         Ok(Contents::Encrypted(
             Arc::new(Crypt { header: h, cipher }),
             0,
@@ -780,5 +879,42 @@ impl Drop for RangeGuard<'_> {
         }
         drop(held);
         self.locks.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_classes_from_markers_and_header_bytes() {
+        for mode in [Mode::Xts, Mode::CbcCs1, Mode::Gcm] {
+            let class = class_of_mode(mode);
+            assert_eq!(mode_of_class(class), Some(mode));
+            assert_eq!(marker_class(mode.name().as_bytes()), Some(class));
+            let lower = 3 * 4096 + 1000;
+            assert_eq!(
+                logical_size(class, lower),
+                Layout::of(mode).plain_size(LowerOff(lower)).0
+            );
+            assert!(logical_size(class, lower) < lower);
+            let pk = guardfs_crypto::PolicyKey::from_bytes([7; 32]);
+            let (h, _) = Header::create(mode, "k", 1, &pk).unwrap();
+            let bytes = h.to_bytes();
+            assert_eq!(class_of_header_bytes(&bytes), class);
+            assert_eq!(class_of_header_bytes(&bytes[..HEADER_PEEK]), class);
+            // Too short to tell the mode.
+            assert_eq!(
+                class_of_header_bytes(&bytes[..HEADER_PEEK - 1]),
+                Class::Plain
+            );
+        }
+        assert_eq!(marker_class(b"clear"), Some(Class::Plain));
+        assert_eq!(marker_class(b"rot13"), None);
+        assert_eq!(marker_class(&[0xff]), None);
+        for c in [Class::Plain, Class::Unknown] {
+            assert_eq!(logical_size(c, 12345), 12345);
+        }
+        assert_eq!(class_of_header_bytes(&[0u8; HEADER_LEN]), Class::Plain);
     }
 }

@@ -1,11 +1,17 @@
 //! Where a GuardPoint's policy keys come from. Today `secfs mount` loads
 //! them from key files; vmd will push them over the ioctl channel. The
 //! stacking layer only sees this trait.
+//!
+//! Key plumbing only: the keys are opaque values carried from whoever
+//! delivers them (key file, control channel) to [`file`](super::file),
+//! the one module that uses them (to unwrap and create headers). This
+//! module names the crypto crate's key type, and re-exports it for the
+//! layer's other modules, but never looks inside a key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use guardfs_crypto::PolicyKey;
+pub use guardfs_crypto::PolicyKey;
 
 /// The keys a GuardPoint may use.
 pub trait KeySource: Send + Sync {

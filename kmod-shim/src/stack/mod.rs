@@ -1,10 +1,32 @@
 //! The stacking layer: GuardPoint semantics over a lower directory.
 //!
-//! Every operation works relative to fds this layer holds (the lower root
-//! was opened before the mount covered it), using only `*at()` syscalls and
-//! `/proc/self/fd` re-opens, so nothing here ever resolves a path through
-//! the mount itself. Names and directories pass through in clear (as in
-//! CTE); regular file contents go through [`file`].
+//! Every operation works relative to fds this layer holds, so nothing here
+//! ever resolves a path through the mount itself: the lower root (opened
+//! before the mount covered it), an `O_PATH | O_NOFOLLOW` fd per node, and
+//! an fd on `/proc/self/fd`. Precisely:
+//! * names are looked up, created, linked, renamed and removed with
+//!   `*at()` calls on the parent node's fd (`fstatat`, `openat`,
+//!   `mknodat`, `mkdirat`, `symlinkat`, `linkat`, `renameat2`,
+//!   `unlinkat`; `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`
+//!   for control-channel paths);
+//! * a node's own object is reached through its fd: `fstat`, `fstatvfs`,
+//!   and `fstatat`, `fchownat`, `linkat`, `readlinkat` (a symlink's
+//!   target) with an empty path, `openat(fd, ".")` for a directory's
+//!   entries and fsync;
+//! * what an `O_PATH` fd cannot do goes through the fd's magic link in
+//!   `/proc/self/fd`, named by the fd's number relative to the held fd on
+//!   that directory (the link resolves to the object itself, a symlink
+//!   node included): re-opens for I/O (`openat`), `fchmodat`, `utimensat`,
+//!   `readlinkat` of the link (the node's path, for policies), and the
+//!   xattr calls (`*xattrat`, or on kernels before 6.13 the path calls on
+//!   `/proc/self/fd/N`; see [`sys::ProcLink`]);
+//! * open files use their own fds (`pread`, `pwrite`, `ftruncate`,
+//!   `fallocate`, `lseek`, `f*xattr`, `fsync`).
+//!
+//! Names and directories pass through in clear (as in CTE); regular file
+//! contents go through [`file`](mod@file), the only module here that knows about
+//! headers, modes and ciphers: this one sees a file's [`Class`] and asks
+//! [`file`](mod@file) for sizes and header facts.
 //!
 //! Permissions: the FUSE binding mounts with `default_permissions`, so the
 //! kernel checks every access against the attributes returned here before
@@ -27,14 +49,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use guardfs_crypto::{Layout, LowerOff, Mode};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode as StatMode, SFlag};
 
 use guardfs_policy::Action;
 
 use crate::stack::access::{Access, Grant, NewKey, View};
-use crate::stack::file::{Io, MODE_XATTR, PRIVATE_XATTR_PREFIX};
+use crate::stack::file::{HeaderBlock, Io, MODE_XATTR, Mode, PRIVATE_XATTR_PREFIX};
 use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node, Nodes, Standing};
 use crate::sys;
@@ -169,6 +190,11 @@ impl Stack {
         self.reopen_fd(node.fd(), flags)
     }
 
+    /// The xattrs of the lower object an `O_PATH` fd refers to.
+    fn xattrs<'a>(&'a self, fd: BorrowedFd<'a>) -> sys::ProcLink<'a> {
+        sys::ProcLink::new(self.proc_fd.as_fd(), fd)
+    }
+
     /// Re-open the lower object an `O_PATH` fd refers to.
     fn reopen_fd(&self, fd: BorrowedFd<'_>, flags: OFlag) -> VfsResult<OwnedFd> {
         let name = fd.as_raw_fd().to_string();
@@ -185,25 +211,17 @@ impl Stack {
     /// first bytes are a GuardFS header. Anything that cannot be read
     /// counts as encrypted (the caller then withholds plaintext).
     fn lower_encrypted(&self, fd: BorrowedFd<'_>) -> bool {
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let marker = sys::getxattr(
-            &std::ffi::CString::new(path).unwrap_or_default(),
-            OsStr::from_bytes(MODE_XATTR.to_bytes()),
-        );
+        let marker = self
+            .xattrs(fd)
+            .getxattr(OsStr::from_bytes(MODE_XATTR.to_bytes()));
         if let Ok(v) = marker {
-            return std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<Mode>().ok())
-                .is_none_or(|m| m != Mode::Clear);
+            // A marker naming no mode counts as encrypted.
+            return file::marker_class(&v) != Some(Class::Plain);
         }
         let Ok(rd) = self.reopen_fd(fd, OFlag::O_RDONLY | OFlag::O_NONBLOCK) else {
             return true;
         };
-        let mut hdr = [0u8; 16];
-        match file::pread_full(rd.as_fd(), &mut hdr, 0) {
-            Ok(n) => guardfs_crypto::Header::has_magic(&hdr[..n]),
-            Err(_) => true,
-        }
+        file::has_header_magic(rd.as_fd()).unwrap_or(true)
     }
 
     /// `g` for the file `node`: a clear-only grant shows an encrypted file
@@ -223,12 +241,11 @@ impl Stack {
         if c != Class::Unknown {
             return c;
         }
-        let c = match sys::getxattr(&node.proc_path(), OsStr::from_bytes(MODE_XATTR.to_bytes())) {
-            Ok(v) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<Mode>().ok())
-                .map(Class::of_mode)
-                .unwrap_or(Class::Plain),
+        let marker = self
+            .xattrs(node.fd())
+            .getxattr(OsStr::from_bytes(MODE_XATTR.to_bytes()));
+        let c = match marker {
+            Ok(v) => file::marker_class(&v).unwrap_or(Class::Plain),
             // No marker (xattrs unsupported, or lost, e.g. by a restore
             // without xattrs): the header magic decides.
             Err(e) if e == Errno(libc::ENOTSUP) || e == Errno(libc::ENODATA) => {
@@ -245,25 +262,14 @@ impl Stack {
         let Ok(fd) = self.reopen(node, OFlag::O_RDONLY) else {
             return Class::Plain;
         };
-        let mut hdr = [0u8; 16];
-        match file::pread_full(fd.as_fd(), &mut hdr, 0) {
-            Ok(16) if guardfs_crypto::Header::has_magic(&hdr) => {
-                guardfs_crypto::Mode::from_header_code(hdr[10])
-                    .map(Class::of_mode)
-                    .unwrap_or(Class::Plain)
-            }
-            _ => Class::Plain,
-        }
+        file::header_class(fd.as_fd())
     }
 
     fn attr_of(&self, node: &Node, st: &FileStat) -> Attr {
         let kind = FileKind::from_mode(st.st_mode);
         let mut size = st.st_size as u64;
-        if kind == FileKind::Regular
-            && node.view == View::Plain
-            && let Some(mode) = self.class_of(node).mode()
-        {
-            size = Layout::of(mode).plain_size(LowerOff(size)).0;
+        if kind == FileKind::Regular && node.view == View::Plain {
+            size = file::logical_size(self.class_of(node), size);
         }
         Attr {
             st_ino: st.st_ino,
@@ -354,14 +360,18 @@ impl Stack {
         if node.ino == Ino::ROOT {
             return Ok(b"/".to_vec());
         }
-        let Ok(p) = std::fs::read_link(format!("/proc/self/fd/{}", node.fd.as_raw_fd())) else {
+        // The path is the target of the node fd's magic link (the kernel's
+        // d_path of the object); no other call names the path of an fd.
+        // Read relative to the held `/proc/self/fd` fd, like the re-opens.
+        let link = node.fd.as_raw_fd().to_string();
+        let Ok(p) = nix::fcntl::readlinkat(self.proc_fd.as_fd(), link.as_str()) else {
             log::warn!(
                 "secfs: {}: path unknown; access refused",
                 node.display_path()
             );
             return Err(Errno::EACCES);
         };
-        let mut p = p.into_os_string().into_vec();
+        let mut p = p.into_vec();
         if p.ends_with(b" (deleted)") {
             p.truncate(p.len() - b" (deleted)".len());
         }
@@ -548,7 +558,7 @@ impl Stack {
     /// GuardPoint, resolved beneath it without following any symlink), for
     /// `voradmin secfs iv get`. Only regular files (a FIFO must not block
     /// the control channel); shorter files are padded with zeros.
-    pub fn lower_header(&self, rel: &str) -> VfsResult<[u8; guardfs_crypto::HEADER_LEN]> {
+    pub fn lower_header(&self, rel: &str) -> VfsResult<HeaderBlock> {
         use nix::fcntl::{OpenHow, ResolveFlag};
         let root = self.nodes.get(Ino::ROOT)?;
         let how = OpenHow::new()
@@ -559,9 +569,7 @@ impl Stack {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EINVAL);
         }
-        let mut hdr = [0u8; guardfs_crypto::HEADER_LEN];
-        file::pread_full(fd.as_fd(), &mut hdr, 0)?;
-        Ok(hdr)
+        file::read_header_block(fd.as_fd())
     }
 
     /// Forget every data key unwrapped with version `version` of the
@@ -771,7 +779,8 @@ impl Stack {
             return true;
         }
         !matches!(
-            sys::getxattr(&node.proc_path(), OsStr::new("security.capability")),
+            self.xattrs(node.fd())
+                .getxattr(OsStr::new("security.capability")),
             Err(Errno::ENODATA) | Err(Errno(libc::ENOTSUP))
         )
     }
@@ -816,7 +825,7 @@ impl Stack {
     }
 
     /// The header of a file, for status tools (`voradmin secfs iv get`).
-    pub fn header_of(&self, ino: Ino) -> VfsResult<Option<guardfs_crypto::Header>> {
+    pub fn header_of(&self, ino: Ino) -> VfsResult<Option<file::Header>> {
         let node = self.nodes.get(ino)?;
         let fd = self.reopen(&node, OFlag::O_RDONLY)?;
         node.file()
@@ -1457,7 +1466,7 @@ impl VnodeOps for Stack {
         flags: i32,
     ) -> VfsResult<()> {
         let node = self.xattr_node(c, ino, name, true, Errno::EPERM)?;
-        sys::setxattr(&node.proc_path(), name, value, flags)?;
+        self.xattrs(node.fd()).setxattr(name, value, flags)?;
         if node.kind == FileKind::Regular && name.as_bytes() == b"security.capability" {
             node.file().caps_may_exist();
         }
@@ -1466,13 +1475,13 @@ impl VnodeOps for Stack {
 
     fn getxattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<Vec<u8>> {
         let node = self.xattr_node(c, ino, name, false, Errno::ENODATA)?;
-        sys::getxattr(&node.proc_path(), name)
+        self.xattrs(node.fd()).getxattr(name)
     }
 
     fn listxattr(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
         let node = self.nodes.get(ino)?;
         self.check_node(c, &node, attr_action(node.kind, false, false))?;
-        let raw = sys::listxattr(&node.proc_path())?;
+        let raw = self.xattrs(node.fd()).listxattr()?;
         let mut out = Vec::with_capacity(raw.len());
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if !n.starts_with(PRIVATE_XATTR_PREFIX) {
@@ -1485,7 +1494,7 @@ impl VnodeOps for Stack {
 
     fn removexattr(&self, c: &Caller, ino: Ino, name: &OsStr) -> VfsResult<()> {
         let node = self.xattr_node(c, ino, name, true, Errno::EPERM)?;
-        sys::removexattr(&node.proc_path(), name)
+        self.xattrs(node.fd()).removexattr(name)
     }
 
     fn fallocate(

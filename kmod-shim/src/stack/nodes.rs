@@ -25,7 +25,8 @@ use crate::vfs::{Errno, FileKind, Ino, VfsResult};
 
 /// What a regular file's contents are, as far as `stat` is concerned.
 /// Cached per node: learned from the `trusted.guardfs.mode` marker, updated
-/// when a header is written or found.
+/// when a header is written or found. Which crypto mode each class stands
+/// for is known only to [`file`](crate::stack::file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Class {
@@ -45,26 +46,6 @@ impl Class {
             3 => Class::CbcCs1,
             4 => Class::Gcm,
             _ => Class::Unknown,
-        }
-    }
-
-    /// The encrypted mode this class names, if any.
-    pub fn mode(self) -> Option<guardfs_crypto::Mode> {
-        match self {
-            Class::Xts => Some(guardfs_crypto::Mode::Xts),
-            Class::CbcCs1 => Some(guardfs_crypto::Mode::CbcCs1),
-            Class::Gcm => Some(guardfs_crypto::Mode::Gcm),
-            Class::Plain | Class::Unknown => None,
-        }
-    }
-
-    /// The class of an encrypted mode (`clear` is plain).
-    pub fn of_mode(mode: guardfs_crypto::Mode) -> Class {
-        match mode {
-            guardfs_crypto::Mode::Xts => Class::Xts,
-            guardfs_crypto::Mode::CbcCs1 => Class::CbcCs1,
-            guardfs_crypto::Mode::Gcm => Class::Gcm,
-            guardfs_crypto::Mode::Clear => Class::Plain,
         }
     }
 }
@@ -151,14 +132,10 @@ impl Node {
         self.fd.as_fd()
     }
 
-    /// `/proc/self/fd/N`, the path that reaches the lower object through
-    /// this node's fd.
-    pub fn proc_path(&self) -> std::ffi::CString {
-        let s = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-        std::ffi::CString::new(s).unwrap_or_default()
-    }
-
-    /// The lower path, best effort, for log lines.
+    /// The lower path, best effort, for log lines: the target of the fd's
+    /// magic link (no call names an fd's path otherwise). A node holds no
+    /// fd on `/proc/self/fd`, so this reads the link by its path; the
+    /// stack reads it relative to its own fd for policy decisions.
     pub fn display_path(&self) -> String {
         std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
             .map(|p| p.display().to_string())

@@ -416,6 +416,21 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Run a freshly written binary. Another test thread may be forking at
+    /// the moment the copy is still open for writing, and the child then
+    /// holds that fd until it execs: ETXTBSY for a moment, so retry.
+    fn spawn_fresh(bin: &std::path::Path, arg: &str) -> std::process::Child {
+        for _ in 0..100 {
+            match std::process::Command::new(bin).arg(arg).spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r.unwrap(),
+            }
+        }
+        panic!("{}: text file busy for 2 s", bin.display());
+    }
+
     #[test]
     fn signature_follows_in_place_rewrites_with_reset_mtime() {
         // A copy of a binary, run, then rewritten in place with the same
@@ -425,7 +440,7 @@ mod tests {
         std::fs::copy("/bin/sleep", &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let cache = ProcCache::default();
-        let mut child = std::process::Command::new(&bin).arg("5").spawn().unwrap();
+        let mut child = spawn_fresh(&bin, "5");
         let first = cache.signature(child.id()).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -439,7 +454,7 @@ mod tests {
         f.set_modified(mtime).unwrap();
         drop(f);
         assert_eq!(std::fs::metadata(&bin).unwrap().modified().unwrap(), mtime);
-        let mut child = std::process::Command::new(&bin).arg("5").spawn().unwrap();
+        let mut child = spawn_fresh(&bin, "5");
         let second = cache.signature(child.id()).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
