@@ -113,26 +113,29 @@ impl Auditor {
     /// one with the same `key` within its window (then nothing is built
     /// or queued). Without concise logging every record is queued.
     pub fn record_concise(&self, key: impl Hash, line: impl FnOnce() -> String) {
-        if let Some(c) = &self.concise {
-            let h = c.hasher.hash_one(key);
-            let now = Instant::now();
-            let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if seen
-                .get(&h)
-                .is_some_and(|t| now.duration_since(*t) < c.window)
-            {
-                c.suppressed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        let Some(c) = &self.concise else {
+            self.record(line());
+            return;
+        };
+        let h = c.hasher.hash_one(key);
+        let fresh = |t: &Instant| t.elapsed() < c.window;
+        let seen = || c.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen().get(&h).is_some_and(fresh) {
+            c.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Marked as logged only once it is queued: a record the full queue
+        // dropped does not hide the next one.
+        if self.record(line()) {
+            let mut seen = seen();
             if seen.len() >= CONCISE_KEYS {
-                seen.retain(|_, t| now.duration_since(*t) < c.window);
+                seen.retain(|_, t| fresh(t));
                 if seen.len() >= CONCISE_KEYS {
                     seen.clear();
                 }
             }
-            seen.insert(h, now);
+            seen.insert(h, Instant::now());
         }
-        self.record(line());
     }
 
     /// Records concise logging left out.
@@ -142,14 +145,16 @@ impl Auditor {
             .map_or(0, |c| c.suppressed.load(Ordering::Relaxed))
     }
 
-    /// Queue a record; never blocks.
-    pub fn record(&self, line: String) {
+    /// Queue a record; never blocks. Whether it was queued (a full queue
+    /// drops it and counts the drop).
+    pub fn record(&self, line: String) -> bool {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = tx.as_ref() else { return };
+        let Some(tx) = tx.as_ref() else { return false };
         match tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }

@@ -943,3 +943,58 @@ fn old_handles_get_no_plaintext_after_a_narrowing_reload() {
         assert_eq!(fs::read(gp.path("locked/f")).unwrap(), data);
     }
 }
+
+/// A handle whose opener has exited (the fd was left to a child) is judged
+/// after a reload as its opener was, not as an unknown process: reloading
+/// an unchanged policy must not cut off a still-permitted application.
+#[test]
+fn reload_judges_a_handle_of_an_exited_opener_as_that_opener() {
+    let bins = Bins::new(&["aapp"]);
+    copy_bin(Path::new("/bin/dash"), &bins.path("shx"));
+    let policy = format!(
+        r#"{{ "name": "same", "authenticated_users_only": false,
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "apps", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 2, "user_set_id": "root", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "deny" }} ],
+      "user_sets": [ {{ "id": "root", "users": [ {{ "uid": 0 }} ] }} ],
+      "process_sets": [ {{ "id": "apps", "processes": [
+          {{ "directory": "{d}", "file": "aapp" }}, {{ "directory": "{d}", "file": "shx" }} ] }} ] }}"#,
+        d = bins.dir()
+    );
+    let (gp, cfg) = guarded(&policy, &[]);
+    let data = write_secret(&gp, "f");
+    let f = gp.path("f");
+    let f = f.to_str().unwrap();
+    let trigger = cfg.path().join("go");
+    let a_f = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(bins.path("aapp"))
+        .args(["keep", f, trigger.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // shx opens f on fd 3, leaves it to a background sleep, and exits.
+    let o = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(bins.path("shx"))
+        .arg("-c")
+        .arg(format!("exec 3< {f}; sleep 20 >/dev/null 2>&1 & exit 0"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_until("reloaded", || {
+        gp.log_text().contains("policy same loaded (generation 2)")
+    });
+    fs::write(&trigger, b"").unwrap();
+    let a = kept(a_f);
+    assert!(!gp.log_text().contains("retired"), "{}", gp.log_text());
+    assert_eq!(a.mapped, data);
+    assert_eq!(a.read, data, "A's fd after reloading an unchanged policy");
+}

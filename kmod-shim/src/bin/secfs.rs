@@ -417,12 +417,8 @@ fn reload(stack: &Stack, policy: Option<&Path>, host: Option<&Path>, invalidate:
     match load_policy(policy, host) {
         Ok((compiled, settings)) => {
             let name = compiled.name().to_owned();
-            match stack
-                .access()
-                .load_checked(compiled, settings, &*stack.config().keys)
-            {
+            match stack.switch_policy(compiled, settings, true, invalidate) {
                 Ok(generation) => {
-                    stack.policy_loaded(invalidate);
                     log::info!("secfs: SIGHUP: policy {name} loaded (generation {generation})");
                 }
                 Err(e) => log::error!("secfs: SIGHUP: {e}; keeping the current policy"),

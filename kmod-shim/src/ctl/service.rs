@@ -227,17 +227,20 @@ impl Service {
                 let served = self.lock();
                 let s = served.get(path).ok_or(Errno::ENOENT)?;
                 let name = compiled.name().to_owned();
-                // A policy whose key rules name keys that were not pushed
-                // is refused; the current policy stays.
+                // Loaded even when its key rules name keys not pushed yet
+                // (host key locked, a key-manager key not fetched, a key of
+                // mode clear, which has no material): keeping the previous
+                // policy instead could keep access the new one withdraws.
+                // Files under those key rules stay unreadable until the
+                // key arrives. (`secfs mount` and SIGHUP, whose keys are
+                // fixed files, refuse such a policy instead.)
                 let generation = s
                     .stack
-                    .access()
-                    .load_checked(compiled, settings, &*s.stack.config().keys)
+                    .switch_policy(compiled, settings, false, &*s.invalidate)
                     .map_err(|e| {
-                        error!("secfs: {path}: {e}; keeping the current policy");
+                        error!("secfs: {path}: {e}");
                         Errno::EINVAL
                     })?;
-                s.stack.policy_loaded(&*s.invalidate);
                 info!("secfs: {path}: policy {name} loaded (generation {generation})");
                 Ok(Vec::new())
             }

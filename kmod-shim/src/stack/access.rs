@@ -128,8 +128,11 @@ use log::warn;
 
 use crate::audit::{AuditClass, Auditor};
 use crate::stack::keys::KeySource;
-use crate::stack::procinfo::ProcCache;
+use crate::stack::procinfo::{Identity, ProcCache};
 use crate::vfs::{Caller, Errno, VfsResult};
+
+/// The identity a handle's opener was judged as (kept by the handle).
+pub type Opener = Arc<Identity>;
 
 /// Which bytes a caller sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -272,7 +275,7 @@ fn class_of(action: Action) -> AuditClass {
     use Action as A;
     match action {
         A::FRd => AuditClass::Read,
-        A::FWr | A::FWrApp | A::FCre | A::FRm | A::FRen | A::FLink => AuditClass::Write,
+        A::FWr | A::FWrApp => AuditClass::Write,
         A::FRdAtt | A::FRdSec | A::DRdAtt => AuditClass::ReadAttr,
         A::DRd => AuditClass::Dir,
         _ => AuditClass::Other,
@@ -305,25 +308,6 @@ impl Access {
         };
         a.load(policy, host);
         a
-    }
-
-    /// Like [`Access::load`], but refuse (keeping the current policy) a
-    /// policy whose key rules name a key `keys` does not hold.
-    pub fn load_checked(
-        &self,
-        policy: CompiledPolicy,
-        host: HostSettings,
-        keys: &dyn KeySource,
-    ) -> Result<u64, String> {
-        let missing = missing_keys(&policy, keys);
-        if !missing.is_empty() {
-            return Err(format!(
-                "policy {} names keys that were not supplied: {}",
-                policy.name(),
-                missing.join(", ")
-            ));
-        }
-        Ok(self.load(policy, host))
     }
 
     /// Switch to a new policy generation atomically; returns its number.
@@ -387,7 +371,8 @@ impl Access {
     /// absolute) for `caller`. Deny is `EACCES`; learn mode permits and
     /// logs what it would have denied.
     pub fn check(&self, caller: &Caller, path: &[u8], action: Action) -> VfsResult<Grant> {
-        self.decide(caller, path, action, true)
+        self.decide(caller, None, path, action, true)
+            .map(|(g, _)| g)
     }
 
     /// [`Access::check`] without an audit record: for choices secfs makes
@@ -395,27 +380,58 @@ impl Access {
     /// operations the caller asked for; the operation itself is decided
     /// and audited when it happens.
     pub fn probe(&self, caller: &Caller, path: &[u8], action: Action) -> VfsResult<Grant> {
-        self.decide(caller, path, action, false)
+        self.decide(caller, None, path, action, false)
+            .map(|(g, _)| g)
+    }
+
+    /// [`Access::check`] for an open: also returns the identity judged,
+    /// which the handle keeps as its opener (see [`Access::recheck`]).
+    pub fn check_open(
+        &self,
+        caller: &Caller,
+        path: &[u8],
+        action: Action,
+    ) -> VfsResult<(Grant, Option<Arc<Identity>>)> {
+        self.decide(caller, None, path, action, true)
+    }
+
+    /// Decide again for a handle's opener after a reload. While the opener
+    /// (same pid, same start time) lives, it is judged as it is now;
+    /// once it has exited (the handle was passed on or inherited) or its
+    /// pid was reused, as it was when it opened: never as whichever
+    /// process holds that pid now.
+    pub fn recheck(
+        &self,
+        caller: &Caller,
+        opener: Option<&Arc<Identity>>,
+        path: &[u8],
+        action: Action,
+        audit: bool,
+    ) -> VfsResult<Grant> {
+        self.decide(caller, opener, path, action, audit)
+            .map(|(g, _)| g)
     }
 
     fn decide(
         &self,
         caller: &Caller,
+        opener: Option<&Arc<Identity>>,
         path: &[u8],
         action: Action,
         audit: bool,
-    ) -> VfsResult<Grant> {
+    ) -> VfsResult<(Grant, Option<Arc<Identity>>)> {
         let Some(l) = self.current() else {
-            return Ok(Grant::unrestricted());
+            return Ok((Grant::unrestricted(), None));
         };
         // Requests the kernel makes on its own behalf (pid 0, or a caller
         // outside secfs's pid namespace) are judged as an unknown,
         // unauthenticated process: no executable, no signature.
-        let ident = if caller.pid == 0 {
-            self.procs.unknown(caller.uid, caller.gid)
-        } else {
-            self.procs
-                .identity(caller.pid, caller.uid, caller.gid, &l.host, true)
+        let ident = match opener {
+            Some(o) if !self.procs.is_alive(caller.pid, o) => o.clone(),
+            _ if caller.pid == 0 => self.procs.unknown(caller.uid, caller.gid),
+            _ => self
+                .procs
+                .identity(caller.pid, caller.uid, caller.gid, &l.host, true),
         };
         let names: Vec<&str> = ident.group_names.iter().map(String::as_str).collect();
         let req = Request {
@@ -442,7 +458,10 @@ impl Access {
                     ident.exe.as_deref().unwrap_or_default(),
                     path,
                     class_of(action),
-                    d.is_permit(),
+                    // Reads and writes are one record per class; anything
+                    // else (create, remove, rename, ...) per action.
+                    matches!(class_of(action), AuditClass::Other).then_some(action),
+                    (d.is_permit(), d.would_deny()),
                 ),
                 || AuditLine::new(&l.policy, &req, &self.guard_point, &d).to_string(),
             );
@@ -471,12 +490,13 @@ impl Access {
         } else {
             View::Raw
         };
-        Ok(Grant {
+        let grant = Grant {
             view,
             key,
             generation: l.generation,
             clear_only,
-        })
+        };
+        Ok((grant, Some(ident)))
     }
 }
 
@@ -544,11 +564,5 @@ mod tests {
             crate::stack::keys::PolicyKey::from_bytes([7; 32]),
         );
         assert_eq!(missing_keys(&policy, &keys), ["kb"]);
-        let a = Access::unrestricted(b"/gp");
-        let e = a
-            .load_checked(policy, HostSettings::default(), &keys)
-            .unwrap_err();
-        assert!(e.contains("kb"), "{e}");
-        assert_eq!(a.generation(), 0);
     }
 }

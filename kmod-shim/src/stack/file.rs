@@ -579,7 +579,12 @@ impl FileState {
             return Ok(());
         }
         match &mut *contents {
-            Contents::Plain => Ok(nix::unistd::ftruncate(fd, new as i64)?),
+            Contents::Plain => {
+                if grow_only && nix::sys::stat::fstat(fd)?.st_size as u64 >= new {
+                    return Ok(());
+                }
+                Ok(nix::unistd::ftruncate(fd, new as i64)?)
+            }
             Contents::Encrypted(c, size) => {
                 let old = *size;
                 let l = *c.layout();
@@ -627,8 +632,13 @@ impl FileState {
             self.grow_to(io, end)?;
         }
         let contents = self.read_contents();
-        let Contents::Encrypted(c, size) = &*contents else {
-            return Ok(());
+        let (c, size) = match &*contents {
+            Contents::Encrypted(c, size) => (c, size),
+            // An empty file under clear_key became plaintext while growing.
+            Contents::Plain => {
+                return Ok(nix::fcntl::fallocate(fd, flags, off as i64, len as i64)?);
+            }
+            _ => return Ok(()),
         };
         let size = *size;
         let l = *c.layout();

@@ -54,7 +54,7 @@ use nix::sys::stat::{FileStat, Mode as StatMode, SFlag};
 
 use guardfs_policy::Action;
 
-use crate::stack::access::{Access, Grant, NewKey, View};
+use crate::stack::access::{Access, Grant, NewKey, Opener, View};
 use crate::stack::file::{HeaderBlock, Io, MODE_XATTR, Mode, PRIVATE_XATTR_PREFIX};
 use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node, Nodes, Standing};
@@ -97,8 +97,11 @@ struct FileHandle {
     fd: OwnedFd,
     view: View,
     new_key: NewKey,
-    /// Who opened it, for deciding again after a policy change.
+    /// Who opened it, for deciding again after a policy change: the
+    /// request's ids and the identity judged at open (see
+    /// `Access::recheck`).
     caller: Caller,
+    opener: Option<Opener>,
     reads: bool,
     writes: bool,
     append: bool,
@@ -408,6 +411,19 @@ impl Stack {
         self.cfg.access.check(c, &self.rel_path(node)?, action)
     }
 
+    /// [`Stack::check_node`] for an open: also the opener's identity.
+    fn check_node_open(
+        &self,
+        c: &Caller,
+        node: &Node,
+        action: Action,
+    ) -> VfsResult<(Grant, Option<Opener>)> {
+        if self.cfg.access.generation() == 0 {
+            return Ok((Grant::unrestricted(), None));
+        }
+        self.cfg.access.check_open(c, &self.rel_path(node)?, action)
+    }
+
     fn check_child(
         &self,
         c: &Caller,
@@ -461,11 +477,10 @@ impl Stack {
         // a reload during the re-check is checked again next time.
         let mut decided = u64::MAX;
         for a in actions {
-            let g = if audit {
-                self.cfg.access.check(&h.caller, &path, a)?
-            } else {
-                self.cfg.access.probe(&h.caller, &path, a)?
-            };
+            let g = self
+                .cfg
+                .access
+                .recheck(&h.caller, h.opener.as_ref(), &path, a, audit)?;
             let g = self.for_node(g, &h.node);
             if g.view != h.view {
                 return Err(Errno::EACCES);
@@ -481,6 +496,43 @@ impl Stack {
         for ino in self.nodes.all() {
             invalidate(ino);
         }
+    }
+
+    /// Switch to a new policy: write back every dirty page under the
+    /// current one first (writeback after the switch could go through a
+    /// handle the new policy refuses and be lost), then load it and close
+    /// the old generation's access (see [`Stack::policy_loaded`]). With
+    /// `require_keys`, a policy naming keys this stack lacks is refused and
+    /// the current one stays. Returns the new generation.
+    pub fn switch_policy(
+        &self,
+        policy: guardfs_policy::CompiledPolicy,
+        host: guardfs_policy::HostSettings,
+        require_keys: bool,
+        invalidate: &dyn Fn(Ino),
+    ) -> Result<u64, String> {
+        let access = self.access();
+        let missing = access::missing_keys(&policy, &*self.cfg.keys);
+        if !missing.is_empty() {
+            let e = format!(
+                "policy {} names keys that were not supplied: {}",
+                policy.name(),
+                missing.join(", ")
+            );
+            if require_keys {
+                return Err(e);
+            }
+            // Files under those key rules stay unreadable until the keys
+            // arrive.
+            log::warn!(
+                "secfs: {}: {e} (yet)",
+                String::from_utf8_lossy(access.guard_point())
+            );
+        }
+        self.invalidate_all(invalidate);
+        let generation = access.load(policy, host);
+        self.policy_loaded(invalidate);
+        Ok(generation)
     }
 
     /// After a policy load: close the old generation's access to shared
@@ -652,7 +704,12 @@ impl Stack {
     }
 
     /// Decide an open of `node` with `flags` for `c`.
-    fn decide_open(&self, c: &Caller, node: &Node, flags: i32) -> VfsResult<Grant> {
+    fn decide_open(
+        &self,
+        c: &Caller,
+        node: &Node,
+        flags: i32,
+    ) -> VfsResult<(Grant, Option<Opener>)> {
         let acc = flags & libc::O_ACCMODE;
         let reads = acc != libc::O_WRONLY;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
@@ -662,11 +719,14 @@ impl Stack {
             Action::FWr
         };
         let mut grant = None;
+        let mut opener = None;
         for (wanted, action) in [(reads, Action::FRd), (writes, write_action)] {
             if !wanted {
                 continue;
             }
-            let g = self.for_node(self.check_node(c, node, action)?, node);
+            let (g, who) = self.check_node_open(c, node, action)?;
+            let g = self.for_node(g, node);
+            opener = opener.or(who);
             // Writing is only ever done in the plaintext view: a write
             // without the key would store plaintext or garbage.
             if action != Action::FRd && g.view != View::Plain {
@@ -692,7 +752,7 @@ impl Stack {
         if grant.view != node.view {
             return Err(Errno::EACCES);
         }
-        Ok(grant)
+        Ok((grant, opener))
     }
 
     fn open_node(
@@ -700,7 +760,7 @@ impl Stack {
         c: &Caller,
         node: Arc<Node>,
         flags: i32,
-        grant: Grant,
+        (grant, opener): (Grant, Option<Opener>),
     ) -> VfsResult<Opened> {
         let acc = flags & libc::O_ACCMODE;
         // Encrypted writes read-modify-write whole units, so any writable
@@ -732,6 +792,7 @@ impl Stack {
             view: grant.view,
             new_key: grant.key,
             caller: *c,
+            opener,
             reads: acc != libc::O_WRONLY,
             writes: acc != libc::O_RDONLY,
             append: flags & libc::O_APPEND != 0,

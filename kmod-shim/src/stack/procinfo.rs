@@ -62,6 +62,9 @@ pub struct Identity {
     exe_id: Option<ExeId>,
     uid: u32,
     gid: u32,
+    /// The process this was judged for: pid and start time (0: unknown).
+    pid: u32,
+    start: u64,
 }
 
 /// Per-process facts read from /proc.
@@ -182,7 +185,7 @@ impl ProcCache {
         {
             return i.clone();
         }
-        let ident = Arc::new(self.build(pid, uid, gid, host, want_sig, prior.as_deref()));
+        let ident = Arc::new(self.build(key, uid, gid, host, want_sig, prior.as_deref()));
         let mut m = self.idents.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= MAX_CACHED {
             // Keep the records of live processes (their descendants may
@@ -194,6 +197,11 @@ impl ProcCache {
         }
         m.insert(key, ident.clone());
         ident
+    }
+
+    /// Whether `pid` is still the process `ident` was judged for.
+    pub fn is_alive(&self, pid: u32, ident: &Identity) -> bool {
+        ident.pid == pid && ident.start != 0 && start_time(pid) == Some(ident.start)
     }
 
     /// An unknown process (a request the kernel made with pid 0): no
@@ -209,6 +217,8 @@ impl ProcCache {
             exe_id: None,
             uid,
             gid,
+            pid: 0,
+            start: 0,
         })
     }
 
@@ -224,14 +234,23 @@ impl ProcCache {
     /// `chain` (nearest first); `prior` is what was recorded for the same
     /// process before (it exec'd or changed credentials since).
     fn trust(&self, chain: &[Proc], host: &HostSettings, prior: Option<&Identity>) -> ProcessTrust {
-        // The nearest live ancestor with a record.
+        // The nearest live ancestor with a record that still describes it.
+        // An untrusted mark is always inherited (it only restricts); any
+        // other record only while the ancestor runs the same binary with
+        // the same uid as when it was judged: after an exec (of a
+        // `path_no_trust` shell, say) or an in-place uid change, the
+        // ancestor is classified again from its own ancestry.
         let (cut, inherited) = {
             let idents = self.idents.lock().unwrap_or_else(|e| e.into_inner());
             chain
                 .iter()
                 .enumerate()
                 .skip(1)
-                .find_map(|(k, p)| idents.get(&(p.pid, p.start)).map(|i| (k, Some(i.trust))))
+                .find_map(|(k, p)| {
+                    let i = idents.get(&(p.pid, p.start))?;
+                    let current = i.exe == p.exe && i.uid == p.uid && i.exe_id == exe_id_of(p.pid);
+                    (i.trust == ProcessTrust::Untrusted || current).then_some((k, Some(i.trust)))
+                })
                 .unwrap_or((chain.len(), None))
         };
         // The part below it, oldest first, as the host settings expect.
@@ -270,7 +289,7 @@ impl ProcCache {
 
     fn build(
         &self,
-        pid: u32,
+        (pid, start): (u32, u64),
         uid: u32,
         gid: u32,
         host: &HostSettings,
@@ -310,6 +329,8 @@ impl ProcCache {
             exe_id,
             uid,
             gid,
+            pid,
+            start,
         }
     }
 
@@ -459,6 +480,63 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_ne!(first, second, "a rewritten binary is hashed again");
+    }
+
+    #[test]
+    fn exec_of_an_untrusted_program_is_not_hidden_by_the_record_before() {
+        // P is judged (authenticated) while it runs goodsh, then execs a
+        // |path_no_trust| shell and forks: the child is untrusted.
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("goodsh"), dir.path().join("badsh"));
+        for to in [&good, &bad] {
+            // Copied by cp(1): no writable fd of ours for a forking test
+            // thread to inherit (ETXTBSY).
+            let st = std::process::Command::new("cp")
+                .arg("/bin/dash")
+                .arg(to)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let host =
+            HostSettings::parse(&format!("|path_no_trust|{}\n|trust|*", bad.display())).unwrap();
+        let cache = ProcCache::default();
+        let trigger = dir.path().join("go");
+        let script = format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; exec {} -c 'sleep 5 & wait'",
+            trigger.display(),
+            bad.display()
+        );
+        let mut p = std::process::Command::new(&good)
+            .arg("-c")
+            .arg(&script)
+            .spawn()
+            .unwrap();
+        let ip = cache.identity(p.id(), 0, 0, &host, false);
+        assert_eq!(ip.trust, ProcessTrust::Authenticated);
+        std::fs::write(&trigger, b"").unwrap();
+        let kids = format!("/proc/{0}/task/{0}/children", p.id());
+        let mut child = None;
+        let bad_exe = bad.as_os_str().as_encoded_bytes().to_vec();
+        for _ in 0..200 {
+            // Only once P runs badsh: goodsh's own `sleep 0.05` children
+            // would rightly inherit its record.
+            if exe_of(p.id()).as_ref() != Some(&bad_exe) {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+                continue;
+            }
+            let k = std::fs::read_to_string(&kids).unwrap_or_default();
+            if let Some(c) = k.split_whitespace().next() {
+                child = c.parse::<u32>().ok();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let c = child.expect("badsh forked");
+        let ic = cache.identity(c, 0, 0, &host, false);
+        p.kill().unwrap();
+        p.wait().unwrap();
+        assert_eq!(ic.trust, ProcessTrust::Untrusted);
     }
 
     #[test]
