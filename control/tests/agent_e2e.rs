@@ -502,3 +502,24 @@ fn concise_logging_setting_reaches_secfs() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(reads(&a.log("audit.log")), 1, "{}", a.log("audit.log"));
 }
+
+#[test]
+fn a_policy_naming_a_clear_key_can_be_changed_while_guarded() {
+    // A key of mode clear has no material to push; secfs must still take
+    // a new version of the policy (here one that denies everything).
+    let a = Agent::new();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_clear", "clear");
+    fs::write(dir.join("f"), b"plain on disk").unwrap();
+    assert_eq!(a.lower(&dir, "f"), b"plain on disk");
+    let deny = r#"{ "name": "p_k_clear", "authenticated_users_only": false,
+  "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "deny" } ],
+  "key_rules": [ { "key_id": "k_clear" } ] }"#;
+    let file = a.base.path().join("deny.json");
+    fs::write(&file, deny).unwrap();
+    a.ok("voradmin", &["policy", "apply", file.to_str().unwrap()]);
+    wait_until("the denying policy applies", 10, || {
+        fs::read(dir.join("f")).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+}
