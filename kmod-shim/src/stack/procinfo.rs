@@ -189,9 +189,16 @@ impl ProcCache {
         let mut m = self.idents.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= MAX_CACHED {
             // Keep the records of live processes (their descendants may
-            // inherit from them); forget everything only if all are live.
+            // inherit from them). If most are live, keep only the untrusted
+            // marks, which are what orphans must not lose; the rest are
+            // judged again from /proc when next seen. Either way at least a
+            // quarter of the table is free afterwards, so sweeps (one /proc
+            // read per record) stay rare.
             m.retain(|&(p, start), _| start_time(p) == Some(start));
-            if m.len() >= MAX_CACHED {
+            if m.len() > MAX_CACHED * 3 / 4 {
+                m.retain(|_, i| i.trust == ProcessTrust::Untrusted);
+            }
+            if m.len() > MAX_CACHED * 3 / 4 {
                 m.clear();
             }
         }
