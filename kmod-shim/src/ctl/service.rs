@@ -7,9 +7,9 @@
 //! validated completely before anything changes; a sequence number that is
 //! not above the last accepted one is a replay and is refused.
 
+use crate::stack::procinfo::{BinaryVersion, binary_version};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,10 +93,8 @@ pub struct Service {
     audit: Option<Auditor>,
     /// Identity (dev, ino, size, mtime, ctime) of the vmd binary as last
     /// verified by hash.
-    verified: Mutex<Option<ExeId>>,
+    verified: Mutex<Option<BinaryVersion>>,
 }
-
-type ExeId = (u64, u64, u64, i64, i64, i64, i64);
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,19 +143,7 @@ impl Service {
         // Hashing the binary on every request would cost more than the
         // request: remember the file identity that last hashed right.
         let exe = Path::new(&format!("/proc/{pid}/exe")).to_path_buf();
-        let id = std::fs::metadata(&exe)
-            .map(|m| {
-                (
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                )
-            })
-            .ok();
+        let id = binary_version(&exe);
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if id.is_some() && *verified == id {
             return Ok(());

@@ -136,13 +136,30 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Signature cache key: device, inode, size, mtime and ctime (sec, nsec).
-type SigKey = (u64, u64, u64, i64, i64, i64, i64);
+/// The ctime changes with any write or metadata change and cannot be set
+/// back by the file's owner, unlike the mtime.
+pub type BinaryVersion = (u64, u64, u64, i64, i64, i64, i64);
+
+/// The version of the file `path` (following a final symlink such as
+/// `/proc/PID/exe`) for caching what was computed from its contents.
+pub fn binary_version(path: &std::path::Path) -> Option<BinaryVersion> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
 
 /// Caches of identities and signatures.
 #[derive(Default)]
 pub struct ProcCache {
     idents: Mutex<HashMap<(u32, u64), Arc<Identity>>>,
-    sigs: Mutex<HashMap<SigKey, [u8; 32]>>,
+    sigs: Mutex<HashMap<BinaryVersion, [u8; 32]>>,
     names: Mutex<HashMap<(bool, u32), Option<String>>>,
 }
 
@@ -344,16 +361,7 @@ impl ProcCache {
     /// SHA-256 of the process's executable, cached per binary version.
     fn signature(&self, pid: u32) -> Option<[u8; 32]> {
         let path = format!("/proc/{pid}/exe");
-        let m = std::fs::metadata(&path).ok()?;
-        let key = (
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        );
+        let key = binary_version(std::path::Path::new(&path))?;
         if let Some(s) = self
             .sigs
             .lock()
