@@ -66,6 +66,15 @@ fn copy_bin(src: &Path, dst: &Path) {
     assert!(st.success(), "cp {} {}", src.display(), dst.display());
 }
 
+/// Ask the daemon of `gp` to reload its policy files.
+fn sighup(gp: &Gp) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
 /// Run `prog args...`, optionally as another uid.
 fn run_as(uid: Option<u32>, prog: &Path, args: &[&str]) -> Output {
     let mut cmd = match uid {
@@ -442,11 +451,7 @@ fn a_mapping_held_across_a_reload_is_rechecked() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
     fs::write(cfg.path().join("policy.json"), deny_app).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&gp);
     let out = app.wait_with_output().unwrap();
     assert!(out.stdout.starts_with(&data), "mapped under v1");
     let rest = &out.stdout[data.len()..];
@@ -591,11 +596,7 @@ fn policies_naming_missing_keys_are_refused() {
         { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ] }"#;
     let (gp, cfg) = guarded(permit, &[]);
     fs::write(cfg.path().join("policy.json"), missing).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&gp);
     wait_until("reload refused", || {
         gp.log_text().contains("keeping the current policy")
     });
@@ -643,11 +644,7 @@ fn policy_reload_under_load_applies_to_new_and_open_files() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
     fs::write(cfg.path().join("policy.json"), deny_app).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&gp);
     let out = app.wait_with_output().unwrap();
     assert!(
         out.stdout.starts_with(&data),
@@ -674,11 +671,7 @@ fn policy_reload_under_load_applies_to_new_and_open_files() {
     );
     // A broken policy file is refused and the current one stays.
     fs::write(cfg.path().join("policy.json"), "{ not json").unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&gp);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(gp.log_text().contains("keeping the current policy"));
     assert!(is_denied(&run_as(
@@ -871,11 +864,7 @@ fn old_handles_get_no_plaintext_after_a_narrowing_reload() {
         let a_f = keep("aapp", f);
         std::thread::sleep(std::time::Duration::from_millis(800));
         fs::write(cfg.path().join("policy.json"), &v2).unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap();
+        sighup(&gp);
         wait_until("v2 loaded", || {
             let log = gp.log_text();
             assert!(!log.contains("keeping the current policy"), "{log}");
@@ -984,11 +973,7 @@ fn reload_judges_a_handle_of_an_exited_opener_as_that_opener() {
         .unwrap();
     assert!(o.status.success(), "{o:?}");
     std::thread::sleep(std::time::Duration::from_millis(800));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gp.pid.unwrap() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&gp);
     wait_until("reloaded", || {
         gp.log_text().contains("policy same loaded (generation 2)")
     });
