@@ -28,19 +28,22 @@ fn lower_files_carry_header_and_never_plaintext() {
             ("odd", 5000),
             ("big", 3 << 20),
         ];
-        for (name, size) in files {
-            let data: Vec<u8> = CANARY.iter().copied().cycle().take(size).collect();
-            fs::write(gp.path(name), &data).unwrap();
+        let data = |size: usize| -> Vec<u8> { CANARY.iter().copied().cycle().take(size).collect() };
+        let reads_back = |gp: &Gp, name: &str, size: usize, when: &str| {
             assert_eq!(
                 fs::metadata(gp.path(name)).unwrap().len(),
                 size as u64,
-                "{mode} {name} logical size"
+                "{mode} {name} logical size {when}"
             );
             assert_eq!(
                 fs::read(gp.path(name)).unwrap(),
-                data,
-                "{mode} {name} read back"
+                data(size),
+                "{mode} {name} read back {when}"
             );
+        };
+        for (name, size) in files {
+            fs::write(gp.path(name), data(size)).unwrap();
+            reads_back(&gp, name, size, "");
             let lower = fs::read(gp.lower(name)).unwrap();
             assert_eq!(&lower[..8], b"GuardFS\0", "{mode} {name}: header magic");
             assert_eq!(
@@ -59,17 +62,7 @@ fn lower_files_carry_header_and_never_plaintext() {
         // What is on disk decrypts to the same bytes on a fresh mount.
         gp.remount(mode, &[]);
         for (name, size) in files {
-            let data: Vec<u8> = CANARY.iter().copied().cycle().take(size).collect();
-            assert_eq!(
-                fs::metadata(gp.path(name)).unwrap().len(),
-                size as u64,
-                "{mode} {name} logical size after remount"
-            );
-            assert_eq!(
-                fs::read(gp.path(name)).unwrap(),
-                data,
-                "{mode} {name} read back after remount"
-            );
+            reads_back(&gp, name, size, "after remount");
         }
     }
 }
