@@ -743,3 +743,178 @@ proptest! {
         run_model(mode, &ops)?;
     }
 }
+
+const TAIL_XATTR: &str = "trusted.guardfs.tail";
+
+/// An xattr of a lower file, by path.
+fn lower_xattr(p: &std::path::Path, n: &str) -> VfsResult<Vec<u8>> {
+    let p = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    guardfs_shim::sys::getxattr(&p, name(n))
+}
+
+fn truncate(s: &Stack, ino: Ino, size: u64) {
+    s.setattr(
+        &C,
+        ino,
+        &SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+}
+
+/// A truncate-down cut short by a crash right after its in-place write of
+/// the new tail unit (the tail record set, the lower file still at its old
+/// size) is finished by the next stacking layer over the same lower
+/// directory (a remount): the file has the new size and the bytes it kept,
+/// in every mode, and the record is gone. Sizes cover a tail of 1..15
+/// bytes, a mid-unit tail and one a byte short of a full unit.
+#[test]
+fn an_interrupted_truncate_is_finished_at_the_next_mount() {
+    for mode in [Mode::Xts, Mode::CbcCs1, Mode::Gcm] {
+        for (len, new) in [(10000u64, 5000u64), (10000, 4100), (9000, 8191)] {
+            let (dir, s) = stack(mode);
+            let data = bytes(len ^ new, len as usize);
+            let e = write_file(&s, Ino::ROOT, "f", &data);
+            let path = dir.path().join("f");
+            let before = std::fs::metadata(&path).unwrap().len();
+            assert!(
+                s.truncate_interrupted_for_test(e.ino, new).unwrap(),
+                "{mode} {new}: a record was written"
+            );
+            // The crashed state: old lower size, a record, and the record
+            // hidden from users of the mount.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
+            let rec = lower_xattr(&path, TAIL_XATTR).unwrap();
+            assert_eq!(&rec[..4], b"GFtl");
+            assert_eq!(
+                s.getxattr(&C, e.ino, name(TAIL_XATTR)).unwrap_err(),
+                Errno::ENODATA
+            );
+            assert_eq!(
+                s.setxattr(&C, e.ino, name(TAIL_XATTR), b"x", 0)
+                    .unwrap_err(),
+                Errno::EPERM
+            );
+            assert_eq!(
+                s.removexattr(&C, e.ino, name(TAIL_XATTR)).unwrap_err(),
+                Errno::EPERM
+            );
+            assert!(
+                xattr_names(&s.listxattr(&C, e.ino).unwrap())
+                    .iter()
+                    .all(|n| !n.starts_with("trusted.guardfs."))
+            );
+            drop(s);
+
+            // Remount: the first lookup already shows the finished size.
+            let s = stack_on(&dir, mode);
+            let e = s.lookup(&C, Ino::ROOT, name("f")).unwrap();
+            assert_eq!(e.attr.size, new, "{mode} {len}->{new}: size at lookup");
+            assert_eq!(
+                lower_xattr(&path, TAIL_XATTR).unwrap_err(),
+                Errno::ENODATA,
+                "{mode}: record removed"
+            );
+            assert_eq!(
+                read_all(&s, "f"),
+                &data[..new as usize],
+                "{mode} {len}->{new}: kept bytes"
+            );
+            drop(s);
+
+            // The same through an open (the load path): a node that already
+            // knows its class is not checked at lookup, and the read-only
+            // open finishes the truncate.
+            let (dir, s) = stack(mode);
+            let e = write_file(&s, Ino::ROOT, "f", &data);
+            assert!(s.truncate_interrupted_for_test(e.ino, new).unwrap());
+            assert!(lower_xattr(&path_in(&dir), TAIL_XATTR).is_ok());
+            assert_eq!(read_all(&s, "f"), &data[..new as usize], "{mode}: load");
+            assert_eq!(
+                lower_xattr(&path_in(&dir), TAIL_XATTR).unwrap_err(),
+                Errno::ENODATA
+            );
+            // Later truncates run the journaled path to the end and leave
+            // no record.
+            truncate(&s, e.ino, new / 2 + 1);
+            assert_eq!(
+                lower_xattr(&path_in(&dir), TAIL_XATTR).unwrap_err(),
+                Errno::ENODATA
+            );
+            let s = stack_on(&dir, mode);
+            assert_eq!(read_all(&s, "f"), &data[..(new / 2 + 1) as usize]);
+        }
+    }
+}
+
+fn path_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("f")
+}
+
+/// A tail record that does not fit its file is never applied: the file is
+/// refused (EIO) and its lower bytes and record are left as they are. An
+/// emptying truncate makes it a fresh file and drops the record.
+#[test]
+fn a_malformed_tail_record_refuses_the_file_and_changes_nothing() {
+    for mode in [Mode::Xts, Mode::Gcm] {
+        let (dir, s) = stack(mode);
+        let data = bytes(42, 10000);
+        write_file(&s, Ino::ROOT, "f", &data);
+        drop(s);
+        let path = path_in(&dir);
+        let lower = std::fs::read(&path).unwrap();
+        let unit_len = if mode == Mode::Gcm { 4068 } else { 4096 };
+        let overhead = if mode == Mode::Gcm { 28 } else { 0 };
+        let record = |unit: u64, target: u64, start: u16, n: usize| {
+            let mut v = b"GFtl\x01".to_vec();
+            v.extend_from_slice(&unit.to_le_bytes());
+            v.extend_from_slice(&target.to_le_bytes());
+            v.extend_from_slice(&start.to_le_bytes());
+            v.extend(std::iter::repeat_n(0xa5u8, n));
+            v
+        };
+        // A valid target: logical 5000 ends in unit 1.
+        let tail = (5000 - unit_len) + overhead;
+        let target = 4096 + 4096 + tail as u64;
+        let bad: Vec<Vec<u8>> = vec![
+            b"nonsense".to_vec(),
+            {
+                let mut v = record(1, target, 0, tail);
+                v[4] = 2; // unknown version
+                v
+            },
+            record(0, target, 0, tail),               // wrong unit
+            record(1, target, 0, tail - 1),           // bytes do not reach the end
+            record(1, target, 1, tail),               // bytes run past the end
+            record(1, 4096 + 4096, 0, 0),             // target on a unit boundary
+            record(3, 4096 + 3 * 4096 + 100, 0, 100), // past the file
+        ];
+        for v in bad {
+            let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            guardfs_shim::sys::setxattr(&p, name(TAIL_XATTR), &v, 0).unwrap();
+            let s = stack_on(&dir, mode);
+            let e = s.lookup(&C, Ino::ROOT, name("f")).unwrap();
+            let o = s.open(&C, e.ino, libc::O_RDWR).unwrap();
+            let mut buf = [0u8; 100];
+            assert_eq!(
+                s.read(&C, e.ino, o.fh, 0, &mut buf).unwrap_err(),
+                Errno::EIO,
+                "{mode}: {v:?}"
+            );
+            s.release(e.ino, o.fh).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), lower, "{mode}: untouched");
+            assert_eq!(lower_xattr(&path, TAIL_XATTR).unwrap(), v);
+        }
+        // Emptying it makes a fresh file, without the record.
+        let s = stack_on(&dir, mode);
+        let e = s.lookup(&C, Ino::ROOT, name("f")).unwrap();
+        truncate(&s, e.ino, 0);
+        assert_eq!(lower_xattr(&path, TAIL_XATTR).unwrap_err(), Errno::ENODATA);
+        let o = s.open(&C, e.ino, libc::O_RDWR).unwrap();
+        s.write(&C, e.ino, o.fh, 0, b"fresh", false).unwrap();
+        s.release(e.ino, o.fh).unwrap();
+        assert_eq!(read_all(&stack_on(&dir, mode), "f"), b"fresh");
+    }
+}

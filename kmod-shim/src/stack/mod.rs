@@ -260,6 +260,37 @@ impl Stack {
         c
     }
 
+    /// Finish a truncate of `node` that a crash interrupted, if its lower
+    /// file carries a tail record (see `file::TAIL_XATTR`); whether one was.
+    fn finish_interrupted_truncate(&self, node: &Node) -> bool {
+        let probe = self
+            .xattrs(node.fd())
+            .getxattr(OsStr::from_bytes(file::TAIL_XATTR.to_bytes()));
+        if probe.is_err() {
+            return false;
+        }
+        // A record that cannot be applied here is reported when the file
+        // is opened (`FileState::load` refuses it).
+        let Ok(fd) = self.reopen(node, OFlag::O_RDWR) else {
+            return false;
+        };
+        node.file()
+            .finish_interrupted_truncate(node, fd.as_fd(), self.proc_fd.as_fd())
+    }
+
+    /// Test hook: a truncate of `ino` to `new` cut short as by a crash right
+    /// after its in-place write (see
+    /// `FileState::truncate_interrupted_for_test`). Not for use outside
+    /// tests.
+    #[doc(hidden)]
+    pub fn truncate_interrupted_for_test(&self, ino: Ino, new: u64) -> VfsResult<bool> {
+        let node = self.nodes.get(ino)?;
+        let fd = self.reopen(&node, OFlag::O_RDWR)?;
+        let io = self.io(&node, fd.as_fd(), &NewKey::Default);
+        node.file().load(&io)?;
+        node.file().truncate_interrupted_for_test(&io, new)
+    }
+
     /// Fallback for files without a marker: peek the header.
     fn class_from_header(&self, node: &Node) -> Class {
         let Ok(fd) = self.reopen(node, OFlag::O_RDONLY) else {
@@ -271,8 +302,23 @@ impl Stack {
     fn attr_of(&self, node: &Node, st: &FileStat) -> Attr {
         let kind = FileKind::from_mode(st.st_mode);
         let mut size = st.st_size as u64;
+        let restat;
+        let mut st = st;
         if kind == FileKind::Regular && node.view == View::Plain {
-            size = file::logical_size(self.class_of(node), size);
+            let first = node.class() == Class::Unknown;
+            let class = self.class_of(node);
+            // The first time a file's size is shown, a truncate a crash
+            // interrupted is finished, so no size from before it shows.
+            if first
+                && class != Class::Plain
+                && self.finish_interrupted_truncate(node)
+                && let Ok(s) = self.stat_node(node)
+            {
+                restat = s;
+                st = &restat;
+                size = st.st_size as u64;
+            }
+            size = file::logical_size(class, size);
         }
         Attr {
             st_ino: st.st_ino,
@@ -349,6 +395,7 @@ impl Stack {
             keys: &*self.cfg.keys,
             mode: self.cfg.mode,
             new_key,
+            proc_fd: self.proc_fd.as_fd(),
         }
     }
 
