@@ -470,7 +470,12 @@ fn shrink_tail(
     };
     let journaled = match sys::fsetxattr(fd, TAIL_XATTR, &rec.encode()) {
         Ok(()) => {
-            nix::unistd::fsync(fd)?;
+            if let Err(e) = nix::unistd::fsync(fd) {
+                // Nothing was rewritten yet: the truncate fails as a whole
+                // and must not be finished later by a leftover record.
+                let _ = sys::fremovexattr(fd, TAIL_XATTR);
+                return Err(e.into());
+            }
             true
         }
         Err(e) if journal_unavailable(e) => {
@@ -555,7 +560,13 @@ fn finish_tail(fd: BorrowedFd<'_>, proc_fd: BorrowedFd<'_>) -> Result<bool, Stri
         )?;
         nix::unistd::ftruncate(wfd, rec.target as i64)?;
         nix::unistd::fdatasync(wfd)?;
-        sys::fremovexattr(wfd, TAIL_XATTR)?;
+        // Another view of the same file (plain and raw nodes each finish
+        // what they find) may have finished and removed it meanwhile; the
+        // redo itself is idempotent.
+        match sys::fremovexattr(wfd, TAIL_XATTR) {
+            Ok(()) | Err(Errno::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
         nix::unistd::fsync(wfd)?;
         Ok(())
     };
@@ -856,12 +867,14 @@ impl FileState {
         if matches!(*contents, Contents::Refused) && new == 0 {
             // Emptying a refused (plaintext) file makes it a fresh file,
             // and drops a tail record that did not fit it.
-            nix::unistd::ftruncate(fd, 0)?;
+            // The record first: a crash after the cut must not leave an
+            // empty file with a record that refuses it.
             match sys::fremovexattr(fd, TAIL_XATTR) {
                 Ok(()) => {}
                 Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => {}
                 Err(e) => return Err(e),
             }
+            nix::unistd::ftruncate(fd, 0)?;
             *contents = Contents::Empty;
             return Ok(());
         }

@@ -304,11 +304,13 @@ impl Stack {
         let mut size = st.st_size as u64;
         let restat;
         let mut st = st;
-        if kind == FileKind::Regular && node.view == View::Plain {
+        if kind == FileKind::Regular {
             let first = node.class() == Class::Unknown;
             let class = self.class_of(node);
-            // The first time a file's size is shown, a truncate a crash
-            // interrupted is finished, so no size from before it shows.
+            // The first time a file's size is shown, in either view, a
+            // truncate a crash interrupted is finished, so no size (and,
+            // for a backup reading the raw view, no half-rewritten tail)
+            // from before it shows.
             if first
                 && class != Class::Plain
                 && self.finish_interrupted_truncate(node)
@@ -318,7 +320,9 @@ impl Stack {
                 st = &restat;
                 size = st.st_size as u64;
             }
-            size = file::logical_size(class, size);
+            if node.view == View::Plain {
+                size = file::logical_size(class, size);
+            }
         }
         Attr {
             st_ino: st.st_ino,

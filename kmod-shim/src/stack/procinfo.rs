@@ -259,11 +259,11 @@ impl ProcCache {
     /// process before (it exec'd or changed credentials since).
     fn trust(&self, chain: &[Proc], host: &HostSettings, prior: Option<&Identity>) -> ProcessTrust {
         // The nearest live ancestor with a record that still describes it.
-        // An untrusted mark is always inherited (it only restricts); any
-        // other record only while the ancestor runs the same binary with
-        // the same uid as when it was judged: after an exec (of a
-        // `path_no_trust` shell, say) or an in-place uid change, the
-        // ancestor is classified again from its own ancestry.
+        // An untrusted or not-authenticated record is always inherited (it
+        // only restricts); an authenticated one only while the ancestor
+        // runs the same binary with the same uid as when it was judged:
+        // after an exec (of a `path_no_trust` shell, say) or an in-place
+        // uid change, the ancestor is classified again from its ancestry.
         let (cut, inherited) = {
             let idents = self.idents.lock().unwrap_or_else(|e| e.into_inner());
             chain
@@ -273,7 +273,8 @@ impl ProcCache {
                 .find_map(|(k, p)| {
                     let i = idents.get(&(p.pid, p.start))?;
                     let current = i.exe == p.exe && i.uid == p.uid && i.exe_id == exe_id_of(p.pid);
-                    (i.trust == ProcessTrust::Untrusted || current).then_some((k, Some(i.trust)))
+                    (i.trust != ProcessTrust::Authenticated || current)
+                        .then_some((k, Some(i.trust)))
                 })
                 .unwrap_or((chain.len(), None))
         };
@@ -289,9 +290,13 @@ impl ProcCache {
             .rev()
             .map(|(k, c)| Ancestor {
                 exe: exes[k],
-                identity_changed: chain
-                    .get(k + 1)
-                    .is_some_and(|parent| parent.uid != c.uid || parent.loginuid != c.loginuid),
+                // A change relative to a reaper (an orphan adopted by init
+                // or a subreaper) was not made by its parent: it never
+                // counts as an authenticator's identity change.
+                identity_changed: chain.get(k + 1).is_some_and(|parent| {
+                    (parent.uid != c.uid || parent.loginuid != c.loginuid)
+                        && !is_reaper(Some(parent))
+                }),
             })
             .collect();
         let mut trust = host.classify_from(inherited, &ancestry);
