@@ -39,6 +39,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use guardfs_policy::{Ancestor, HostSettings, ProcessTrust};
@@ -159,6 +160,8 @@ pub fn binary_version(path: &std::path::Path) -> Option<BinaryVersion> {
 #[derive(Default)]
 pub struct ProcCache {
     idents: Mutex<HashMap<(u32, u64), Arc<Identity>>>,
+    /// Table size at which the next sweep runs (at least `MAX_CACHED`).
+    sweep_at: AtomicUsize,
     sigs: Mutex<HashMap<BinaryVersion, [u8; 32]>>,
     names: Mutex<HashMap<(bool, u32), Option<String>>>,
 }
@@ -204,20 +207,21 @@ impl ProcCache {
         }
         let ident = Arc::new(self.build(key, uid, gid, host, want_sig, prior.as_deref()));
         let mut m = self.idents.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= MAX_CACHED {
+        let sweep_at = self.sweep_at.load(Ordering::Relaxed).max(MAX_CACHED);
+        if m.len() >= sweep_at {
             // Keep the records of live processes (their descendants may
             // inherit from them). If most are live, keep only the untrusted
-            // marks, which are what orphans must not lose; the rest are
-            // judged again from /proc when next seen. Either way at least a
-            // quarter of the table is free afterwards, so sweeps (one /proc
-            // read per record) stay rare.
+            // marks, which are what orphans must not lose and are never
+            // dropped while their process lives; the rest are judged again
+            // from /proc when next seen. The next sweep waits until the
+            // table has doubled, so sweeps (one /proc read per record) stay
+            // rare however many marks are kept.
             m.retain(|&(p, start), _| start_time(p) == Some(start));
             if m.len() > MAX_CACHED * 3 / 4 {
                 m.retain(|_, i| i.trust == ProcessTrust::Untrusted);
             }
-            if m.len() > MAX_CACHED * 3 / 4 {
-                m.clear();
-            }
+            self.sweep_at
+                .store((m.len() * 2).max(MAX_CACHED), Ordering::Relaxed);
         }
         m.insert(key, ident.clone());
         ident
