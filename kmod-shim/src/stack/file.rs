@@ -954,22 +954,21 @@ impl FileState {
 
     /// Finish a truncate a crash interrupted before the file's size is
     /// shown (a `stat` of a file not loaded yet); `fd` is the lower file
-    /// opened for writing. Returns whether one was finished. A record that
-    /// does not fit is left for [`load`](Self::load) to report and refuse.
+    /// opened for writing. Returns whether one was finished, or may have
+    /// been by a load that held the contents meanwhile (the caller stats
+    /// the lower file again). A record that does not fit is left for
+    /// [`load`](Self::load) to report and refuse.
     pub fn finish_interrupted_truncate(
         &self,
         node: &Node,
         fd: BorrowedFd<'_>,
         proc_fd: BorrowedFd<'_>,
     ) -> bool {
-        let c = match self.contents.try_write() {
-            Ok(c) => c,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            // Held: by a load or resize, which see to the record themselves.
-            Err(std::sync::TryLockError::WouldBlock) => return false,
-        };
+        // Waits for a load or resize in progress (they finish the record
+        // themselves); the caller then looks at the lower file again.
+        let c = self.write_contents();
         if !matches!(*c, Contents::Unloaded) {
-            return false;
+            return true;
         }
         let done = matches!(finish_tail(fd, proc_fd), Ok(true));
         if done {
