@@ -59,7 +59,9 @@
 //! Each loaded policy has a generation number, stored together with the
 //! compiled policy in one snapshot; a decision ([`Grant`]) carries the
 //! generation of the snapshot it was taken from, and a file handle keeps
-//! it. After a reload (SIGHUP or the control channel's LoadPolicy):
+//! it. Before a reload (SIGHUP or the control channel's LoadPolicy), every
+//! inode is invalidated so dirty pages are written back under the policy
+//! they were written under. After it:
 //! * every new operation is decided under the new snapshot;
 //! * a handle opened under an older generation is decided again, for its
 //!   opener, on its next read, write or fallocate: if the new policy no
@@ -99,9 +101,14 @@
 //!   is looked up afresh;
 //! * writes an old handle left in the kernel's cache after the load (in
 //!   the instant before it is revoked) are refused when written back;
-//! * a handle whose opener has exited, or whose file moved outside the
-//!   GuardPoint, decides as that opener would now (usually denied), so
-//!   its file is retired;
+//! * "its opener" is the process that opened the handle, judged as it is
+//!   now while it runs (same pid and start time), and with the identity
+//!   kept from the open (executable, signature, trust, ids) once it has
+//!   exited or its pid was reused, never as whichever process holds the
+//!   pid now; handles opened while no policy was loaded kept no identity
+//!   and are judged by pid;
+//! * a handle whose file moved outside the GuardPoint is denied, so its
+//!   file is retired;
 //! * handles and files whose decisions did not change are untouched; a
 //!   reload that narrows nothing for open files costs one probe per open
 //!   regular-file handle;
