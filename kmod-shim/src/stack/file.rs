@@ -134,7 +134,7 @@ pub const MODE_XATTR: &CStr = c"trusted.guardfs.mode";
 /// Prefix of every xattr GuardFS keeps for itself (hidden from users).
 pub const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.guardfs.";
 /// The xattr that journals a truncate-down's in-place rewrite of the new
-/// tail unit (the "tail record" of `crypto/FORMAT.md`; see [`TailRecord`]).
+/// tail unit (the "tail record" of `crypto/FORMAT.md`; see `TailRecord`).
 pub const TAIL_XATTR: &CStr = c"trusted.guardfs.tail";
 
 /// A file's header and cipher.
