@@ -918,3 +918,56 @@ fn a_malformed_tail_record_refuses_the_file_and_changes_nothing() {
         assert_eq!(read_all(&stack_on(&dir, mode), "f"), b"fresh");
     }
 }
+
+/// A backup reading the raw view (permit without applykey) of a file whose
+/// truncate a crash interrupted gets the finished file, not the old size
+/// with a half-rewritten tail.
+#[test]
+fn an_interrupted_truncate_is_finished_before_a_raw_reader_sees_the_file() {
+    for mode in [Mode::Xts, Mode::Gcm] {
+        let (dir, s) = stack(mode);
+        let data = bytes(41, 10000);
+        let e = write_file(&s, Ino::ROOT, "f", &data);
+        assert!(s.truncate_interrupted_for_test(e.ino, 5000).unwrap());
+        drop(s);
+
+        let policy = guardfs_policy::CompiledPolicy::from_json(
+            r#"{ "name": "backup", "security_rules": [
+                { "order_number": 1, "action": "all_ops", "effect": "permit" } ] }"#,
+        )
+        .unwrap();
+        let raw = Stack::new(
+            nix::fcntl::open(
+                dir.path(),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap(),
+            GuardConfig {
+                mode,
+                keys: Arc::new(StaticKeys::default()),
+                access: Arc::new(Access::with_policy(
+                    dir.path().as_os_str().as_encoded_bytes(),
+                    policy,
+                    guardfs_policy::HostSettings::default(),
+                    None,
+                )),
+                passthrough: false,
+            },
+        )
+        .unwrap();
+        let path = dir.path().join("f");
+        let e = raw.lookup(&C, Ino::ROOT, name("f")).unwrap();
+        assert_eq!(
+            lower_xattr(&path, TAIL_XATTR).unwrap_err(),
+            Errno::ENODATA,
+            "{mode}: record finished at the raw lookup"
+        );
+        let lower = std::fs::read(&path).unwrap();
+        assert_eq!(e.attr.size, lower.len() as u64, "{mode}: raw size");
+        drop(raw);
+        // What the backup copied decrypts to the kept bytes.
+        let s = stack_on(&dir, mode);
+        assert_eq!(read_all(&s, "f"), &data[..5000], "{mode}: kept bytes");
+    }
+}

@@ -578,7 +578,6 @@ impl FileState {
     /// Decide what the lower file holds, once per inode. `mount_mode` is
     /// the GuardPoint's mode for new files.
     pub fn load(&self, io: &Io<'_>) -> VfsResult<()> {
-        let (node, fd, keys) = (io.node, io.fd, io.keys);
         // A refused file is looked at again on every open: the key it
         // needs may have arrived since (vmd pushes keys after a restart).
         let settled = |c: &Contents| !matches!(c, Contents::Unloaded | Contents::Refused);
@@ -589,6 +588,12 @@ impl FileState {
         if settled(&c) {
             return Ok(());
         }
+        self.load_locked(io, &mut c)
+    }
+
+    /// [`FileState::load`] with the contents already locked for writing.
+    fn load_locked(&self, io: &Io<'_>, c: &mut Contents) -> VfsResult<()> {
+        let (node, fd, keys) = (io.node, io.fd, io.keys);
         // Before the size is read: a truncate a crash interrupted is
         // finished first (or the file refused if its record does not fit).
         match finish_tail(fd, io.proc_fd) {
@@ -894,8 +899,11 @@ impl FileState {
                     let c = c.clone();
                     if let Err(e) = shrink(node, &c, fd, old, new, Stop::Never) {
                         // The lower file may be half way (a record left to
-                        // redo): decide it again from disk on the next load.
-                        *contents = Contents::Unloaded;
+                        // redo): decide it again from disk now, so open
+                        // handles go on with what the lower file holds.
+                        if self.load_locked(io, &mut contents).is_err() {
+                            *contents = Contents::Unloaded;
+                        }
                         return Err(e);
                     }
                 } else {
