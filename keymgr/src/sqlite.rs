@@ -1332,21 +1332,28 @@ mod tests {
         }
     }
 
+    /// A database as a keymgr that knew only the first `version`
+    /// migrations left it.
+    fn database_at_version(path: &Path, version: usize) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL);",
+        )
+        .unwrap();
+        for (i, m) in MIGRATIONS[..version].iter().enumerate() {
+            conn.execute_batch(m).unwrap();
+            conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [i + 1])
+                .unwrap();
+        }
+        conn
+    }
+
     #[test]
     fn escrow_migrates_replaces_and_cascades() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         // A database made by a keymgr that knew only migration 1.
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL);",
-            )
-            .unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.execute("INSERT INTO schema_migrations VALUES (1, 0)", [])
-                .unwrap();
-        }
+        drop(database_at_version(&path, 1));
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), 3);
         s.regtoken_insert(&RegToken {
@@ -1389,15 +1396,7 @@ mod tests {
         // A database made by a keymgr that knew migrations 1 and 2, whose
         // clients carry profile names.
         {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL);",
-            )
-            .unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.execute_batch(MIGRATIONS[1]).unwrap();
-            conn.execute("INSERT INTO schema_migrations VALUES (1, 0), (2, 0)", [])
-                .unwrap();
+            let conn = database_at_version(&path, 2);
             for (id, profile) in [("c1", DEFAULT_PROFILE), ("c2", "whatever")] {
                 conn.execute(
                     "INSERT INTO clients VALUES (?1, ?1, '', ?2, '', 1, 1, 0, 0, '', 's', ?1, 1, 1,
