@@ -9,6 +9,9 @@ use std::ffi::OsStr;
 use std::rc::Rc;
 use std::sync::Arc;
 
+mod common;
+use common::bytes;
+
 use guardfs_crypto::{Mode, PolicyKey};
 use guardfs_shim::stack::access::Access;
 use guardfs_shim::stack::keys::StaticKeys;
@@ -119,10 +122,7 @@ fn bad_names_and_private_xattrs_are_refused() {
         s.lookup(&C, Ino::ROOT, name("missing")).unwrap_err(),
         Errno::ENOENT
     );
-    let (e, o) = s
-        .create(&C, Ino::ROOT, name("f"), 0o100644, libc::O_RDWR)
-        .unwrap();
-    s.release(e.ino, o.fh).unwrap();
+    let e = write_file(&s, Ino::ROOT, "f", b"");
     assert_eq!(
         s.getxattr(&C, e.ino, name("trusted.guardfs.mode"))
             .unwrap_err(),
@@ -150,10 +150,7 @@ fn xattr_names(list: &[u8]) -> Vec<String> {
 #[test]
 fn xattrs_pass_through_to_the_lower_object_of_each_node() {
     let (dir, s) = stack(Mode::Xts);
-    let (f, o) = s
-        .create(&C, Ino::ROOT, name("f"), 0o100644, libc::O_RDWR)
-        .unwrap();
-    s.release(f.ino, o.fh).unwrap();
+    let f = write_file(&s, Ino::ROOT, "f", b"");
     let d = s.mkdir(&C, Ino::ROOT, name("d"), 0o755).unwrap();
     let l = s
         .symlink(&C, Ino::ROOT, name("l"), std::path::Path::new("f"))
@@ -208,28 +205,12 @@ fn xattrs_pass_through_to_the_lower_object_of_each_node() {
 #[test]
 fn forget_drops_nodes() {
     let (_dir, s) = stack(Mode::Gcm);
-    let (e, o) = s
-        .create(&C, Ino::ROOT, name("f"), 0o100644, libc::O_RDWR)
-        .unwrap();
-    s.release(e.ino, o.fh).unwrap();
+    let e = write_file(&s, Ino::ROOT, "f", b"");
     let again = s.lookup(&C, Ino::ROOT, name("f")).unwrap();
     assert_eq!(again.ino, e.ino, "one node per lower inode");
     let before = s.node_count();
     s.forget(e.ino, 2);
     assert_eq!(s.node_count(), before - 1);
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Look up `path` ("a/b") from the root.
