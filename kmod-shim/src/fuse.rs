@@ -66,6 +66,19 @@ impl<V: VnodeOps> FuseBinding<V> {
         }
     }
 
+    /// The permission bits of a new object in `parent`: the caller's umask
+    /// applies unless the directory has a default ACL, which the lower
+    /// file system applies instead (POSIX; with FUSE_DONT_MASK the kernel
+    /// leaves both to the file system, and without it has masked already,
+    /// so masking again changes nothing).
+    fn masked(&self, parent: INodeNo, mode: u32, umask: u32) -> u32 {
+        if self.ops.inherits_acl(Ino(parent.0)) {
+            mode
+        } else {
+            mode & !(umask & 0o777)
+        }
+    }
+
     /// The backing id for a passthrough open of `ino` by handle `fh`.
     fn backing_for(
         &self,
@@ -286,6 +299,13 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             // for security.capability on every write(2). (Files that carry
             // either are never opened in passthrough, see the stack.)
             (InitFlags::FUSE_HANDLE_KILLPRIV_V2, true),
+            // POSIX ACLs of the lower files are enforced by the kernel
+            // (with default_permissions), which fetches them through
+            // getxattr; new objects get a directory's default ACL from
+            // the lower file system, so the umask is applied here, and
+            // only where there is none (see `masked`).
+            (InitFlags::FUSE_POSIX_ACL, true),
+            (InitFlags::FUSE_DONT_MASK, true),
         ];
         for (flag, on) in wanted {
             if on && let Err(e) = config.add_capabilities(flag) {
@@ -366,10 +386,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let mode = self.masked(parent, mode, umask);
         match self
             .ops
             .mknod(&caller(req), Ino(parent.0), name, mode, rdev)
@@ -389,9 +410,10 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = self.masked(parent, mode, umask);
         match self.ops.mkdir(&caller(req), Ino(parent.0), name, mode) {
             Ok(e) => reply.entry(
                 &entry_ttl(&self.opts, &e),
@@ -721,10 +743,11 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = self.masked(parent, mode, umask);
         match self
             .ops
             .create(&caller(req), Ino(parent.0), name, mode, flags)

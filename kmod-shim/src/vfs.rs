@@ -374,6 +374,12 @@ pub trait VnodeOps: Send + Sync {
     fn lseek(&self, c: &Caller, ino: Ino, fh: Fh, offset: u64, whence: Whence) -> VfsResult<u64> {
         Err(Errno::ENOSYS)
     }
+    /// Whether new objects in the directory `dir` take their permissions
+    /// from its default POSIX ACL, so the creator's umask does not apply
+    /// (as on the lower file system).
+    fn inherits_acl(&self, dir: Ino) -> bool {
+        false
+    }
     /// A duplicate of the lower fd of an open file, for passthrough.
     fn backing_fd(&self, fh: Fh) -> Option<std::os::fd::OwnedFd> {
         None

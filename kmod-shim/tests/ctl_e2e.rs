@@ -362,3 +362,46 @@ fn sigterm_unguards_and_exits() {
     assert!(st.success(), "{st:?}\n{}", svc.log_text());
     assert!(!is_mounted(&dir));
 }
+
+/// The key rule holds across the GuardPoints of one service, which share
+/// one key store: a file's bytes copied (on the lower file system) from a
+/// GuardPoint using `k1` into one using `k2` are refused there (EIO, with
+/// an audit record naming both keys), though the service holds `k1`; in a
+/// GuardPoint whose key is `k1` too, the same bytes read as they should.
+#[test]
+fn a_file_from_another_guard_point_is_refused_under_another_key() {
+    let svc = Service::start();
+    let mut c = svc.client();
+    let (one, two, three) = (svc.gp("one"), svc.gp("two"), svc.gp("three"));
+    // The lower directories, opened before they are covered.
+    let lower: Vec<fs::File> = [&one, &two, &three]
+        .iter()
+        .map(|d| fs::File::open(d).unwrap())
+        .collect();
+    let low = |i: usize, name: &str| {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", lower[i].as_raw_fd()))
+    };
+    push(&mut c, "k1", 1, 0x11);
+    push(&mut c, "k2", 1, 0x22);
+    guard(&mut c, &one, Some("k1"), Mode::Xts).unwrap();
+    guard(&mut c, &two, Some("k2"), Mode::Gcm).unwrap();
+    guard(&mut c, &three, Some("k1"), Mode::CbcCs1).unwrap();
+    fs::write(one.join("f"), b"secret of the first GuardPoint").unwrap();
+    let bytes = fs::read(low(0, "f")).unwrap();
+    fs::write(low(1, "f"), &bytes).unwrap();
+    fs::write(low(2, "f"), &bytes).unwrap();
+    let r = fs::read(two.join("f"));
+    assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    assert_eq!(fs::read(low(1, "f")).unwrap(), bytes, "left as it was");
+    assert_eq!(
+        fs::read(three.join("f")).unwrap(),
+        b"secret of the first GuardPoint"
+    );
+    let want = format!("Res[{}/f] Key[k2] Found[k1]", two.display());
+    wait_until("audit record", || {
+        fs::read_to_string(&svc.audit)
+            .unwrap_or_default()
+            .contains(&want)
+    });
+}

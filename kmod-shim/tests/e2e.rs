@@ -724,6 +724,108 @@ fn unix_permissions_hold_for_every_user() {
     assert_eq!(fs::read(gp.path("nobody.txt")).unwrap(), b"mine\n");
 }
 
+/// A POSIX ACL as the kernel stores it in `system.posix_acl_*`: version
+/// 2, then (tag, perm, id) entries sorted by tag and id.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+fn set_acl(path: &std::path::Path, name: &str, value: &[u8]) {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    guardfs_shim::sys::setxattr(&p, std::ffi::OsStr::new(name), value, 0)
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e:?}", path.display()));
+}
+
+/// POSIX ACLs are enforced through the GuardPoint as the lower file system
+/// enforces them: a user an ACL entry denies is refused although the mode
+/// bits would let "other" in, and a directory's default ACL decides the
+/// permissions of new files (the creator's umask does not apply).
+#[test]
+fn posix_acls_are_enforced() {
+    const UNDEF: u32 = u32::MAX;
+    // Tags of acl(5) entries.
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    let as_uid = |uid: u32, cmd: &str| {
+        sh(&format!(
+            "setpriv --reuid={uid} --regid={uid} --clear-groups sh -c '{cmd}'"
+        ))
+    };
+    for mode in ALL_MODES {
+        let gp = Gp::new(mode);
+        fs::set_permissions(&gp.dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let f = gp.path("f");
+        fs::write(&f, b"readable by others, not by 4242").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        let cat = format!("cat {}", f.display());
+        assert!(
+            as_uid(4242, &cat).status.success(),
+            "{mode}: before the ACL"
+        );
+        set_acl(
+            &f,
+            "system.posix_acl_access",
+            &acl(&[
+                (USER_OBJ, 6, UNDEF),
+                (USER, 0, 4242),
+                (GROUP_OBJ, 4, UNDEF),
+                (MASK, 4, UNDEF),
+                (OTHER, 4, UNDEF),
+            ]),
+        );
+        let out = as_uid(4242, &cat);
+        assert!(
+            !out.status.success(),
+            "{mode}: the ACL denies uid 4242: {out:?}"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+        let out = as_uid(4343, &cat);
+        assert!(out.status.success(), "{mode}: others still read: {out:?}");
+        // A default ACL: 4242 may create, and new files are readable by
+        // others whatever 4242's umask says.
+        let shared = gp.path("shared");
+        fs::create_dir(&shared).unwrap();
+        let dir_acl = acl(&[
+            (USER_OBJ, 7, UNDEF),
+            (USER, 7, 4242),
+            (GROUP_OBJ, 5, UNDEF),
+            (MASK, 7, UNDEF),
+            (OTHER, 5, UNDEF),
+        ]);
+        set_acl(&shared, "system.posix_acl_access", &dir_acl);
+        set_acl(&shared, "system.posix_acl_default", &dir_acl);
+        let g = shared.join("g");
+        let out = as_uid(
+            4242,
+            &format!("umask 077; echo inherited > {}", g.display()),
+        );
+        assert!(out.status.success(), "{mode}: {out:?}");
+        let out = as_uid(4343, &format!("cat {}", g.display()));
+        assert!(
+            out.status.success(),
+            "{mode}: default ACL, not umask: {out:?}"
+        );
+        assert_eq!(out.stdout, b"inherited\n");
+        // Without a default ACL the umask applies as usual.
+        let h = gp.path("h");
+        let out = sh(&format!("umask 077; echo private > {}", h.display()));
+        assert!(out.status.success());
+        assert_eq!(
+            fs::metadata(&h).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}
+
 #[test]
 fn cli_errors_are_clear() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();

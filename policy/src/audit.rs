@@ -134,3 +134,71 @@ impl fmt::Display for AuditLine<'_> {
         Ok(())
     }
 }
+
+/// The alarm for a file whose bytes do not match its key rule: a header
+/// for another key where the rule names one, or no header at all. The
+/// file is refused (`EIO`), never decrypted with the key it names.
+///
+/// ```text
+/// CGP2602E: [SecFS, 0] [ALARM] Policy[web] Res[/data/hr/a.txt] Key[hr_key] Found[db_key] Effect[DENIED EIO: header names another key]
+/// ```
+///
+/// `Key[...]` is the key the rule requires; `Found[...]` what the lower
+/// file carries (a key name, or `none` for a file without a header).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyMismatchLine<'a> {
+    /// The loaded policy's name (empty when none is loaded).
+    pub policy: &'a str,
+    pub guard_point: &'a [u8],
+    /// The resource, relative to the GuardPoint, written absolute.
+    pub path: &'a [u8],
+    pub required: &'a str,
+    pub found: &'a str,
+    /// Why the file is refused, in a few words.
+    pub why: &'a str,
+}
+
+impl fmt::Display for KeyMismatchLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CGP2602E: [SecFS, 0] [ALARM] Policy[")?;
+        write_escaped(f, self.policy.as_bytes())?;
+        f.write_str("] Res[")?;
+        let gp = self
+            .guard_point
+            .strip_suffix(b"/")
+            .unwrap_or(self.guard_point);
+        write_escaped(f, gp)?;
+        if self.path != b"/" || gp.is_empty() {
+            write_escaped(f, self.path)?;
+        }
+        f.write_str("] Key[")?;
+        write_escaped(f, self.required.as_bytes())?;
+        f.write_str("] Found[")?;
+        write_escaped(f, self.found.as_bytes())?;
+        f.write_str("] Effect[DENIED EIO: ")?;
+        write_escaped(f, self.why.as_bytes())?;
+        f.write_str("]")
+    }
+}
+
+#[cfg(test)]
+mod key_mismatch_tests {
+    use super::KeyMismatchLine;
+
+    #[test]
+    fn names_path_found_and_required_keys_escaped() {
+        let l = KeyMismatchLine {
+            policy: "p",
+            guard_point: b"/data/",
+            path: b"/hr/a]b",
+            required: "hr_key",
+            found: "db_key",
+            why: "header names another key",
+        };
+        assert_eq!(
+            l.to_string(),
+            "CGP2602E: [SecFS, 0] [ALARM] Policy[p] Res[/data/hr/a\\x5db] Key[hr_key] \
+             Found[db_key] Effect[DENIED EIO: header names another key]"
+        );
+    }
+}

@@ -470,6 +470,42 @@ impl CompiledPolicy {
         KeyChoice::Unmatched
     }
 
+    /// The key the key rules choose for the resource `path` (relative to
+    /// the GuardPoint, written absolute): what its contents must be
+    /// encrypted with, whoever asks. [`KeyChoice::Unmatched`] for a path
+    /// that is not normalized.
+    pub fn key_for(&self, path: &[u8]) -> KeyChoice {
+        if !is_normalized_absolute(path) {
+            return KeyChoice::Unmatched;
+        }
+        self.select_key(path)
+    }
+
+    /// Whether the key rules treat `to` exactly as they treat `from`, so
+    /// that renaming or linking the object at `from` to `to` leaves its
+    /// bytes under a key rule that describes them: the same key for the
+    /// object itself and, for a directory (`dir`), for every path below it.
+    ///
+    /// Conservative for directories: a resource entry whose directory lies
+    /// strictly below `from` or `to` singles out paths by their place in
+    /// the tree, so such a move is refused unless `from == to`. The caller
+    /// refuses a move this answers `false` for with `EXDEV`, so tools copy
+    /// the data (re-encrypting it under the destination's key).
+    pub fn same_key_rules(&self, from: &[u8], to: &[u8], dir: bool) -> bool {
+        if self.key_for(from) != self.key_for(to) {
+            return false;
+        }
+        if !dir || from == to {
+            return true;
+        }
+        self.key_rules
+            .iter()
+            .filter_map(|k| k.resource)
+            .filter_map(|i| self.resource_sets.get(i))
+            .flat_map(|set| set.iter())
+            .all(|e| below(e, from) == below(e, to))
+    }
+
     /// The name to print for a key choice: the key name, `clear_key`,
     /// `default`, or empty when no key rule covers the resource.
     pub fn key_label(&self, key: KeyChoice) -> &str {
@@ -532,6 +568,40 @@ pub struct PossibleOutcomes {
     pub raw: bool,
     /// Some request may be denied.
     pub deny: bool,
+}
+
+/// How a resource entry matches the paths strictly below a directory
+/// `x`, in terms that do not depend on where `x` is (see
+/// [`CompiledPolicy::same_key_rules`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Below<'a> {
+    /// Nothing below `x` matches.
+    Nothing,
+    /// `x` is the entry's directory (not recursive): its children match
+    /// by name, deeper paths do not.
+    Children,
+    /// `x` is within the entry's recursive directory: every path below
+    /// matches by name.
+    All,
+    /// The entry's directory lies strictly below `x`: which paths match
+    /// depends on `x` itself.
+    Placed(&'a [u8]),
+}
+
+fn below<'a>(e: &ResourceC, x: &'a [u8]) -> Below<'a> {
+    if is_within(x, &e.directory) {
+        if e.recursive {
+            Below::All
+        } else if x == &*e.directory {
+            Below::Children
+        } else {
+            Below::Nothing
+        }
+    } else if is_within(&e.directory, x) {
+        Below::Placed(x)
+    } else {
+        Below::Nothing
+    }
 }
 
 /// Apply a rule's exclude flag to set membership.

@@ -194,7 +194,7 @@ pub mod time;
 mod tests;
 
 pub use action::{Action, ActionName, ActionSet};
-pub use audit::AuditLine;
+pub use audit::{AuditLine, KeyMismatchLine};
 pub use compile::{CompiledPolicy, MAX_KEY_RULES, MAX_SECURITY_RULES};
 pub use document::{
     CLEAR_KEY, Effects, KeyRule, PolicyDocument, PolicyType, ProcessEntry, ProcessSet, Resource,

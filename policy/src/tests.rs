@@ -1546,3 +1546,58 @@ proptest! {
         let _ = HostSettings::parse(&text);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Key rules across renames: the key rule, not the file, decides.
+
+#[test]
+fn moves_between_key_rules_are_told_apart() {
+    let p = compile(&json!({
+        "name": "keys",
+        "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ],
+        "key_rules": [
+            { "resource_set_id": "db", "key_id": "kdb" },
+            { "resource_set_id": "hr", "key_id": "khr" },
+            { "resource_set_id": "flat", "key_id": "kflat" },
+            { "resource_set_id": "deep", "key_id": "kdeep" },
+            { "key_id": "clear_key" }
+        ],
+        "resource_sets": [
+            { "id": "db", "resources": [ { "directory": "/", "file": "*.dbf", "include_subfolders": true } ] },
+            { "id": "hr", "resources": [ { "directory": "/hr", "include_subfolders": true } ] },
+            { "id": "flat", "resources": [ { "directory": "/flat", "file": "*" } ] },
+            { "id": "deep", "resources": [ { "directory": "/x/y/secret", "include_subfolders": true } ] }
+        ]
+    }));
+    let same = |a: &str, b: &str, dir: bool| p.same_key_rules(a.as_bytes(), b.as_bytes(), dir);
+    assert_eq!(p.key_label(p.key_for(b"/a.dbf")), "kdb");
+    assert_eq!(p.key_label(p.key_for(b"/hr/a.txt")), "khr");
+    assert_eq!(p.key_label(p.key_for(b"/a.txt")), "clear_key");
+    assert_eq!(p.key_for(b"/a/../hr/x"), KeyChoice::Unmatched);
+    // Files: an included extension, another resource set, clear to keyed.
+    assert!(!same("/a.txt", "/a.dbf", false));
+    assert!(!same("/hr/a", "/a", false));
+    assert!(!same("/a", "/hr/a", false));
+    assert!(same("/a.dbf", "/sub/b.dbf", false));
+    assert!(same("/a.txt", "/b.txt", false));
+    // Directories: the rules' view of everything below must not change.
+    assert!(!same("/hr/d", "/d", true), "subtree leaves a key rule");
+    assert!(!same("/d", "/hr/d", true), "subtree enters a key rule");
+    assert!(same("/hr/d", "/hr/e/f", true), "within one recursive set");
+    assert!(same("/a", "/b", true), "only patterns apply below both");
+    assert!(!same("/flat", "/flat2", true), "children of a flat set");
+    assert!(
+        same("/flat/sub", "/flat/sub2", true),
+        "nothing below either"
+    );
+    assert!(!same("/x", "/z", true), "a set lies below the source");
+    assert!(!same("/z", "/x", true), "a set lies below the destination");
+    assert!(same("/x", "/x", true));
+    // Without key rules everything uses the default key.
+    let plain = compile(&json!({
+        "name": "nokeys",
+        "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ]
+    }));
+    assert!(plain.same_key_rules(b"/a", b"/b/c", true));
+    assert_eq!(plain.key_for(b"/a"), KeyChoice::Default);
+}

@@ -320,7 +320,7 @@ impl Service {
                 }
                 Access::with_policy(path.as_bytes(), compiled, settings, self.audit.clone())
             }
-            None => Access::unrestricted(path.as_bytes()),
+            None => Access::unrestricted_audited(path.as_bytes(), self.audit.clone()),
         };
         let spec = MountSpec {
             dir: PathBuf::from(path),

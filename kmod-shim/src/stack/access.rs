@@ -9,19 +9,23 @@
 //! # Views
 //!
 //! A permitted caller gets one of two views of a regular file:
-//! * **Plain**: decrypted contents and the logical size. Given to a permit
-//!   with `applykey`, and, under a `clear_key` key rule, to a permit
-//!   without `applykey` *only for headerless (clear) files* — there the
-//!   lower bytes are the plaintext.
+//! * **Plain**: the contents as the key rule for the file's path has them
+//!   (see [`RuleKey`]): decrypted with the rule's key (any version of it)
+//!   and shown at the logical size, or, under `clear_key` (and in a
+//!   `clear` GuardPoint without key rules naming a key), the lower bytes
+//!   exactly as they are. Given to a permit with `applykey`, and under
+//!   `clear_key` to a permit without it (there the lower bytes are all
+//!   anyone gets).
 //! * **Raw**: the exact lower bytes, header included, and the lower size.
-//!   Given to a permit without `applykey` (a backup tool), including an
-//!   encrypted file that was renamed or linked into a `clear_key` subtree:
-//!   without the key such a reader never gets plaintext. Raw views are
-//!   read-only.
+//!   Given to a permit without `applykey` (a backup tool) where the key
+//!   rule names a key. Raw views are read-only.
 //!
-//! Whether a file is encrypted is decided from the lower file itself (its
-//! mode marker, else its header magic) when the view is chosen, at lookup
-//! and again at open, so the decision at open is the one that counts.
+//! The key rule decides how a file is read, never the file: a header for
+//! another key, or none where the rule names a key, is refused at open
+//! (`EIO`, audited with the key found and the key required, see
+//! `Stack::load_for_open`), and renames and links between key rules are
+//! `EXDEV`, so data only crosses a key rule by being copied (and
+//! re-encrypted).
 //!
 //! # Caching strategy (no plaintext through shared kernel caches)
 //!
@@ -150,26 +154,42 @@ pub enum View {
     Raw,
 }
 
-/// The key new files below a resource are encrypted with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NewKey {
-    /// The GuardPoint's key named `default` (no key rules).
+/// The key a resource's key rule names: what its contents are encrypted
+/// with, for reading as for writing. The key rule decides how a lower file
+/// is read, never the file itself (DESIGN.md, invariant 6): a header for
+/// another key is refused, and under `clear_key` the lower bytes are served
+/// as they are, whatever they look like.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RuleKey {
+    /// The GuardPoint's own key (no key rules, or no policy): its current
+    /// key for new files, any version of it for existing ones; none in a
+    /// `clear` GuardPoint, whose files are served as they are.
     Default,
+    /// A named key: any version of it.
     Named(String),
-    /// `clear_key`: files stay plaintext, access control only.
+    /// `clear_key`: files are served and stored as they are.
     Clear,
+}
+
+impl RuleKey {
+    /// How the key is named in audit records.
+    pub fn label(&self) -> &str {
+        match self {
+            RuleKey::Default => "default",
+            RuleKey::Named(n) => n,
+            RuleKey::Clear => guardfs_policy::CLEAR_KEY,
+        }
+    }
 }
 
 /// A permitted operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub view: View,
-    pub key: NewKey,
+    /// The key rule's key for the resource.
+    pub key: RuleKey,
     /// The policy generation this decision was taken under (0: no policy).
     pub generation: u64,
-    /// Permit without `applykey` under a `clear_key` key rule: the plaintext
-    /// view only for headerless files; see [`Grant::for_file`].
-    pub clear_only: bool,
 }
 
 impl Grant {
@@ -177,19 +197,9 @@ impl Grant {
     pub fn unrestricted() -> Grant {
         Grant {
             view: View::Plain,
-            key: NewKey::Default,
+            key: RuleKey::Default,
             generation: 0,
-            clear_only: false,
         }
-    }
-
-    /// The grant for a file that is (`encrypted`) or is not encrypted: a
-    /// `clear_only` grant shows an encrypted file raw (no key applied).
-    pub fn for_file(mut self, encrypted: bool) -> Grant {
-        if self.clear_only && encrypted {
-            self.view = View::Raw;
-        }
-        self
     }
 }
 
@@ -302,6 +312,15 @@ impl Access {
         }
     }
 
+    /// No policy, but refusals of files whose bytes do not fit the key
+    /// rule are audited to `audit` (see [`Access::refused_file`]).
+    pub fn unrestricted_audited(guard_point: &[u8], audit: Option<Auditor>) -> Access {
+        Access {
+            audit,
+            ..Access::unrestricted(guard_point)
+        }
+    }
+
     /// Access control with `policy` and `host` settings, auditing to `audit`.
     pub fn with_policy(
         guard_point: &[u8],
@@ -374,6 +393,52 @@ impl Access {
         self.audit.as_ref()
     }
 
+    /// The key rule's key for `path` (relative to the GuardPoint, written
+    /// absolute), whoever asks: how its contents are read and written.
+    /// Without a policy, the GuardPoint's own key. A path no key rule
+    /// covers has no key: [`RuleKey::Default`], which a permit with the
+    /// key never reaches (it is refused, see `decide`).
+    pub fn rule_at(&self, path: &[u8]) -> RuleKey {
+        let Some(l) = self.current() else {
+            return RuleKey::Default;
+        };
+        match l.policy.key_for(path) {
+            KeyChoice::Named(id) => {
+                RuleKey::Named(l.policy.key_label(KeyChoice::Named(id)).to_owned())
+            }
+            KeyChoice::Clear => RuleKey::Clear,
+            KeyChoice::Default | KeyChoice::Unmatched => RuleKey::Default,
+        }
+    }
+
+    /// Whether moving the object at `from` to `to` (a directory: with
+    /// everything below it) keeps it under the same key rules; see
+    /// [`CompiledPolicy::same_key_rules`]. Always true without a policy.
+    pub fn same_key_rules(&self, from: &[u8], to: &[u8], dir: bool) -> bool {
+        self.current()
+            .is_none_or(|l| l.policy.same_key_rules(from, to, dir))
+    }
+
+    /// Record that the lower file at `path` was refused because its bytes do
+    /// not fit its key rule (`required`): it carries a header for the key
+    /// `found` (`none`: no valid header), or its key is not available.
+    pub fn refused_file(&self, path: &[u8], required: &RuleKey, found: &str, why: &str) {
+        let policy = self.policy_name().unwrap_or_default();
+        let line = guardfs_policy::KeyMismatchLine {
+            policy: &policy,
+            guard_point: &self.guard_point,
+            path,
+            required: required.label(),
+            found,
+            why,
+        }
+        .to_string();
+        log::error!("secfs: {line}");
+        if let Some(a) = &self.audit {
+            a.record(line);
+        }
+    }
+
     /// Decide `action` on `path` (relative to the GuardPoint, written
     /// absolute) for `caller`. Deny is `EACCES`; learn mode permits and
     /// logs what it would have denied.
@@ -407,6 +472,13 @@ impl Access {
     /// once it has exited (the handle was passed on or inherited) or its
     /// pid was reused, as it was when it opened: never as whichever
     /// process holds that pid now.
+    ///
+    /// With `as_opened`, the opener is judged as it was when it opened
+    /// without looking at the process at all: for requests the kernel
+    /// makes on its own (writeback of dirty pages). Those can be made on
+    /// behalf of a process in the middle of `execve` (closing its
+    /// close-on-exec files flushes them) that holds locks reading its
+    /// `/proc` entries waits for: looking would deadlock the worker.
     pub fn recheck(
         &self,
         caller: &Caller,
@@ -414,8 +486,9 @@ impl Access {
         path: &[u8],
         action: Action,
         audit: bool,
+        as_opened: bool,
     ) -> VfsResult<Grant> {
-        self.decide(caller, opener, path, action, audit)
+        self.decide_as(caller, opener, as_opened, path, action, audit)
             .map(|(g, _)| g)
     }
 
@@ -427,6 +500,18 @@ impl Access {
         action: Action,
         audit: bool,
     ) -> VfsResult<(Grant, Option<Arc<Identity>>)> {
+        self.decide_as(caller, opener, false, path, action, audit)
+    }
+
+    fn decide_as(
+        &self,
+        caller: &Caller,
+        opener: Option<&Arc<Identity>>,
+        as_opened: bool,
+        path: &[u8],
+        action: Action,
+        audit: bool,
+    ) -> VfsResult<(Grant, Option<Arc<Identity>>)> {
         let Some(l) = self.current() else {
             return Ok((Grant::unrestricted(), None));
         };
@@ -434,7 +519,7 @@ impl Access {
         // outside secfs's pid namespace) are judged as an unknown,
         // unauthenticated process: no executable, no signature.
         let ident = match opener {
-            Some(o) if !self.procs.is_alive(caller.pid, o) => o.clone(),
+            Some(o) if as_opened || !self.procs.is_alive(caller.pid, o) => o.clone(),
             _ if caller.pid == 0 => self.procs.unknown(caller.uid, caller.gid),
             _ => self
                 .procs
@@ -477,9 +562,9 @@ impl Access {
             return Err(Errno::EACCES);
         }
         let key = match d.key() {
-            KeyChoice::Default => NewKey::Default,
-            KeyChoice::Clear => NewKey::Clear,
-            KeyChoice::Named(_) => NewKey::Named(l.policy.key_label(d.key()).to_owned()),
+            KeyChoice::Default => RuleKey::Default,
+            KeyChoice::Clear => RuleKey::Clear,
+            KeyChoice::Named(_) => RuleKey::Named(l.policy.key_label(d.key()).to_owned()),
             KeyChoice::Unmatched if d.apply_key() => {
                 warn!(
                     "secfs: no key rule covers {}; access refused",
@@ -487,12 +572,11 @@ impl Access {
                 );
                 return Err(Errno::EACCES);
             }
-            KeyChoice::Unmatched => NewKey::Default,
+            KeyChoice::Unmatched => RuleKey::Default,
         };
-        // Without the key, only a clear (headerless) file under clear_key
-        // is shown as plaintext; the caller resolves that per file.
-        let clear_only = !d.apply_key() && key == NewKey::Clear;
-        let view = if d.apply_key() || clear_only {
+        // Under clear_key the lower bytes are served as they are, with or
+        // without the key: the plaintext view is those bytes.
+        let view = if d.apply_key() || key == RuleKey::Clear {
             View::Plain
         } else {
             View::Raw
@@ -501,7 +585,6 @@ impl Access {
             view,
             key,
             generation: l.generation,
-            clear_only,
         };
         Ok((grant, Some(ident)))
     }
@@ -537,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn clear_only_grants_show_encrypted_files_raw() {
+    fn clear_key_gives_the_plain_view_with_or_without_the_key() {
         let policy = CompiledPolicy::from_json(
             r#"{ "name": "c", "security_rules": [
                 { "order_number": 1, "action": "read", "effect": "permit" } ],
@@ -551,9 +634,8 @@ mod tests {
             pid: std::process::id(),
         };
         let g = a.check(&c, b"/f", Action::FRd).unwrap();
-        assert!(g.clear_only);
-        assert_eq!(g.clone().for_file(false).view, View::Plain);
-        assert_eq!(g.for_file(true).view, View::Raw);
+        assert_eq!((g.view, g.key), (View::Plain, RuleKey::Clear));
+        assert_eq!(a.rule_at(b"/f"), RuleKey::Clear);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use guardfs_crypto::offsets::MAX_PLAIN_SIZE;
 use guardfs_crypto::{ContentCipher, HEADER_LEN, Layout, LowerOff, PlainOff, UnitNo};
 use log::{error, info, warn};
 
-use crate::stack::access::NewKey;
+use crate::stack::access::RuleKey;
 use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node};
 use crate::sys;
@@ -155,15 +155,17 @@ impl Crypt {
 enum Contents {
     #[default]
     Unloaded,
-    /// Shown and written as is (`clear` GuardPoints).
+    /// Shown and written as is: the key rule is `clear_key`, or the
+    /// GuardPoint is `clear` and no key rule names a key.
     Plain,
     /// Encrypted, with its logical size.
     Encrypted(Arc<Crypt>, u64),
     /// Empty and headerless in an encrypted GuardPoint: gets a header on
     /// first write.
     Empty,
-    /// Plaintext or a damaged header in an encrypted GuardPoint: reads and
-    /// writes fail with EIO, `stat` shows the lower file as it is.
+    /// Bytes that do not fit the key rule (no header, a header for another
+    /// key, a key version not available) or a damaged header: opens fail
+    /// with EIO (but for emptying it), `stat` shows the lower size.
     Refused,
 }
 
@@ -174,24 +176,65 @@ pub struct Io<'a> {
     pub fd: BorrowedFd<'a>,
     pub keys: &'a dyn KeySource,
     pub mode: Mode,
-    /// The key rule's key for new contents at this file's path.
-    pub new_key: &'a NewKey,
+    /// The key rule's key at this file's path: how its contents are read,
+    /// and what new contents are encrypted with.
+    pub rule: &'a RuleKey,
     /// A directory fd on `/proc/self/fd`, to reopen `fd` for writing when
     /// an interrupted truncate must be finished through a read-only open.
     pub proc_fd: BorrowedFd<'a>,
 }
 
 impl Io<'_> {
-    /// Whether headerless files are plaintext here: a `clear` GuardPoint,
-    /// or a resource whose key rule is `clear_key`.
-    fn clear_allowed(&self) -> bool {
-        self.mode == Mode::Clear || *self.new_key == NewKey::Clear
+    /// Whether the lower bytes are served as they are (see [`verbatim`]).
+    fn verbatim(&self) -> bool {
+        verbatim(self.rule, self.mode)
     }
+
+    /// The name of the key whose headers this file may carry (any version
+    /// of it); `None` when no such key is held.
+    fn required_key(&self) -> Option<String> {
+        match self.rule {
+            RuleKey::Named(n) => Some(n.clone()),
+            RuleKey::Default => self.keys.current().map(|(n, _, _)| n),
+            RuleKey::Clear => None,
+        }
+    }
+}
+
+/// Whether files under the key rule `rule` in a GuardPoint of mode `mode`
+/// are served and stored exactly as the lower bytes are: under
+/// `clear_key`, and under the GuardPoint's own key when the GuardPoint is
+/// `clear`. Whatever those bytes look like (a header included): the key
+/// rule decides how a file is read, never the file.
+pub fn verbatim(rule: &RuleKey, mode: Mode) -> bool {
+    match rule {
+        RuleKey::Clear => true,
+        RuleKey::Default => mode == Mode::Clear,
+        RuleKey::Named(_) => false,
+    }
+}
+
+/// What [`FileState::load`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Load {
+    /// The contents are ready to serve under the key rule asked for.
+    Ready,
+    /// The lower file does not fit the key rule, or is damaged: opens get
+    /// EIO. `found` names the key its header carries (`none`: no valid
+    /// header); `why` says what is wrong.
+    Refused { found: String, why: String },
+    /// The file is loaded under another key rule (the same lower file
+    /// reached through another path: a hard link, or the key rules
+    /// changed). See [`FileState::reset_if`].
+    OtherRule,
 }
 
 #[derive(Debug, Default)]
 pub struct FileState {
     contents: RwLock<Contents>,
+    /// The key rule the contents were loaded under (`None`: not loaded).
+    /// Written only while `contents` is held for writing.
+    rule: Mutex<Option<RuleKey>>,
     ranges: RangeLocks,
     /// The file has no security.capability xattr (checked since the last
     /// time one could have been set); writes need not look again.
@@ -575,25 +618,71 @@ fn finish_tail(fd: BorrowedFd<'_>, proc_fd: BorrowedFd<'_>) -> Result<bool, Stri
 }
 
 impl FileState {
-    /// Decide what the lower file holds, once per inode. `mount_mode` is
-    /// the GuardPoint's mode for new files.
-    pub fn load(&self, io: &Io<'_>) -> VfsResult<()> {
-        // A refused file is looked at again on every open: the key it
-        // needs may have arrived since (vmd pushes keys after a restart).
-        let settled = |c: &Contents| !matches!(c, Contents::Unloaded | Contents::Refused);
-        if settled(&self.read_contents()) {
-            return Ok(());
+    /// Decide what the lower file holds under the key rule `io.rule`, once
+    /// per inode and key rule. A file refused before is looked at again
+    /// (the key it needs may have arrived since: vmd pushes keys after a
+    /// restart); a file loaded under another key rule is left as it is
+    /// ([`Load::OtherRule`]).
+    pub fn load(&self, io: &Io<'_>) -> VfsResult<Load> {
+        let ready = |c: &Contents, rule: &Option<RuleKey>| match (c, rule) {
+            (Contents::Unloaded, _) => None,
+            (_, Some(r)) if r != io.rule => Some(Load::OtherRule),
+            (Contents::Refused, _) => None,
+            _ => Some(Load::Ready),
+        };
+        {
+            let c = self.read_contents();
+            if let Some(l) = ready(&c, &self.loaded_rule()) {
+                return Ok(l);
+            }
         }
         let mut c = self.write_contents();
-        if settled(&c) {
-            return Ok(());
+        if let Some(l) = ready(&c, &self.loaded_rule()) {
+            return Ok(l);
         }
         self.load_locked(io, &mut c)
     }
 
+    /// The key rule the contents were loaded under, if any.
+    pub fn loaded_rule(&self) -> Option<RuleKey> {
+        self.rule.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_rule(&self, rule: Option<RuleKey>) {
+        *self.rule.lock().unwrap_or_else(|e| e.into_inner()) = rule;
+    }
+
+    /// Forget what was loaded, if `unused()` says (while the contents are
+    /// held, so no load or open can slip in between) that nothing relies on
+    /// it; whether it was forgotten. For a file to be read under another
+    /// key rule than the one it was loaded under.
+    pub fn reset_if(&self, unused: impl FnOnce() -> bool) -> bool {
+        let mut c = self.write_contents();
+        if !unused() {
+            return false;
+        }
+        *c = Contents::Unloaded;
+        self.set_rule(None);
+        true
+    }
+
     /// [`FileState::load`] with the contents already locked for writing.
-    fn load_locked(&self, io: &Io<'_>, c: &mut Contents) -> VfsResult<()> {
+    fn load_locked(&self, io: &Io<'_>, c: &mut Contents) -> VfsResult<Load> {
+        self.set_rule(Some(io.rule.clone()));
+        if io.verbatim() {
+            // Whatever the bytes are, and whatever records or markers they
+            // carry: nothing is interpreted, nothing is rewritten.
+            *c = Contents::Plain;
+            return Ok(Load::Ready);
+        }
         let (node, fd, keys) = (io.node, io.fd, io.keys);
+        let refuse = |c: &mut Contents, found: &str, why: String| {
+            *c = self.refuse(node, &why);
+            Ok(Load::Refused {
+                found: found.to_owned(),
+                why,
+            })
+        };
         // Before the size is read: a truncate a crash interrupted is
         // finished first (or the file refused if its record does not fit).
         match finish_tail(fd, io.proc_fd) {
@@ -602,65 +691,74 @@ impl FileState {
                 "secfs: {}: finished an interrupted truncate",
                 node.display_path()
             ),
-            Err(why) => {
-                *c = self.refuse(node, &why);
-                return Ok(());
-            }
+            Err(why) => return refuse(c, "none", why),
         }
         let size = lower_size(fd)?;
         let marker = read_marker(fd);
-        *c = if size < HEADER_LEN as u64 {
-            if io.clear_allowed() && marker.is_none() {
-                Contents::Plain
-            } else if size == 0 || marker.is_some() {
-                Contents::Empty
-            } else {
-                self.refuse(
-                    node,
-                    "plaintext file shorter than a header in an encrypted GuardPoint",
-                )
+        let required = io.required_key();
+        if size < HEADER_LEN as u64 {
+            // Empty, or cut short by a crash before its header was written
+            // (the marker goes first): gets a header with the rule's key on
+            // its first write, which covers whatever short bytes are there.
+            if size == 0 || marker.is_some() {
+                *c = Contents::Empty;
+                return Ok(Load::Ready);
             }
-        } else {
-            let mut hdr = [0u8; HEADER_LEN];
-            let n = pread_full(fd, &mut hdr, 0)?;
-            match Header::parse(&hdr[..n]) {
-                Ok(h) => match keys.get(&h.key_name, h.key_version) {
-                    Some(pk) => match h.unwrap_key(&pk) {
-                        Ok(dk) => match ContentCipher::for_header(&h, &dk) {
-                            Ok(cipher) => {
-                                let plain = cipher.layout().plain_size(LowerOff(size)).0;
-                                if marker != Some(h.mode) {
-                                    // Restored without its marker: put it back so
-                                    // stat shows the logical size.
-                                    if let Err(e) =
-                                        sys::fsetxattr(fd, MODE_XATTR, h.mode.name().as_bytes())
-                                    {
-                                        warn!(
-                                            "{}: cannot set mode marker: {e:?}",
-                                            node.display_path()
-                                        );
-                                    }
-                                }
-                                node.set_class(class_of_mode(h.mode));
-                                Contents::Encrypted(Arc::new(Crypt { header: h, cipher }), plain)
-                            }
-                            Err(e) => self.refuse(node, &format!("cipher setup failed: {e}")),
-                        },
-                        Err(e) => self.refuse(node, &format!("header does not open: {e}")),
-                    },
-                    None => self.refuse(
-                        node,
-                        &format!(
-                            "key {} version {} is not available",
-                            h.key_name, h.key_version
-                        ),
-                    ),
-                },
-                Err(_) if io.clear_allowed() && marker.is_none() => Contents::Plain,
-                Err(e) => self.refuse(node, &format!("no valid GuardFS header: {e}")),
-            }
+            return refuse(
+                c,
+                "none",
+                "no header (a clear file where the key rule names a key)".into(),
+            );
+        }
+        let mut hdr = [0u8; HEADER_LEN];
+        let n = pread_full(fd, &mut hdr, 0)?;
+        let h = match Header::parse(&hdr[..n]) {
+            Ok(h) => h,
+            Err(e) => return refuse(c, "none", format!("no valid GuardFS header: {e}")),
         };
-        Ok(())
+        let Some(required) = required else {
+            return refuse(
+                c,
+                &h.key_name,
+                "the key for this GuardPoint is not available".into(),
+            );
+        };
+        if h.key_name != required {
+            return refuse(
+                c,
+                &h.key_name,
+                format!(
+                    "header names key {}, the key rule requires {required}",
+                    h.key_name
+                ),
+            );
+        }
+        let Some(pk) = keys.get(&h.key_name, h.key_version) else {
+            let why = format!(
+                "key {} version {} is not available",
+                h.key_name, h.key_version
+            );
+            return refuse(c, &h.key_name, why);
+        };
+        let dk = match h.unwrap_key(&pk) {
+            Ok(dk) => dk,
+            Err(e) => return refuse(c, &h.key_name, format!("header does not open: {e}")),
+        };
+        let cipher = match ContentCipher::for_header(&h, &dk) {
+            Ok(cipher) => cipher,
+            Err(e) => return refuse(c, &h.key_name, format!("cipher setup failed: {e}")),
+        };
+        let plain = cipher.layout().plain_size(LowerOff(size)).0;
+        if marker != Some(h.mode) {
+            // Restored without its marker: put it back so stat shows the
+            // logical size.
+            if let Err(e) = sys::fsetxattr(fd, MODE_XATTR, h.mode.name().as_bytes()) {
+                warn!("{}: cannot set mode marker: {e:?}", node.display_path());
+            }
+        }
+        node.set_class(class_of_mode(h.mode));
+        *c = Contents::Encrypted(Arc::new(Crypt { header: h, cipher }), plain);
+        Ok(Load::Ready)
     }
 
     /// Drop the unwrapped data key if the file's header uses version
@@ -696,18 +794,19 @@ impl FileState {
     /// Write a fresh header (new key, new file id) over an empty file.
     fn init_header(&self, io: &Io<'_>) -> VfsResult<Contents> {
         let (node, fd, keys) = (io.node, io.fd, io.keys);
-        // A `clear` GuardPoint never calls this for new files; an empty
-        // file it finds with a marker is encrypted with the default mode.
+        // Only files the key rule has encrypted get here; in a `clear`
+        // GuardPoint that is a key rule naming a key, and its files use
+        // the default mode.
         let mode = if io.mode == Mode::Clear {
             Mode::Xts
         } else {
             io.mode
         };
-        let key = match io.new_key {
-            NewKey::Default => keys.current(),
-            NewKey::Named(n) => keys.latest(n).map(|(v, k)| (n.clone(), v, k)),
+        let key = match io.rule {
+            RuleKey::Default => keys.current(),
+            RuleKey::Named(n) => keys.latest(n).map(|(v, k)| (n.clone(), v, k)),
             // clear_key: new contents stay plaintext, without a header.
-            NewKey::Clear => return Ok(Contents::Plain),
+            RuleKey::Clear => return Ok(Contents::Plain),
         };
         let (name, version, pk) = key.ok_or_else(|| {
             error!(
@@ -738,16 +837,17 @@ impl FileState {
         ))
     }
 
-    /// Give a just-created empty file its header now, so that even an empty
-    /// encrypted file carries one.
+    /// Give a just-created empty file what its key rule asks for now: a
+    /// header with the rule's key (so even an empty encrypted file carries
+    /// one), or nothing where files are stored as they are.
     pub fn create_header(&self, io: &Io<'_>) -> VfsResult<()> {
-        let mode = io.mode;
         let mut c = self.write_contents();
-        if mode == Mode::Clear {
-            *c = Contents::Plain;
-            return Ok(());
-        }
-        *c = self.init_header(io)?;
+        self.set_rule(Some(io.rule.clone()));
+        *c = if io.verbatim() {
+            Contents::Plain
+        } else {
+            self.init_header(io)?
+        };
         Ok(())
     }
 
@@ -825,10 +925,26 @@ impl FileState {
             }
         }
         let mut contents = self.write_contents();
+        self.write_locked(io, &mut contents, off, data)
+    }
+
+    /// [`FileState::write`] with the contents held for writing.
+    fn write_locked(
+        &self,
+        io: &Io<'_>,
+        contents: &mut Contents,
+        off: u64,
+        data: &[u8],
+    ) -> VfsResult<usize> {
+        let (node, fd) = (io.node, io.fd);
+        let end = off.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_PLAIN_SIZE.0 {
+            return Err(Errno::EFBIG);
+        }
         if matches!(*contents, Contents::Empty) {
             *contents = self.init_header(io)?;
         }
-        match &mut *contents {
+        match contents {
             Contents::Plain => pwrite_all(fd, data, off).map(|()| data.len()),
             Contents::Encrypted(c, size) => {
                 let old = *size;
@@ -840,6 +956,24 @@ impl FileState {
             }
             _ => Err(Errno::EIO),
         }
+    }
+
+    /// A write that must land at the end of the file (a handle that may
+    /// only append): written, and its length returned, only if `off` is
+    /// the current size, checked and written under the size lock so no
+    /// other write moves the end in between; else `None`, nothing written.
+    pub fn append(&self, io: &Io<'_>, off: u64, data: &[u8]) -> VfsResult<Option<usize>> {
+        let mut contents = self.write_contents();
+        let size = match &*contents {
+            Contents::Encrypted(_, size) => *size,
+            Contents::Empty => 0,
+            Contents::Plain => lower_size(io.fd)?,
+            Contents::Refused | Contents::Unloaded => return Err(Errno::EIO),
+        };
+        if off != size {
+            return Ok(None);
+        }
+        self.write_locked(io, &mut contents, off, data).map(Some)
     }
 
     /// Set the logical size.

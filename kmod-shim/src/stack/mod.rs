@@ -54,7 +54,7 @@ use nix::sys::stat::{FileStat, Mode as StatMode, SFlag};
 
 use guardfs_policy::Action;
 
-use crate::stack::access::{Access, Grant, NewKey, Opener, View};
+use crate::stack::access::{Access, Grant, Opener, RuleKey, View};
 use crate::stack::file::{HeaderBlock, Io, MODE_XATTR, Mode, PRIVATE_XATTR_PREFIX};
 use crate::stack::keys::KeySource;
 use crate::stack::nodes::{Class, Node, Nodes, Standing};
@@ -96,7 +96,7 @@ struct FileHandle {
     node: Arc<Node>,
     fd: OwnedFd,
     view: View,
-    new_key: NewKey,
+    rule: RuleKey,
     /// Who opened it, for deciding again after a policy change: the
     /// request's ids and the identity judged at open (see
     /// `Access::recheck`).
@@ -105,9 +105,20 @@ struct FileHandle {
     reads: bool,
     writes: bool,
     append: bool,
+    /// Appends are granted, writes elsewhere are not (`f_wr_app` without
+    /// `f_wr`): every write must land at the end of the file.
+    append_only: bool,
     /// The policy generation the decision was made under (taken from the
     /// same snapshot as the decision, see `access`).
     generation: AtomicU64,
+}
+
+/// An open decided: the grant, who was judged, and whether its writes are
+/// limited to appending.
+struct Decided {
+    grant: Grant,
+    opener: Option<Opener>,
+    append_only: bool,
 }
 
 struct DirRec {
@@ -209,35 +220,6 @@ impl Stack {
         )?)
     }
 
-    /// Whether the regular file an `O_PATH` fd refers to is encrypted: it
-    /// has an encrypted mode marker, or (marker absent or unreadable) its
-    /// first bytes are a GuardFS header. Anything that cannot be read
-    /// counts as encrypted (the caller then withholds plaintext).
-    fn lower_encrypted(&self, fd: BorrowedFd<'_>) -> bool {
-        let marker = self
-            .xattrs(fd)
-            .getxattr(OsStr::from_bytes(MODE_XATTR.to_bytes()));
-        if let Ok(v) = marker {
-            // A marker naming no mode counts as encrypted.
-            return file::marker_class(&v) != Some(Class::Plain);
-        }
-        let Ok(rd) = self.reopen_fd(fd, OFlag::O_RDONLY | OFlag::O_NONBLOCK) else {
-            return true;
-        };
-        file::has_header_magic(rd.as_fd()).unwrap_or(true)
-    }
-
-    /// `g` for the file `node`: a clear-only grant shows an encrypted file
-    /// raw (see `access`).
-    fn for_node(&self, g: Grant, node: &Node) -> Grant {
-        if g.clear_only {
-            let enc = node.kind == FileKind::Regular && self.lower_encrypted(node.fd());
-            g.for_file(enc)
-        } else {
-            g
-        }
-    }
-
     /// The class of a regular file, from its marker xattr (cached per node).
     fn class_of(&self, node: &Node) -> Class {
         let c = node.class();
@@ -286,7 +268,7 @@ impl Stack {
     pub fn truncate_interrupted_for_test(&self, ino: Ino, new: u64) -> VfsResult<bool> {
         let node = self.nodes.get(ino)?;
         let fd = self.reopen(&node, OFlag::O_RDWR)?;
-        let io = self.io(&node, fd.as_fd(), &NewKey::Default);
+        let io = self.io(&node, fd.as_fd(), &RuleKey::Default);
         node.file().load(&io)?;
         node.file().truncate_interrupted_for_test(&io, new)
     }
@@ -299,12 +281,15 @@ impl Stack {
         file::header_class(fd.as_fd())
     }
 
-    fn attr_of(&self, node: &Node, st: &FileStat) -> Attr {
+    /// The attributes of `node` as its view shows them, for a file under
+    /// the key rule `rule` (which decides whether the lower bytes are
+    /// served as they are or decrypted, and so the size).
+    fn attr_of(&self, node: &Node, st: &FileStat, rule: &RuleKey) -> Attr {
         let kind = FileKind::from_mode(st.st_mode);
         let mut size = st.st_size as u64;
         let restat;
         let mut st = st;
-        if kind == FileKind::Regular {
+        if kind == FileKind::Regular && !file::verbatim(rule, self.cfg.mode) {
             let first = node.class() == Class::Unknown;
             let class = self.class_of(node);
             // The first time a file's size is shown, in either view, a
@@ -342,17 +327,47 @@ impl Stack {
     }
 
     /// Look `name` up in `parent` and count one lookup of it, for a caller
-    /// of the plaintext view.
-    fn do_lookup(&self, parent: &Node, name: &OsStr) -> VfsResult<Entry> {
-        self.lookup_view(parent, name, |_, _| Ok(View::Plain))
+    /// of the plaintext view; `rule` is the key rule's key at its path.
+    fn do_lookup(&self, parent: &Node, name: &OsStr, rule: &RuleKey) -> VfsResult<Entry> {
+        self.lookup_view(parent, name, rule, |_, _| Ok(View::Plain))
+    }
+
+    /// The key rule's key for a node.
+    fn node_rule(&self, node: &Node) -> VfsResult<RuleKey> {
+        if self.cfg.access.generation() == 0 {
+            return Ok(RuleKey::Default);
+        }
+        Ok(self.cfg.access.rule_at(&self.rel_path(node)?))
+    }
+
+    /// `EXDEV` unless `name` in `parent` and `new_name` in `new_parent`
+    /// fall under the same key rules (for a directory, everything below
+    /// it too).
+    fn same_key_rules(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        new_parent: &Node,
+        new_name: &OsStr,
+        dir: bool,
+    ) -> VfsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        if self.cfg.access.same_key_rules(&from, &to, dir) {
+            Ok(())
+        } else {
+            Err(exdev(&from, &to))
+        }
     }
 
     /// Look `name` up; `view_of(kind, key)` picks the view (and may
-    /// refuse); `key` is the lower object's (st_dev, st_ino).
+    /// refuse); `key` is the lower object's (st_dev, st_ino); `rule` is the
+    /// key rule's key at its path (see [`Stack::attr_of`]).
     fn lookup_view(
         &self,
         parent: &Node,
         name: &OsStr,
+        rule: &RuleKey,
         view_of: impl Fn(FileKind, (u64, u64)) -> VfsResult<View>,
     ) -> VfsResult<Entry> {
         for _ in 0..4 {
@@ -376,7 +391,7 @@ impl Stack {
             });
             match res {
                 Ok(node) => {
-                    let attr = self.attr_of(&node, &st);
+                    let attr = self.attr_of(&node, &st, rule);
                     let cacheable = !(kind == FileKind::Regular && self.cfg.access.isolated());
                     return Ok(Entry {
                         ino: node.ino,
@@ -392,13 +407,13 @@ impl Stack {
         Err(Errno::EIO)
     }
 
-    fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>, new_key: &'a NewKey) -> Io<'a> {
+    fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>, rule: &'a RuleKey) -> Io<'a> {
         Io {
             node,
             fd,
             keys: &*self.cfg.keys,
             mode: self.cfg.mode,
-            new_key,
+            rule,
             proc_fd: self.proc_fd.as_fd(),
         }
     }
@@ -492,7 +507,9 @@ impl Stack {
 
     /// Re-check an open file after the policy changed under it; refuse
     /// every handle on a revoked node.
-    fn recheck(&self, h: &FileHandle) -> VfsResult<()> {
+    /// `kernel`: the request is the kernel's own (pid 0, writeback), see
+    /// `Access::recheck`.
+    fn recheck(&self, h: &FileHandle, kernel: bool) -> VfsResult<()> {
         if h.node.standing() == Standing::Revoked {
             return Err(Errno::EACCES);
         }
@@ -500,7 +517,7 @@ impl Stack {
         if h.generation.load(Ordering::Acquire) == now {
             return Ok(());
         }
-        let decided = self.decide_handle(h, true)?;
+        let decided = self.decide_handle(h, true, kernel)?;
         if decided != u64::MAX {
             h.generation.store(decided, Ordering::Release);
         }
@@ -511,7 +528,7 @@ impl Stack {
     /// if the current policy no longer grants the same view, else the
     /// oldest generation a decision was taken under (`u64::MAX`: none).
     /// `audit`: an operation of the opener (else a non-auditing probe).
-    fn decide_handle(&self, h: &FileHandle, audit: bool) -> VfsResult<u64> {
+    fn decide_handle(&self, h: &FileHandle, audit: bool, kernel: bool) -> VfsResult<u64> {
         let path = self.rel_path(&h.node)?;
         let mut actions = Vec::with_capacity(2);
         if h.reads {
@@ -528,17 +545,37 @@ impl Stack {
         // a reload during the re-check is checked again next time.
         let mut decided = u64::MAX;
         for a in actions {
-            let g = self
-                .cfg
-                .access
-                .recheck(&h.caller, h.opener.as_ref(), &path, a, audit)?;
-            let g = self.for_node(g, &h.node);
-            if g.view != h.view {
+            let g =
+                self.cfg
+                    .access
+                    .recheck(&h.caller, h.opener.as_ref(), &path, a, audit, kernel)?;
+            // Another view, or another key rule (the contents were read
+            // under the old one): the handle no longer stands.
+            if g.view != h.view || g.key != h.rule {
                 return Err(Errno::EACCES);
             }
             decided = decided.min(g.generation);
         }
         Ok(decided)
+    }
+
+    /// Decide (and audit) a write other than an append through a handle
+    /// whose opener was granted appending only: `EACCES` unless the policy
+    /// now grants it writing.
+    fn writes_granted(&self, h: &FileHandle, kernel: bool) -> VfsResult<()> {
+        let path = self.rel_path(&h.node)?;
+        let g = self.cfg.access.recheck(
+            &h.caller,
+            h.opener.as_ref(),
+            &path,
+            Action::FWr,
+            true,
+            kernel,
+        )?;
+        if g.view != View::Plain {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
     }
 
     /// Invalidate everything the kernel caches for every inode (after a
@@ -618,7 +655,7 @@ impl Stack {
             if changed.contains(&f.node.ino) {
                 continue;
             }
-            if self.decide_handle(f, false).is_err() {
+            if self.decide_handle(f, false, false).is_err() {
                 changed.push(f.node.ino);
             }
         }
@@ -755,28 +792,24 @@ impl Stack {
     }
 
     /// Decide an open of `node` with `flags` for `c`.
-    fn decide_open(
-        &self,
-        c: &Caller,
-        node: &Node,
-        flags: i32,
-    ) -> VfsResult<(Grant, Option<Opener>)> {
+    fn decide_open(&self, c: &Caller, node: &Node, flags: i32) -> VfsResult<Decided> {
         let acc = flags & libc::O_ACCMODE;
-        let reads = acc != libc::O_WRONLY;
-        let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let write_action = if flags & libc::O_APPEND != 0 {
-            Action::FWrApp
-        } else {
-            Action::FWr
-        };
+        let append = flags & libc::O_APPEND != 0;
+        let trunc = flags & libc::O_TRUNC != 0;
+        let writes = acc != libc::O_RDONLY || trunc;
+        // Appending is f_wr_app; truncating is never appending (f_wr).
+        let actions = [
+            (acc != libc::O_WRONLY, Action::FRd),
+            (writes && append, Action::FWrApp),
+            (writes && (!append || trunc), Action::FWr),
+        ];
         let mut grant = None;
         let mut opener = None;
-        for (wanted, action) in [(reads, Action::FRd), (writes, write_action)] {
+        for (wanted, action) in actions {
             if !wanted {
                 continue;
             }
             let (g, who) = self.check_node_open(c, node, action)?;
-            let g = self.for_node(g, node);
             opener = opener.or(who);
             // Writing is only ever done in the plaintext view: a write
             // without the key would store plaintext or garbage.
@@ -797,22 +830,99 @@ impl Stack {
             Some(g) => g,
             // Unreachable (every access mode reads or writes); never
             // fail open: decide it as a read.
-            None => self.for_node(self.check_node(c, node, Action::FRd)?, node),
+            None => self.check_node(c, node, Action::FRd)?,
         };
         // The inode must show the view this caller was granted.
         if grant.view != node.view {
             return Err(Errno::EACCES);
         }
-        Ok((grant, opener))
+        // An append granted where writing is not: every write of this
+        // handle must land at the end of the file (see `write`). A probe:
+        // the writes it refuses are decided and audited when they come.
+        let append_only = writes
+            && append
+            && self.cfg.access.generation() != 0
+            && self
+                .rel_path(node)
+                .and_then(|p| self.cfg.access.probe(c, &p, Action::FWr))
+                .is_err();
+        Ok(Decided {
+            grant,
+            opener,
+            append_only,
+        })
     }
 
-    fn open_node(
+    /// Load what `node`'s lower file holds under the key rule of `grant`
+    /// for an open with `flags`, or refuse the open.
+    ///
+    /// The key rule decides how the file is read: a file whose bytes do not
+    /// fit it (a header for another key, no header where the rule names a
+    /// key, a key version not held) is refused with `EIO` and an audit
+    /// record naming the key found and the key required, except for an open
+    /// that empties it (`O_TRUNC` for writing, which starts the file anew
+    /// under the rule). A file loaded under another key rule (a hard link
+    /// made on the lower file system, or the key rules changed) is read
+    /// under this one once nothing holds it open under the other, through
+    /// a fresh inode (the kernel's pages belong to the old reading): the
+    /// old node is retired and revoked, and `ESTALE` makes the kernel look
+    /// the path up again.
+    fn load_for_open(
         &self,
-        c: &Caller,
-        node: Arc<Node>,
+        node: &Node,
+        fd: BorrowedFd<'_>,
+        grant: &Grant,
         flags: i32,
-        (grant, opener): (Grant, Option<Opener>),
-    ) -> VfsResult<Opened> {
+    ) -> VfsResult<()> {
+        let f = node.file();
+        match f.load(&self.io(node, fd, &grant.key))? {
+            file::Load::Ready => Ok(()),
+            file::Load::Refused { found, why } => {
+                let path = self.rel_path(node).unwrap_or_else(|_| b"?".to_vec());
+                self.cfg
+                    .access
+                    .refused_file(&path, &grant.key, &found, &why);
+                let empties =
+                    flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+                if empties { Ok(()) } else { Err(Errno::EIO) }
+            }
+            file::Load::OtherRule => {
+                if f.reset_if(|| !self.open_elsewhere(f)) {
+                    if let Some(old) = self.nodes.retire(node.ino) {
+                        old.revoke();
+                    }
+                    return Err(Errno(libc::ESTALE));
+                }
+                log::error!(
+                    "secfs: {}: open under key rule {} refused (EIO): the file is open under another key rule",
+                    node.display_path(),
+                    grant.key.label(),
+                );
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Whether a handle that is not revoked reads `state` in the plaintext
+    /// view (and so relies on how it was loaded).
+    fn open_elsewhere(&self, state: &Arc<file::FileState>) -> bool {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|h| {
+                matches!(&**h, Handle::File(f) if f.view == View::Plain
+                    && f.node.standing() != Standing::Revoked
+                    && Arc::ptr_eq(f.node.file(), state))
+            })
+    }
+
+    fn open_node(&self, c: &Caller, node: Arc<Node>, flags: i32, d: Decided) -> VfsResult<Opened> {
+        let Decided {
+            grant,
+            opener,
+            append_only,
+        } = d;
         let acc = flags & libc::O_ACCMODE;
         // Encrypted writes read-modify-write whole units, so any writable
         // open needs read access to the lower file. O_APPEND, O_TRUNC and
@@ -833,31 +943,37 @@ impl Stack {
         };
         let raw = grant.view == View::Raw;
         if !raw {
-            node.file().load(&self.io(&node, fd.as_fd(), &grant.key))?;
+            self.load_for_open(&node, fd.as_fd(), &grant, flags)?;
         }
         let plain = !raw && node.file().is_plain();
         let privileged = plain && self.cfg.passthrough && self.has_privileges(&node);
+        let rule = grant.key.clone();
         let fh = self.add_handle(Handle::File(FileHandle {
             node: node.clone(),
             fd,
             view: grant.view,
-            new_key: grant.key,
+            rule: grant.key,
             caller: *c,
             opener,
             reads: acc != libc::O_WRONLY,
             writes: acc != libc::O_RDONLY,
             append: flags & libc::O_APPEND != 0,
+            append_only,
             generation: AtomicU64::new(grant.generation),
         }));
         // A reload that ran while this open was decided did not see this
         // handle: decide it again now (and refuse it on a node the reload
-        // retired). A reload after this point sees the handle.
+        // retired). A reload after this point sees the handle. Likewise an
+        // open under another key rule that reset the contents before this
+        // handle was added: this one must not read them under its rule.
+        let reread = !raw && node.file().loaded_rule().as_ref() != Some(&rule);
         if node.standing() != Standing::Live
+            || reread
             || (self.cfg.access.generation() != grant.generation
-                && self.with_file(fh, |f| self.recheck(f)).is_err())
+                && self.with_file(fh, |f| self.recheck(f, false)).is_err())
         {
             let _ = self.release(node.ino, fh);
-            return Err(if node.standing() != Standing::Live {
+            return Err(if node.standing() != Standing::Live || reread {
                 Errno(libc::ESTALE)
             } else {
                 Errno::EACCES
@@ -868,15 +984,18 @@ impl Stack {
         // has decided, the kernel may do their I/O on the lower file itself.
         // Passthrough writes never reach secfs, so it could not clear set-id
         // bits or capabilities on them (FUSE_HANDLE_KILLPRIV_V2): files
-        // that carry any go through secfs, uncached, instead.
-        let passthrough = self.cfg.passthrough && plain && !privileged;
+        // that carry any go through secfs, uncached, instead. Append-only
+        // handles write through secfs, uncached, so that each write arrives
+        // with its own offset to check (cached writeback rewrites whole
+        // pages, passthrough writes never reach secfs).
+        let passthrough = self.cfg.passthrough && plain && !privileged && !append_only;
         Ok(Opened {
             fh,
             // Passthrough opens must not ask for the page cache, and other
             // opens of a passthrough file must bypass it: the kernel
             // refuses (EIO) to mix its cached and passthrough modes.
-            keep_cache: !raw && !passthrough && !privileged,
-            direct_io: raw || privileged,
+            keep_cache: !raw && !passthrough && !privileged && !append_only,
+            direct_io: raw || privileged || append_only,
             passthrough,
         })
     }
@@ -935,15 +1054,19 @@ impl Stack {
         }
         Ok((None, Some(self.reopen(node, OFlag::O_RDWR)?)))
     }
+}
 
-    /// The header of a file, for status tools (`voradmin secfs iv get`).
-    pub fn header_of(&self, ino: Ino) -> VfsResult<Option<file::Header>> {
-        let node = self.nodes.get(ino)?;
-        let fd = self.reopen(&node, OFlag::O_RDONLY)?;
-        node.file()
-            .load(&self.io(&node, fd.as_fd(), &NewKey::Default))?;
-        Ok(node.file().header())
-    }
+/// `EXDEV` for a rename or link from `from` to `to` across key rules: the
+/// bytes would stay encrypted (or clear) as the source's key rule has them
+/// where the destination's names another, so tools copy instead, and the
+/// copy is written under the destination's key.
+fn exdev(from: &[u8], to: &[u8]) -> Errno {
+    log::info!(
+        "secfs: {} -> {}: across key rules (EXDEV; the data is copied and re-encrypted instead)",
+        String::from_utf8_lossy(from),
+        String::from_utf8_lossy(to)
+    );
+    Errno(libc::EXDEV)
 }
 
 fn handle_fd(h: &Handle) -> VfsResult<BorrowedFd<'_>> {
@@ -1003,46 +1126,55 @@ fn timespec(t: SetTime) -> nix::sys::time::TimeSpec {
     }
 }
 
+impl Stack {
+    /// Look `name` up in `parent` for `c`: its attributes are read with
+    /// `f_rd_att`/`d_rd_att` (decided and audited when `audit`, else
+    /// probed), and, when views are isolated, the caller's read decision
+    /// picks the inode it reaches (a refused reader reaches the plaintext
+    /// inode, which it cannot open). The read decision is a probe, not an
+    /// operation: it is not audited (the open is).
+    fn lookup_as(&self, c: &Caller, p: &Node, name: &OsStr, audit: bool) -> VfsResult<Entry> {
+        if self.cfg.access.generation() == 0 {
+            return self.do_lookup(p, name, &RuleKey::Default);
+        }
+        let path = self.child_path(p, name)?;
+        self.lookup_at(c, p, name, &path, audit)
+    }
+
+    /// [`Stack::lookup_as`] with the child's path (relative to the
+    /// GuardPoint) already known; a policy is loaded.
+    fn lookup_at(
+        &self,
+        c: &Caller,
+        p: &Node,
+        name: &OsStr,
+        path: &[u8],
+        audit: bool,
+    ) -> VfsResult<Entry> {
+        let rule = self.cfg.access.rule_at(path);
+        self.lookup_view(p, name, &rule, |kind, _key| {
+            let action = attr_action(kind, false, false);
+            if audit {
+                self.cfg.access.check(c, path, action)?;
+            } else {
+                self.cfg.access.probe(c, path, action)?;
+            }
+            if kind == FileKind::Regular && self.cfg.access.isolated() {
+                return Ok(match self.cfg.access.probe(c, path, Action::FRd) {
+                    Ok(g) => g.view,
+                    Err(_) => View::Plain,
+                });
+            }
+            Ok(View::Plain)
+        })
+    }
+}
+
 impl VnodeOps for Stack {
     fn lookup(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry> {
         check_name(name)?;
         let p = self.nodes.get(parent)?;
-        if self.cfg.access.generation() == 0 {
-            return self.do_lookup(&p, name);
-        }
-        let path = self.child_path(&p, name)?;
-        self.lookup_view(&p, name, |kind, key| {
-            // Looking up a name reads its attributes.
-            self.cfg
-                .access
-                .check(c, &path, attr_action(kind, false, false))?;
-            // When views are isolated, the caller's read decision picks the
-            // inode it reaches (a refused reader reaches the plaintext
-            // inode, which it cannot open). This is a probe, not an
-            // operation: it is not audited (the open is).
-            if kind == FileKind::Regular && self.cfg.access.isolated() {
-                let Ok(g) = self.cfg.access.probe(c, &path, Action::FRd) else {
-                    return Ok(View::Plain);
-                };
-                if !g.clear_only {
-                    return Ok(g.view);
-                }
-                // Clear-only: raw unless the file is headerless. Look at
-                // the object itself; if the name changed meanwhile, the
-                // open decides again on the inode it reaches.
-                let fd = nix::fcntl::openat(
-                    p.fd(),
-                    name,
-                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    StatMode::empty(),
-                )?;
-                if key_of(&nix::sys::stat::fstat(fd.as_fd())?) != key {
-                    return Ok(View::Raw);
-                }
-                return Ok(g.for_file(self.lower_encrypted(fd.as_fd())).view);
-            }
-            Ok(View::Plain)
-        })
+        self.lookup_as(c, &p, name, true)
     }
 
     fn forget(&self, ino: Ino, nlookup: u64) {
@@ -1064,9 +1196,9 @@ impl VnodeOps for Stack {
         // nothing is written into its page cache.
         self.gate(&node, fh)?;
         // Reading attributes is f_rd_att / d_rd_att (browsing applies).
-        self.check_node(c, &node, attr_action(node.kind, false, false))?;
+        let g = self.check_node(c, &node, attr_action(node.kind, false, false))?;
         let st = self.stat_node(&node)?;
-        Ok(self.attr_of(&node, &st))
+        Ok(self.attr_of(&node, &st, &g.key))
     }
 
     fn setattr(&self, c: &Caller, ino: Ino, set: &SetAttr) -> VfsResult<Attr> {
@@ -1087,14 +1219,21 @@ impl VnodeOps for Stack {
             self.check_node(c, &node, attr_action(node.kind, true, false))
                 .map_err(|e| if explicit { eperm(e) } else { e })?;
         }
-        let mut grant = Grant::unrestricted();
+        let mut grant = None;
         if set.size.is_some() {
-            // Truncation changes contents: a write, in the plaintext view.
-            grant = self.for_node(self.check_node(c, &node, Action::FWr)?, &node);
-            if grant.view != View::Plain || node.view != View::Plain {
+            // Truncation changes contents: a write (never an append), in
+            // the plaintext view.
+            let g = self.check_node(c, &node, Action::FWr)?;
+            if g.view != View::Plain || node.view != View::Plain {
                 return Err(Errno::EACCES);
             }
+            grant = Some(g);
         }
+        let rule = match &grant {
+            Some(g) => g.key.clone(),
+            None if node.kind == FileKind::Regular => self.node_rule(&node)?,
+            None => RuleKey::Default,
+        };
         if let Some(mode) = set.mode {
             if node.kind == FileKind::Symlink {
                 return Err(Errno::EOPNOTSUPP);
@@ -1126,8 +1265,13 @@ impl VnodeOps for Stack {
                 (None, None) => return Err(Errno::EBADF),
             };
             let f = node.file();
-            let io = self.io(&node, fd, &grant.key);
-            f.load(&io)?;
+            let io = self.io(&node, fd, &rule);
+            // A file refused under its key rule can only be emptied (see
+            // `FileState::resize`); one loaded under another key rule is
+            // left alone.
+            if f.load(&io)? == file::Load::OtherRule {
+                return Err(Errno::EIO);
+            }
             f.truncate(&io, size)?;
             // Truncation kills privileges like a write; the kernel's own
             // flag for it is not passed through, so a caller other than
@@ -1149,7 +1293,7 @@ impl VnodeOps for Stack {
             )?;
         }
         let st = self.stat_node(&node)?;
-        Ok(self.attr_of(&node, &st))
+        Ok(self.attr_of(&node, &st, &rule))
     }
 
     fn readlink(&self, c: &Caller, ino: Ino) -> VfsResult<Vec<u8>> {
@@ -1189,14 +1333,14 @@ impl VnodeOps for Stack {
                 rdev as libc::dev_t,
             )?)
         })?;
-        let e = self.do_lookup(&p, name)?;
-        if kind == SFlag::S_IFREG && self.cfg.mode != Mode::Clear {
+        let e = self.do_lookup(&p, name, &grant.key)?;
+        if kind == SFlag::S_IFREG {
             let node = self.nodes.get(e.ino)?;
             let fd = self.reopen(&node, OFlag::O_RDWR)?;
             node.file()
                 .create_header(&self.io(&node, fd.as_fd(), &grant.key))?;
             return Ok(Entry {
-                attr: self.attr_of(&node, &self.stat_node(&node)?),
+                attr: self.attr_of(&node, &self.stat_node(&node)?, &grant.key),
                 ..e
             });
         }
@@ -1214,7 +1358,7 @@ impl VnodeOps for Stack {
                 StatMode::from_bits_truncate(mode & 0o7777),
             )?)
         })?;
-        self.do_lookup(&p, name)
+        self.do_lookup(&p, name, &RuleKey::Default)
     }
 
     fn unlink(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
@@ -1244,7 +1388,7 @@ impl VnodeOps for Stack {
         let p = self.nodes.get(parent)?;
         self.check_child(c, &p, name, Action::FLink)?;
         self.as_caller(c, &p, || Ok(nix::unistd::symlinkat(target, p.fd(), name)?))?;
-        self.do_lookup(&p, name)
+        self.do_lookup(&p, name, &RuleKey::Default)
     }
 
     fn rename(
@@ -1260,17 +1404,21 @@ impl VnodeOps for Stack {
         check_name(new_name)?;
         let p = self.nodes.get(parent)?;
         let np = self.nodes.get(new_parent)?;
+        let f = nix::fcntl::RenameFlags::from_bits(flags.0).ok_or(Errno::EINVAL)?;
         if self.cfg.access.generation() != 0 {
-            let st = nix::sys::stat::fstatat(p.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-            let action = if FileKind::from_mode(st.st_mode) == FileKind::Directory {
-                Action::DRen
-            } else {
-                Action::FRen
+            let is_dir = |dir: &Node, name: &OsStr| {
+                nix::sys::stat::fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map(|st| FileKind::from_mode(st.st_mode) == FileKind::Directory)
             };
+            let dir = is_dir(&p, name)?;
+            let action = if dir { Action::DRen } else { Action::FRen };
             self.check_child(c, &p, name, action)?;
             self.check_child(c, &np, new_name, action)?;
+            // An exchange moves the destination too.
+            let dir = dir
+                || (f.contains(nix::fcntl::RenameFlags::RENAME_EXCHANGE) && is_dir(&np, new_name)?);
+            self.same_key_rules(&p, name, &np, new_name, dir)?;
         }
-        let f = nix::fcntl::RenameFlags::from_bits(flags.0).ok_or(Errno::EINVAL)?;
         Ok(nix::fcntl::renameat2(p.fd(), name, np.fd(), new_name, f)?)
     }
 
@@ -1279,9 +1427,16 @@ impl VnodeOps for Stack {
         let node = self.nodes.get(ino)?;
         let np = self.nodes.get(new_parent)?;
         self.check_node(c, &node, Action::FLink)?;
-        self.check_child(c, &np, new_name, Action::FLink)?;
+        let grant = self.check_child(c, &np, new_name, Action::FLink)?;
+        if self.cfg.access.generation() != 0 {
+            let from = self.rel_path(&node)?;
+            let to = self.child_path(&np, new_name)?;
+            if !self.cfg.access.same_key_rules(&from, &to, false) {
+                return Err(exdev(&from, &to));
+            }
+        }
         nix::unistd::linkat(node.fd(), c"", np.fd(), new_name, AtFlags::AT_EMPTY_PATH)?;
-        self.do_lookup(&np, new_name)
+        self.do_lookup(&np, new_name, &grant.key)
     }
 
     fn open(&self, c: &Caller, ino: Ino, flags: i32) -> VfsResult<Opened> {
@@ -1325,16 +1480,17 @@ impl VnodeOps for Stack {
             Err(Errno(libc::EEXIST)) if flags & libc::O_EXCL == 0 => false,
             Err(e) => return Err(e),
         };
-        let e = self.do_lookup(&p, name)?;
+        let rule = grant.key;
+        let e = self.do_lookup(&p, name, &rule)?;
         let node = self.nodes.get(e.ino)?;
         if node.kind != FileKind::Regular {
             self.nodes.forget(e.ino, 1);
             return Err(Errno::EISDIR);
         }
-        if created && self.cfg.mode != Mode::Clear {
+        if created {
             let fd = self.reopen(&node, OFlag::O_RDWR)?;
             node.file()
-                .create_header(&self.io(&node, fd.as_fd(), &grant.key))?;
+                .create_header(&self.io(&node, fd.as_fd(), &rule))?;
         }
         // Creating is f_cre; the open that comes with it is decided like
         // any open (f_wr for writing, f_rd for reading), whether the name
@@ -1358,32 +1514,25 @@ impl VnodeOps for Stack {
                 return Err(err);
             }
         };
-        let attr = self.attr_of(&node, &self.stat_node(&node)?);
+        let attr = self.attr_of(&node, &self.stat_node(&node)?, &rule);
         Ok((Entry { attr, ..e }, opened))
     }
 
-    fn read(
-        &self,
-        _c: &Caller,
-        _ino: Ino,
-        fh: Fh,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> VfsResult<usize> {
+    fn read(&self, c: &Caller, _ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> VfsResult<usize> {
         self.with_file(fh, |f| {
-            self.recheck(f)?;
+            self.recheck(f, c.pid == 0)?;
             if f.view == View::Raw {
                 return file::pread_full(f.fd.as_fd(), buf, offset);
             }
             f.node
                 .file()
-                .read(&self.io(&f.node, f.fd.as_fd(), &f.new_key), offset, buf)
+                .read(&self.io(&f.node, f.fd.as_fd(), &f.rule), offset, buf)
         })
     }
 
     fn write(
         &self,
-        _c: &Caller,
+        c: &Caller,
         _ino: Ino,
         fh: Fh,
         offset: u64,
@@ -1391,14 +1540,21 @@ impl VnodeOps for Stack {
         kill_suidgid: bool,
     ) -> VfsResult<usize> {
         self.with_file(fh, |f| {
-            self.recheck(f)?;
+            self.recheck(f, c.pid == 0)?;
             if f.view != View::Plain {
                 return Err(Errno::EACCES);
             }
             f.node.file().kill_privs(f.fd.as_fd(), kill_suidgid)?;
-            f.node
-                .file()
-                .write(&self.io(&f.node, f.fd.as_fd(), &f.new_key), offset, data)
+            let io = self.io(&f.node, f.fd.as_fd(), &f.rule);
+            if f.append_only {
+                if let Some(n) = f.node.file().append(&io, offset, data)? {
+                    return Ok(n);
+                }
+                // Anywhere but at the end (O_APPEND cleared with fcntl,
+                // then pwrite): a write, which the opener was not granted.
+                self.writes_granted(f, c.pid == 0)?;
+            }
+            f.node.file().write(&io, offset, data)
         })
     }
 
@@ -1450,16 +1606,13 @@ impl VnodeOps for Stack {
 
     fn readdir(
         &self,
-        _c: &Caller,
+        c: &Caller,
         _ino: Ino,
         fh: Fh,
         offset: u64,
         plus: bool,
         sink: &mut dyn DirSink,
     ) -> VfsResult<()> {
-        // With isolated views an entry's inode depends on who looks it up,
-        // so readdir hands out names only and lets each lookup decide.
-        let plus = plus && !self.cfg.access.isolated();
         let h = self.handle(fh)?;
         let Handle::Dir { node, entries } = &*h else {
             return Err(Errno::ENOTDIR);
@@ -1505,6 +1658,12 @@ impl VnodeOps for Stack {
             *entries = Some(v);
         }
         let list = entries.as_ref().map(|v| &v[..]).unwrap_or(&[]);
+        // Policies name paths: the directory's, once per call.
+        let dir_path = if plus && self.cfg.access.generation() != 0 {
+            Some(self.rel_path(node)?)
+        } else {
+            None
+        };
         for (i, rec) in list.iter().enumerate().skip(offset as usize) {
             let de = DirEntry {
                 st_ino: rec.st_ino,
@@ -1514,7 +1673,32 @@ impl VnodeOps for Stack {
             };
             let dot = rec.name == "." || rec.name == "..";
             if plus && !dot {
-                let e = match self.do_lookup(node, &rec.name) {
+                // Every entry of a READDIRPLUS reply creates (or updates) a
+                // kernel inode, so it carries that inode's true attributes:
+                // each is a lookup for the lister, choosing its view as a
+                // lookup would (see `access`), without an audit record. An
+                // entry whose attributes the lister may not read still gets
+                // the plaintext inode's true attributes, as any lookup
+                // would show them (the kernel has no way to list a name
+                // without an inode in a READDIRPLUS reply).
+                let looked = match &dir_path {
+                    Some(dp) => {
+                        let mut path = dp.clone();
+                        if path != b"/" {
+                            path.push(b'/');
+                        }
+                        path.extend_from_slice(rec.name.as_bytes());
+                        match self.lookup_at(c, node, &rec.name, &path, false) {
+                            Err(Errno::EACCES) => {
+                                let rule = self.cfg.access.rule_at(&path);
+                                self.do_lookup(node, &rec.name, &rule)
+                            }
+                            r => r,
+                        }
+                    }
+                    None => self.do_lookup(node, &rec.name, &RuleKey::Default),
+                };
+                let e = match looked {
                     Ok(e) => e,
                     Err(Errno(libc::ENOENT)) => continue, // removed since the snapshot
                     Err(e) => return Err(e),
@@ -1611,7 +1795,7 @@ impl VnodeOps for Stack {
 
     fn fallocate(
         &self,
-        _c: &Caller,
+        c: &Caller,
         _ino: Ino,
         fh: Fh,
         offset: u64,
@@ -1619,16 +1803,18 @@ impl VnodeOps for Stack {
         mode: i32,
     ) -> VfsResult<()> {
         self.with_file(fh, |f| {
-            self.recheck(f)?;
+            self.recheck(f, c.pid == 0)?;
             if f.view != View::Plain || !f.writes {
                 return Err(Errno::EACCES);
             }
-            f.node.file().fallocate(
-                &self.io(&f.node, f.fd.as_fd(), &f.new_key),
-                offset,
-                len,
-                mode,
-            )
+            // Allocating, punching, zeroing, collapsing, inserting: none
+            // of them is an append.
+            if f.append_only {
+                self.writes_granted(f, c.pid == 0)?;
+            }
+            f.node
+                .file()
+                .fallocate(&self.io(&f.node, f.fd.as_fd(), &f.rule), offset, len, mode)
         })
     }
 
@@ -1644,6 +1830,17 @@ impl VnodeOps for Stack {
             }
             f.node.file().lseek(f.fd.as_fd(), offset, whence)
         })
+    }
+
+    fn inherits_acl(&self, dir: Ino) -> bool {
+        let Ok(node) = self.nodes.get(dir) else {
+            return false;
+        };
+        node.kind == FileKind::Directory
+            && self
+                .xattrs(node.fd())
+                .getxattr(OsStr::new("system.posix_acl_default"))
+                .is_ok_and(|v| !v.is_empty())
     }
 
     fn backing_fd(&self, fh: Fh) -> Option<OwnedFd> {

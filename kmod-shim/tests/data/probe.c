@@ -16,7 +16,15 @@
  *                            gives (or "ERR n"), "--FSTAT--" and "OK" or
  *                            "ERR n", and last "--MAP--" and the mapping
  *                            (a refused fault is SIGBUS)
+ *   probe append FILE DATA   the append-only attack: open O_WRONLY|O_APPEND
+ *                            and write DATA, then clear O_APPEND with fcntl
+ *                            and try pwrite at 0, fallocate (punch, zero,
+ *                            collapse, insert, grow), ftruncate, an
+ *                            O_APPEND|O_TRUNC open, and last a pwrite at
+ *                            the end; one "NAME OK" or "NAME ERR n" line
+ *                            each
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -27,6 +35,35 @@
 #include <unistd.h>
 
 static int fail(void) { printf("ERR %d\n", errno); return 1; }
+
+static void report(const char *what, int r) {
+    if (r < 0) printf("%s ERR %d\n", what, errno);
+    else printf("%s OK\n", what);
+}
+
+static int append_attack(const char *file, const char *data) {
+    size_t len = strlen(data);
+    int fd = open(file, O_WRONLY | O_APPEND);
+    if (fd < 0) return fail();
+    report("APPEND", write(fd, data, len) == (ssize_t)len ? 0 : -1);
+    int fl = fcntl(fd, F_GETFL);
+    report("CLEAR", fcntl(fd, F_SETFL, fl & ~O_APPEND));
+    report("PWRITE0", pwrite(fd, data, len, 0) == (ssize_t)len ? 0 : -1);
+    report("PUNCH", fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1));
+    report("ZERO", fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, 1));
+    report("COLLAPSE", fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, 4096));
+    report("INSERT", fallocate(fd, FALLOC_FL_INSERT_RANGE, 0, 4096));
+    report("GROW", fallocate(fd, 0, 0, 1 << 20));
+    report("TRUNC", ftruncate(fd, 0));
+    int t = open(file, O_WRONLY | O_APPEND | O_TRUNC);
+    report("OTRUNC", t);
+    if (t >= 0) close(t);
+    struct stat st;
+    if (fstat(fd, &st) < 0) return fail();
+    report("END", pwrite(fd, data, len, st.st_size) == (ssize_t)len ? 0 : -1);
+    close(fd);
+    return 0;
+}
 
 static ssize_t read_all(int fd, unsigned char *buf, size_t n) {
     size_t t = 0;
@@ -41,6 +78,7 @@ static ssize_t read_all(int fd, unsigned char *buf, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
+    if (!strcmp(argv[1], "append") && argc > 3) return append_attack(argv[2], argv[3]);
     int fd = open(argv[2], O_RDONLY);
     if (fd < 0) return fail();
     struct stat st;
