@@ -399,9 +399,16 @@ fn a_file_from_another_guard_point_is_refused_under_another_key() {
         b"secret of the first GuardPoint"
     );
     let want = format!("Res[{}/f] Key[k2] Found[k1]", two.display());
-    wait_until("audit record", || {
-        fs::read_to_string(&svc.audit)
-            .unwrap_or_default()
-            .contains(&want)
-    });
+    let audit = || fs::read_to_string(&svc.audit).unwrap_or_default();
+    for _ in 0..100 {
+        if audit().contains(&want) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "no `{want}` in the audit log:\n{}\nlog:\n{}",
+        audit(),
+        svc.log_text()
+    );
 }

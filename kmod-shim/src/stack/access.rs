@@ -422,13 +422,13 @@ impl Access {
     /// Record that the lower file at `path` was refused because its bytes do
     /// not fit its key rule (`required`): it carries a header for the key
     /// `found` (`none`: no valid header), or its key is not available.
-    pub fn refused_file(&self, path: &[u8], required: &RuleKey, found: &str, why: &str) {
+    pub fn refused_file(&self, path: &[u8], required: &str, found: &str, why: &str) {
         let policy = self.policy_name().unwrap_or_default();
         let line = guardfs_policy::KeyMismatchLine {
             policy: &policy,
             guard_point: &self.guard_point,
             path,
-            required: required.label(),
+            required,
             found,
             why,
         }

@@ -879,9 +879,13 @@ impl Stack {
             file::Load::Ready => Ok(()),
             file::Load::Refused { found, why } => {
                 let path = self.rel_path(node).unwrap_or_else(|_| b"?".to_vec());
-                self.cfg
-                    .access
-                    .refused_file(&path, &grant.key, &found, &why);
+                // The GuardPoint's own key by its name.
+                let required = match &grant.key {
+                    RuleKey::Default => self.cfg.keys.current().map(|(n, _, _)| n),
+                    _ => None,
+                };
+                let required = required.as_deref().unwrap_or(grant.key.label());
+                self.cfg.access.refused_file(&path, required, &found, &why);
                 let empties =
                     flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
                 if empties { Ok(()) } else { Err(Errno::EIO) }
@@ -1210,7 +1214,28 @@ impl VnodeOps for Stack {
             self.check_node(c, &node, attr_action(node.kind, true, true))
                 .map_err(eperm)?;
         }
-        if set.atime.is_some() || set.mtime.is_some() {
+        // With the writeback cache the kernel keeps a file's times itself
+        // and sends the modification time of writes through a handle open
+        // for writing (mtime only, with that handle): part of the writes
+        // that handle was granted (f_wr or f_wr_app), decided again as the
+        // handle is, not as a change of attributes. Refusing it would fail
+        // the writes themselves (the kernel reports EIO).
+        let write_times = set.mtime.is_some()
+            && set.atime.is_none()
+            && set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && set.fh.is_some_and(|fh| {
+                self.with_file(fh, |f| {
+                    if !f.writes || f.view != View::Plain {
+                        return Err(Errno::EACCES);
+                    }
+                    self.recheck(f, c.pid == 0)
+                })
+                .is_ok()
+            });
+        if (set.atime.is_some() || set.mtime.is_some()) && !write_times {
             // Setting the times to "now" needs only write access in POSIX
             // (EACCES); explicit times need ownership (EPERM).
             let explicit = [set.atime, set.mtime]
