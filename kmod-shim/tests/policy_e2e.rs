@@ -665,6 +665,34 @@ fn the_key_rule_not_the_file_decides_how_it_is_read() {
             // The genuine files still read.
             assert_eq!(fs::read(gp.path("f")).unwrap(), data);
             assert_eq!(fs::read(gp.path("hr/s")).unwrap(), data);
+            // One lower file under two key rules (a hard link made on the
+            // lower file system): read under each rule in turn, refused
+            // under the one its header does not fit, also while it is
+            // open under the other.
+            if round == 0 {
+                fs::hard_link(gp.lower("hr/s"), gp.lower("linked")).unwrap();
+            }
+            let held = fs::File::open(gp.path("hr/s")).unwrap();
+            let r = fs::read(gp.path("linked")).map(|b| contains(&b, SECRET));
+            assert_eq!(
+                r.map_err(errno),
+                Err(libc::EIO),
+                "{mode}: open under hr-key"
+            );
+            drop(held);
+            let r = fs::read(gp.path("linked")).map(|b| contains(&b, SECRET));
+            assert_eq!(
+                r.map_err(errno),
+                Err(libc::EIO),
+                "{mode}: header names hr-key"
+            );
+            // Once the kernel forgets the inode, the first name decides.
+            drop_caches();
+            let r = fs::read(gp.path("linked")).map(|b| contains(&b, SECRET));
+            assert_eq!(r.map_err(errno), Err(libc::EIO), "{mode}: linked first");
+            drop_caches();
+            let r = fs::read(gp.path("hr/s")).map(|b| b == data);
+            assert_eq!(r.map_err(errno), Ok(true), "{mode}: hr/s again");
         }
         let audit = audit_text(&cfg);
         let gpd = gp.dir.display();

@@ -391,6 +391,28 @@ impl Stack {
             });
             match res {
                 Ok(node) => {
+                    // One lower file with names under two key rules (hard
+                    // links made on the lower file system): the kernel has
+                    // one inode for it, decided by the first name; the
+                    // other names are refused while it lives.
+                    if kind == FileKind::Regular
+                        && st.st_nlink > 1
+                        && self.cfg.access.generation() != 0
+                    {
+                        let first = self.node_rule(&node);
+                        if first.as_ref() != Ok(rule) {
+                            self.nodes.forget(node.ino, 1);
+                            let path = self.child_path(parent, name).unwrap_or_default();
+                            let found = first.map(|r| r.label().to_owned());
+                            self.cfg.access.refused_file(
+                                &path,
+                                rule.label(),
+                                found.as_deref().unwrap_or("?"),
+                                "a hard link of a file under another key rule",
+                            );
+                            return Err(Errno::EIO);
+                        }
+                    }
                     let attr = self.attr_of(&node, &st, rule);
                     let cacheable = !(kind == FileKind::Regular && self.cfg.access.isolated());
                     return Ok(Entry {
