@@ -298,15 +298,23 @@ impl Agent {
             return Err("keys are unavailable (host key locked)".into());
         };
         let info = store.get(name).ok_or_else(|| format!("no key {name:?}"))?;
-        if info.mode == Mode::Clear {
-            return Ok(());
-        }
-        let material = store.material(name, version).map_err(err)?;
-        let req = Ctl::PushKey {
-            name: name.to_owned(),
-            version,
-            mode: info.mode,
-            material: *material.expose(),
+        // A key of mode clear has no material: secfs only learns that key
+        // rules naming it store and serve files as they are.
+        let req = if info.mode == Mode::Clear {
+            Ctl::PushKey {
+                name: name.to_owned(),
+                version,
+                mode: Mode::Clear,
+                material: [0; 32],
+            }
+        } else {
+            let material = store.material(name, version).map_err(err)?;
+            Ctl::PushKey {
+                name: name.to_owned(),
+                version,
+                mode: info.mode,
+                material: *material.expose(),
+            }
         };
         self.ctl(&req).map(|_| ()).map_err(err)
     }

@@ -339,7 +339,14 @@ impl Request {
             } => {
                 put_text(&mut p[..NAME_LEN], name)?;
                 p[64..68].copy_from_slice(&version.to_le_bytes());
-                p[68] = code(mode)?;
+                // Mode code 0: a key of mode clear, which has no material.
+                p[68] = match mode {
+                    Mode::Clear if zeros(material) => 0,
+                    Mode::Clear => {
+                        return Err(ProtoError::Field("material", "a clear key has none"));
+                    }
+                    m => code(m)?,
+                };
                 p[72..104].copy_from_slice(material);
             }
             Request::RevokeKey { name, version } => {
@@ -428,8 +435,18 @@ impl Request {
                 }
                 let mut material = [0u8; 32];
                 material.copy_from_slice(&p[72..104]);
-                if zeros(&material) {
-                    return Err(ProtoError::Field("material", "all zeros"));
+                // Mode code 0 is a key of mode clear: no material; any
+                // other code needs material.
+                let mode = if p[68] == 0 {
+                    Mode::Clear
+                } else {
+                    mode_of(p[68])?
+                };
+                if zeros(&material) != (mode == Mode::Clear) {
+                    return Err(ProtoError::Field(
+                        "material",
+                        "all zeros, or given for a clear key",
+                    ));
                 }
                 let version = le_u32(p, 64);
                 if version == 0 {
@@ -438,7 +455,7 @@ impl Request {
                 Request::PushKey {
                     name: key_name(&p[..NAME_LEN])?,
                     version,
-                    mode: mode_of(p[68])?,
+                    mode,
                     material,
                 }
             }

@@ -183,6 +183,16 @@ impl Service {
 
     fn execute(&self, req: &Request, seq: u64) -> VfsResult<Vec<u8>> {
         match req {
+            // A key of mode clear has no material: its name is recorded so
+            // that key rules naming it serve files as they are.
+            Request::PushKey {
+                name,
+                mode: Mode::Clear,
+                ..
+            } => {
+                self.keys.insert_clear(name);
+                Ok(Vec::new())
+            }
             Request::PushKey {
                 name,
                 version,

@@ -282,7 +282,7 @@ fn read_offset() -> Option<i32> {
 pub fn missing_keys(policy: &CompiledPolicy, keys: &dyn KeySource) -> Vec<String> {
     policy
         .key_names()
-        .filter(|n| keys.latest(n).is_none())
+        .filter(|n| keys.latest(n).is_none() && !keys.is_clear(n))
         .map(str::to_owned)
         .collect()
 }

@@ -187,7 +187,7 @@ pub struct Io<'a> {
 impl Io<'_> {
     /// Whether the lower bytes are served as they are (see [`verbatim`]).
     fn verbatim(&self) -> bool {
-        verbatim(self.rule, self.mode)
+        verbatim(self.rule, self.mode, self.keys)
     }
 
     /// The name of the key whose headers this file may carry (any version
@@ -203,14 +203,15 @@ impl Io<'_> {
 
 /// Whether files under the key rule `rule` in a GuardPoint of mode `mode`
 /// are served and stored exactly as the lower bytes are: under
-/// `clear_key`, and under the GuardPoint's own key when the GuardPoint is
-/// `clear`. Whatever those bytes look like (a header included): the key
-/// rule decides how a file is read, never the file.
-pub fn verbatim(rule: &RuleKey, mode: Mode) -> bool {
+/// `clear_key` or a key of mode `clear`, and under the GuardPoint's own key
+/// when the GuardPoint is `clear`. Whatever those bytes look like (a
+/// header included): the key rule decides how a file is read, never the
+/// file.
+pub fn verbatim(rule: &RuleKey, mode: Mode, keys: &dyn KeySource) -> bool {
     match rule {
         RuleKey::Clear => true,
         RuleKey::Default => mode == Mode::Clear,
-        RuleKey::Named(_) => false,
+        RuleKey::Named(n) => keys.is_clear(n),
     }
 }
 

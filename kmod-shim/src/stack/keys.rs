@@ -21,6 +21,12 @@ pub trait KeySource: Send + Sync {
     fn get(&self, name: &str, version: u32) -> Option<Arc<PolicyKey>>;
     /// The newest version of the key `name`, for new files under a key rule.
     fn latest(&self, name: &str) -> Option<(u32, Arc<PolicyKey>)>;
+    /// Whether `name` is a key of mode `clear` (no material: files under a
+    /// key rule naming it are stored and served as they are).
+    fn is_clear(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 /// Keys held in memory, replaceable at run time.
@@ -33,6 +39,8 @@ pub struct StaticKeys {
 struct Inner {
     keys: HashMap<(String, u32), Arc<PolicyKey>>,
     current: Option<(String, u32)>,
+    /// Names of keys of mode `clear`.
+    clear: std::collections::HashSet<String>,
 }
 
 impl StaticKeys {
@@ -50,6 +58,12 @@ impl StaticKeys {
         if current {
             inner.current = Some((name.to_owned(), version));
         }
+    }
+
+    /// Record that `name` is a key of mode `clear` (it has no material).
+    pub fn insert_clear(&self, name: &str) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.clear.insert(name.to_owned());
     }
 
     /// Remove one version of a key; whether it was there.
@@ -114,6 +128,10 @@ impl KeySource for NamedKeys {
     fn latest(&self, name: &str) -> Option<(u32, Arc<PolicyKey>)> {
         self.shared.latest(name)
     }
+
+    fn is_clear(&self, name: &str) -> bool {
+        self.shared.is_clear(name)
+    }
 }
 
 impl std::fmt::Debug for StaticKeys {
@@ -147,5 +165,10 @@ impl KeySource for StaticKeys {
             .filter(|((n, _), _)| n == name)
             .max_by_key(|((_, v), _)| *v)
             .map(|((_, v), k)| (*v, k.clone()))
+    }
+
+    fn is_clear(&self, name: &str) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.clear.contains(name)
     }
 }

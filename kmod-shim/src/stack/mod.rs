@@ -289,7 +289,7 @@ impl Stack {
         let mut size = st.st_size as u64;
         let restat;
         let mut st = st;
-        if kind == FileKind::Regular && !file::verbatim(rule, self.cfg.mode) {
+        if kind == FileKind::Regular && !file::verbatim(rule, self.cfg.mode, &*self.cfg.keys) {
             let first = node.class() == Class::Unknown;
             let class = self.class_of(node);
             // The first time a file's size is shown, in either view, a
