@@ -226,10 +226,12 @@ struct Prepared {
 fn precheck(a: &MountArgs) -> Result<Prepared, (i32, String)> {
     mount::require_root().map_err(|e| (e.exit_code(), e.to_string()))?;
     drop(mount::open_fuse_device().map_err(|e| (e.exit_code(), e.to_string()))?);
-    let dir = mount::prepare_dir(&a.dir).map_err(|e| (e.exit_code(), e.to_string()))?;
+    // Directories that must never be guarded, before anything else.
+    let abs = mount::absolute(&a.dir).map_err(|e| (e.exit_code(), e.to_string()))?;
     guardfs_shim::forbidden::Forbidden::host()
-        .check(&dir)
+        .check(&abs)
         .map_err(|e| (exitcode::BAD_DIR, e))?;
+    mount::prepare_dir(&a.dir).map_err(|e| (e.exit_code(), e.to_string()))?;
     let keys = load_keys(a).map_err(|e| (exitcode::BAD_KEY, e))?;
     let policy = match &a.policy {
         Some(p) => Some(

@@ -1,0 +1,370 @@
+//! Issue 14 B and F, on real mounts: once guarded, the lower tree is
+//! reachable through no process, mount point or mount namespace but
+//! secfs; guarding what would break the host is refused.
+//!
+//! Each test performs the attack and asserts it fails. Needs root and
+//! /dev/fuse (CI has both).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+const MAGIC: &[u8] = b"GuardFS\0";
+const SECRET: &[u8] = b"REACH-PLAINTEXT-CANARY-0123456789";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A child killed on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        Proc(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        )
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sh -c SCRIPT` as a long-running process (ends in `exec sleep`).
+fn sh_proc(script: &str) -> Proc {
+    Proc::spawn(Command::new("sh").arg("-c").arg(script).current_dir("/"))
+}
+
+/// The command running in `pid`'s mount namespace (as root).
+fn in_ns(pid: u32, script: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn ns_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap()
+}
+
+/// Wait until `pid` runs in a mount namespace other than ours.
+fn wait_ns(pid: u32) {
+    let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    wait_until("the namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|n| n != own)
+            && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+}
+
+/// Whether `pid`'s mount table has a fuse.secfs mount at `path`.
+fn secfs_at(pid: u32, path: &Path) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split_whitespace().nth(4) == path.to_str() && l.contains(" - fuse.secfs ")
+        })
+}
+
+/// A GuardPoint directory (not mounted) with a key, for `secfs mount`
+/// attempts that are expected to be refused.
+struct Dir {
+    base: tempfile::TempDir,
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+fn dir() -> Dir {
+    let base = tempfile::Builder::new()
+        .prefix("guardfs-reach")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = base.path().join("gp");
+    std::fs::create_dir(&dir).unwrap();
+    let key = base.path().join("key");
+    assert!(run(&["genkey", key.to_str().unwrap()]).status.success());
+    Dir { base, dir, key }
+}
+
+fn mount_cmd(dir: &Path, key: &Path, log: &Path) -> std::process::Output {
+    run(&[
+        "mount",
+        dir.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+    ])
+}
+
+impl Dir {
+    fn try_mount(&self) -> std::process::Output {
+        mount_cmd(&self.dir, &self.key, &self.base.path().join("secfs.log"))
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = run(&["umount", "--lazy", self.dir.to_str().unwrap()]);
+        }
+    }
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Attack: keep the lower directory in hand across the guard — a shell
+/// sitting in it, an open fd on a file inside it, a program mapped from
+/// it, a process inside it in another mount namespace, one inside it
+/// through a bind mount — then read the plaintext-free lower tree behind
+/// the GuardPoint's back. The guard must be refused, naming each pid,
+/// with nothing mounted; once they are gone it succeeds.
+#[test]
+fn guard_is_refused_while_any_process_holds_the_lower_directory() {
+    let d = dir();
+    let sub = d.dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("f"), b"x").unwrap();
+    std::fs::copy("/bin/sleep", d.dir.join("mysleep")).unwrap();
+    let alias = d.base.path().join("alias");
+    std::fs::create_dir(&alias).unwrap();
+    assert!(
+        sh(&format!(
+            "mount --bind '{}' '{}'",
+            d.dir.display(),
+            alias.display()
+        ))
+        .status
+        .success()
+    );
+    let cwd = Proc::spawn(Command::new("sleep").arg("1000").current_dir(&sub));
+    let fd = sh_proc(&format!("exec 7<'{}/f'; exec sleep 1000", sub.display()));
+    let map = Proc::spawn(Command::new(d.dir.join("mysleep")).arg("1000").current_dir("/"));
+    let other_ns = sh_proc(&format!(
+        "exec unshare -m --propagation private sh -c \"cd '{}' && exec sleep 1000\"",
+        sub.display()
+    ));
+    let via_bind = Proc::spawn(Command::new("sleep").arg("1000").current_dir(&alias));
+    wait_ns(other_ns.pid());
+    for (name, p) in [
+        ("cwd", &cwd),
+        ("fd", &fd),
+        ("mapping", &map),
+        ("bind", &via_bind),
+    ] {
+        wait_until(name, || {
+            std::fs::read_to_string(format!("/proc/{}/comm", p.pid()))
+                .is_ok_and(|c| c.trim().ends_with("sleep"))
+        });
+    }
+    let out = d.try_mount();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(17), "{out:?}");
+    assert!(err.contains("busy: in use by pid"), "{err}");
+    for p in [&cwd, &fd, &map, &via_bind, &other_ns] {
+        // The namespace case: the shell exec'd unshare, which exec'd sleep.
+        assert!(err.contains(&format!("{} (", p.pid())), "pid {} not named: {err}", p.pid());
+    }
+    assert!(!is_mounted(&d.dir));
+    drop((cwd, fd, map, other_ns, via_bind));
+    let _ = nix::mount::umount2(&alias, nix::mount::MntFlags::MNT_DETACH);
+    let out = d.try_mount();
+    assert!(out.status.success(), "{out:?}");
+    assert!(run(&["umount", d.dir.to_str().unwrap()]).status.success());
+}
+
+/// After the guard, in `place` (a path seen by `pid`'s namespace, or ours
+/// when `pid` is None): a file written through the GuardPoint reads back
+/// as plaintext (not the lower ciphertext), and a file written there is
+/// encrypted on disk.
+fn assert_place_is_guarded(gp: &Gp, pid: Option<u32>, place: &Path, sub: &str) {
+    let name = format!("{sub}written-in-gp");
+    std::fs::write(gp.path(&name), SECRET).unwrap();
+    let read = format!("cat '{}/written-in-gp'", place.display());
+    let got = match pid {
+        Some(p) => in_ns(p, &read),
+        None => sh(&read),
+    };
+    assert!(got.status.success(), "{got:?}");
+    assert!(
+        !got.stdout.starts_with(MAGIC),
+        "{}: the lower ciphertext shows there, not the GuardPoint",
+        place.display()
+    );
+    assert_eq!(got.stdout, SECRET, "{}", place.display());
+    let write = format!("printf '%s' '{}' > '{}/written-there'", String::from_utf8_lossy(SECRET), place.display());
+    let w = match pid {
+        Some(p) => in_ns(p, &write),
+        None => sh(&write),
+    };
+    assert!(w.status.success(), "{w:?}");
+    let lower = std::fs::read(gp.lower(&format!("{sub}written-there"))).unwrap();
+    assert!(lower.starts_with(MAGIC), "{}: written around secfs", place.display());
+    assert!(!contains(&lower, SECRET), "{}: plaintext on disk", place.display());
+    assert_eq!(std::fs::read(gp.path(&format!("{sub}written-there"))).unwrap(), SECRET);
+}
+
+/// Attack: a mount namespace made before the guard (`unshare -m`, private
+/// propagation) keeps the lower directory at the GuardPoint's path. The
+/// guard must attach the GuardPoint there; unguard removes it again.
+#[test]
+fn a_mount_namespace_made_before_the_guard_gets_the_guardpoint() {
+    let holder = std::cell::RefCell::new(None);
+    let mut gp = Gp::new_with("xts", &[], |_| {
+        let p = sh_proc("exec unshare -m --propagation private sleep 1000");
+        wait_ns(p.pid());
+        *holder.borrow_mut() = Some(p);
+    });
+    let ns = holder.borrow_mut().take().unwrap();
+    assert!(secfs_at(ns.pid(), &gp.dir), "no GuardPoint in {:?}", ns_of(ns.pid()));
+    assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
+    gp.unmount();
+    assert!(
+        !secfs_at(ns.pid(), &gp.dir),
+        "the GuardPoint outlived unguard in the other namespace"
+    );
+}
+
+/// Attack: an unprivileged user makes a user+mount namespace
+/// (`unshare -Urm`) before the guard. Root attaches the GuardPoint there
+/// too (it has CAP_SYS_ADMIN over every user namespace).
+#[test]
+fn an_unprivileged_user_namespace_made_before_the_guard_gets_the_guardpoint() {
+    let holder = std::cell::RefCell::new(None);
+    let mut gp = Gp::new_with("xts", &[], |_| {
+        let p = sh_proc(
+            "exec setpriv --reuid=65534 --regid=65534 --clear-groups unshare -Urm sleep 1000",
+        );
+        wait_ns(p.pid());
+        *holder.borrow_mut() = Some(p);
+    });
+    let ns = holder.borrow_mut().take().unwrap();
+    assert!(secfs_at(ns.pid(), &gp.dir), "no GuardPoint in the user's namespace");
+    assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
+    // SIGTERM removes it everywhere.
+    let pid = gp.pid.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_until("daemon exit", || !pid_alive(pid));
+    assert!(!is_mounted(&gp.dir));
+    assert!(!secfs_at(ns.pid(), &gp.dir), "the GuardPoint outlived SIGTERM");
+}
+
+/// Attack: bind-mount the GuardPoint's parent elsewhere before the guard
+/// (`mount --bind /x /y`, then guard /x/gp): /y/gp must show the
+/// GuardPoint. And a bind of a subdirectory of the GuardPoint made before
+/// the guard must show that subdirectory of the GuardPoint.
+#[test]
+fn bind_mounts_of_the_parent_and_of_a_subdirectory_get_the_guardpoint() {
+    let binds: std::cell::RefCell<Vec<PathBuf>> = Default::default();
+    let mut gp = Gp::new_with("xts", &[], |dir| {
+        let base = dir.parent().unwrap();
+        let parent_alias = base.join("parent-alias");
+        let sub_alias = base.join("sub-alias");
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        for (from, to) in [(base.to_path_buf(), &parent_alias), (dir.join("sub"), &sub_alias)] {
+            std::fs::create_dir(to).unwrap();
+            assert!(
+                sh(&format!("mount --bind '{}' '{}'", from.display(), to.display()))
+                    .status
+                    .success()
+            );
+            binds.borrow_mut().push(to.clone());
+        }
+    });
+    let base = gp.base.path().to_path_buf();
+    let via_parent = base.join("parent-alias/gp");
+    let via_sub = base.join("sub-alias");
+    assert_place_is_guarded(&gp, None, &via_parent, "");
+    assert_place_is_guarded(&gp, None, &via_sub, "sub/");
+    gp.unmount();
+    let me = std::process::id();
+    assert!(!secfs_at(me, &via_parent), "GuardPoint left at {}", via_parent.display());
+    assert!(!secfs_at(me, &via_sub), "GuardPoint left at {}", via_sub.display());
+    for b in binds.borrow().iter().rev() {
+        let _ = nix::mount::umount2(b, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Attack: secfs is killed; its clone in another namespace is left dead
+/// (ENOTCONN, still covering the lower tree); a new guard covers it again.
+#[test]
+fn after_a_crash_a_new_guard_covers_the_dead_clones() {
+    let holder = std::cell::RefCell::new(None);
+    let mut gp = Gp::new_with("xts", &[], |_| {
+        let p = sh_proc("exec unshare -m --propagation private sleep 1000");
+        wait_ns(p.pid());
+        *holder.borrow_mut() = Some(p);
+    });
+    let ns = holder.borrow_mut().take().unwrap();
+    gp.kill9();
+    let o = in_ns(ns.pid(), &format!("ls '{}'", gp.dir.display()));
+    assert!(!o.status.success(), "the dead clone no longer covers: {o:?}");
+    assert!(stderr(&o).contains("not connected"), "{o:?}");
+    gp.mount("xts", &[]);
+    assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
+    gp.unmount();
+}
+
+// ---- F: refuse what would break the host ----
+
+fn refused(dir: &Path, why: &str) {
+    let d = dir_key();
+    let out = mount_cmd(dir, &d.1, &d.0.path().join("log"));
+    assert_eq!(out.status.code(), Some(12), "{}: {out:?}", dir.display());
+    let err = stderr(&out);
+    assert!(err.contains("refusing to guard") && err.contains(why), "{}: {err}", dir.display());
+    assert!(!is_mounted(dir));
+}
+
+fn dir_key() -> (tempfile::TempDir, PathBuf) {
+    let base = tempfile::tempdir_in("/var/tmp").unwrap();
+    let key = base.path().join("key");
+    assert!(run(&["genkey", key.to_str().unwrap()]).status.success());
+    (base, key)
+}
+
+/// Attack: guard the host's own directories. Refused, exit 12, with the
+/// reason; nothing mounted.
+#[test]
+fn system_directories_their_parents_and_insides_are_refused() {
+    refused(Path::new("/etc"), "/etc (a system directory)");
+    refused(Path::new("/usr/share"), "inside /usr");
+    refused(Path::new("/var"), "containing /var/lib/dpkg");
+    refused(Path::new("/"), "the root directory");
+    refused(Path::new("/opt"), "containing /opt/guardfs");
+    refused(Path::new("/var/log/guardfs"), "log directory");
+}
+
+/// Attack: a bind mount of /etc (and of /usr/share) somewhere harmless-
+/// looking, then guard that.
+#[test]
+fn a_bind_mount_of_a_system_directory_is_refused() {
+    let base = tempfile::tempdir_in("/var/tmp").unwrap();
+    for (src, why) in [("/etc", "/etc (a system directory)"), ("/usr/share", "inside /usr")] {
+        let x = base.path().join(src.replace('/', "_"));
+        std::fs::create_dir(&x).unwrap();
+        assert!(sh(&format!("mount --bind {src} '{}'", x.display())).status.success());
+        refused(&x, why);
+        nix::mount::umount2(&x, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+}
