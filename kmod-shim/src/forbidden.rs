@@ -146,7 +146,9 @@ impl Forbidden {
                 return refuse(format!("a directory inside {name} (through a bind mount)"));
             }
             if !e.exact && f.within(d) {
-                return refuse(format!("a directory containing {name} (through a bind mount)"));
+                return refuse(format!(
+                    "a directory containing {name} (through a bind mount)"
+                ));
             }
         }
         Ok(())

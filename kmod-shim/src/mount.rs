@@ -20,8 +20,8 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode as StatMode;
 
 use crate::exitcode;
-use crate::reach;
 use crate::fuse::{FuseBinding, FuseOptions};
+use crate::reach;
 use crate::stack::{GuardConfig, Stack};
 
 /// The filesystem type shown in /proc/mounts is `fuse.secfs`.

@@ -44,6 +44,30 @@ impl Drop for Proc {
     }
 }
 
+/// A bind mount, detached on drop (also when the test fails).
+struct Bind(PathBuf);
+
+impl Bind {
+    fn new(from: &Path, to: &Path) -> Bind {
+        if !to.exists() {
+            std::fs::create_dir(to).unwrap();
+        }
+        let o = sh(&format!(
+            "mount --bind '{}' '{}'",
+            from.display(),
+            to.display()
+        ));
+        assert!(o.status.success(), "{o:?}");
+        Bind(to.to_path_buf())
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// `sh -c SCRIPT` as a long-running process (ends in `exec sleep`).
 fn sh_proc(script: &str) -> Proc {
     Proc::spawn(Command::new("sh").arg("-c").arg(script).current_dir("/"))
@@ -66,7 +90,8 @@ fn wait_ns(pid: u32) {
     let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     wait_until("the namespace", || {
         std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|n| n != own)
-            && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
     });
 }
 
@@ -75,9 +100,7 @@ fn secfs_at(pid: u32, path: &Path) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .unwrap_or_default()
         .lines()
-        .any(|l| {
-            l.split_whitespace().nth(4) == path.to_str() && l.contains(" - fuse.secfs ")
-        })
+        .any(|l| l.split_whitespace().nth(4) == path.to_str() && l.contains(" - fuse.secfs "))
 }
 
 /// A GuardPoint directory (not mounted) with a key, for `secfs mount`
@@ -143,19 +166,14 @@ fn guard_is_refused_while_any_process_holds_the_lower_directory() {
     std::fs::write(sub.join("f"), b"x").unwrap();
     std::fs::copy("/bin/sleep", d.dir.join("mysleep")).unwrap();
     let alias = d.base.path().join("alias");
-    std::fs::create_dir(&alias).unwrap();
-    assert!(
-        sh(&format!(
-            "mount --bind '{}' '{}'",
-            d.dir.display(),
-            alias.display()
-        ))
-        .status
-        .success()
-    );
+    let bind = Bind::new(&d.dir, &alias);
     let cwd = Proc::spawn(Command::new("sleep").arg("1000").current_dir(&sub));
     let fd = sh_proc(&format!("exec 7<'{}/f'; exec sleep 1000", sub.display()));
-    let map = Proc::spawn(Command::new(d.dir.join("mysleep")).arg("1000").current_dir("/"));
+    let map = Proc::spawn(
+        Command::new(d.dir.join("mysleep"))
+            .arg("1000")
+            .current_dir("/"),
+    );
     let other_ns = sh_proc(&format!(
         "exec unshare -m --propagation private sh -c \"cd '{}' && exec sleep 1000\"",
         sub.display()
@@ -179,11 +197,15 @@ fn guard_is_refused_while_any_process_holds_the_lower_directory() {
     assert!(err.contains("busy: in use by pid"), "{err}");
     for p in [&cwd, &fd, &map, &via_bind, &other_ns] {
         // The namespace case: the shell exec'd unshare, which exec'd sleep.
-        assert!(err.contains(&format!("{} (", p.pid())), "pid {} not named: {err}", p.pid());
+        assert!(
+            err.contains(&format!("{} (", p.pid())),
+            "pid {} not named: {err}",
+            p.pid()
+        );
     }
     assert!(!is_mounted(&d.dir));
     drop((cwd, fd, map, other_ns, via_bind));
-    let _ = nix::mount::umount2(&alias, nix::mount::MntFlags::MNT_DETACH);
+    drop(bind);
     let out = d.try_mount();
     assert!(out.status.success(), "{out:?}");
     assert!(run(&["umount", d.dir.to_str().unwrap()]).status.success());
@@ -208,16 +230,31 @@ fn assert_place_is_guarded(gp: &Gp, pid: Option<u32>, place: &Path, sub: &str) {
         place.display()
     );
     assert_eq!(got.stdout, SECRET, "{}", place.display());
-    let write = format!("printf '%s' '{}' > '{}/written-there'", String::from_utf8_lossy(SECRET), place.display());
+    let write = format!(
+        "printf '%s' '{}' > '{}/written-there'",
+        String::from_utf8_lossy(SECRET),
+        place.display()
+    );
     let w = match pid {
         Some(p) => in_ns(p, &write),
         None => sh(&write),
     };
     assert!(w.status.success(), "{w:?}");
     let lower = std::fs::read(gp.lower(&format!("{sub}written-there"))).unwrap();
-    assert!(lower.starts_with(MAGIC), "{}: written around secfs", place.display());
-    assert!(!contains(&lower, SECRET), "{}: plaintext on disk", place.display());
-    assert_eq!(std::fs::read(gp.path(&format!("{sub}written-there"))).unwrap(), SECRET);
+    assert!(
+        lower.starts_with(MAGIC),
+        "{}: written around secfs",
+        place.display()
+    );
+    assert!(
+        !contains(&lower, SECRET),
+        "{}: plaintext on disk",
+        place.display()
+    );
+    assert_eq!(
+        std::fs::read(gp.path(&format!("{sub}written-there"))).unwrap(),
+        SECRET
+    );
 }
 
 /// Attack: a mount namespace made before the guard (`unshare -m`, private
@@ -232,7 +269,11 @@ fn a_mount_namespace_made_before_the_guard_gets_the_guardpoint() {
         *holder.borrow_mut() = Some(p);
     });
     let ns = holder.borrow_mut().take().unwrap();
-    assert!(secfs_at(ns.pid(), &gp.dir), "no GuardPoint in {:?}", ns_of(ns.pid()));
+    assert!(
+        secfs_at(ns.pid(), &gp.dir),
+        "no GuardPoint in {:?}",
+        ns_of(ns.pid())
+    );
     assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
     gp.unmount();
     assert!(
@@ -255,7 +296,10 @@ fn an_unprivileged_user_namespace_made_before_the_guard_gets_the_guardpoint() {
         *holder.borrow_mut() = Some(p);
     });
     let ns = holder.borrow_mut().take().unwrap();
-    assert!(secfs_at(ns.pid(), &gp.dir), "no GuardPoint in the user's namespace");
+    assert!(
+        secfs_at(ns.pid(), &gp.dir),
+        "no GuardPoint in the user's namespace"
+    );
     assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
     // SIGTERM removes it everywhere.
     let pid = gp.pid.take().unwrap();
@@ -266,7 +310,10 @@ fn an_unprivileged_user_namespace_made_before_the_guard_gets_the_guardpoint() {
     .unwrap();
     wait_until("daemon exit", || !pid_alive(pid));
     assert!(!is_mounted(&gp.dir));
-    assert!(!secfs_at(ns.pid(), &gp.dir), "the GuardPoint outlived SIGTERM");
+    assert!(
+        !secfs_at(ns.pid(), &gp.dir),
+        "the GuardPoint outlived SIGTERM"
+    );
 }
 
 /// Attack: bind-mount the GuardPoint's parent elsewhere before the guard
@@ -275,20 +322,17 @@ fn an_unprivileged_user_namespace_made_before_the_guard_gets_the_guardpoint() {
 /// the guard must show that subdirectory of the GuardPoint.
 #[test]
 fn bind_mounts_of_the_parent_and_of_a_subdirectory_get_the_guardpoint() {
-    let binds: std::cell::RefCell<Vec<PathBuf>> = Default::default();
+    let binds: std::cell::RefCell<Vec<Bind>> = Default::default();
     let mut gp = Gp::new_with("xts", &[], |dir| {
         let base = dir.parent().unwrap();
         let parent_alias = base.join("parent-alias");
         let sub_alias = base.join("sub-alias");
         std::fs::create_dir(dir.join("sub")).unwrap();
-        for (from, to) in [(base.to_path_buf(), &parent_alias), (dir.join("sub"), &sub_alias)] {
-            std::fs::create_dir(to).unwrap();
-            assert!(
-                sh(&format!("mount --bind '{}' '{}'", from.display(), to.display()))
-                    .status
-                    .success()
-            );
-            binds.borrow_mut().push(to.clone());
+        for (from, to) in [
+            (base.to_path_buf(), &parent_alias),
+            (dir.join("sub"), &sub_alias),
+        ] {
+            binds.borrow_mut().push(Bind::new(&from, to));
         }
     });
     let base = gp.base.path().to_path_buf();
@@ -298,11 +342,17 @@ fn bind_mounts_of_the_parent_and_of_a_subdirectory_get_the_guardpoint() {
     assert_place_is_guarded(&gp, None, &via_sub, "sub/");
     gp.unmount();
     let me = std::process::id();
-    assert!(!secfs_at(me, &via_parent), "GuardPoint left at {}", via_parent.display());
-    assert!(!secfs_at(me, &via_sub), "GuardPoint left at {}", via_sub.display());
-    for b in binds.borrow().iter().rev() {
-        let _ = nix::mount::umount2(b, nix::mount::MntFlags::MNT_DETACH);
-    }
+    assert!(
+        !secfs_at(me, &via_parent),
+        "GuardPoint left at {}",
+        via_parent.display()
+    );
+    assert!(
+        !secfs_at(me, &via_sub),
+        "GuardPoint left at {}",
+        via_sub.display()
+    );
+    binds.borrow_mut().drain(..).rev().for_each(drop);
 }
 
 /// Attack: secfs is killed; its clone in another namespace is left dead
@@ -318,7 +368,10 @@ fn after_a_crash_a_new_guard_covers_the_dead_clones() {
     let ns = holder.borrow_mut().take().unwrap();
     gp.kill9();
     let o = in_ns(ns.pid(), &format!("ls '{}'", gp.dir.display()));
-    assert!(!o.status.success(), "the dead clone no longer covers: {o:?}");
+    assert!(
+        !o.status.success(),
+        "the dead clone no longer covers: {o:?}"
+    );
     assert!(stderr(&o).contains("not connected"), "{o:?}");
     gp.mount("xts", &[]);
     assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
@@ -332,7 +385,11 @@ fn refused(dir: &Path, why: &str) {
     let out = mount_cmd(dir, &d.1, &d.0.path().join("log"));
     assert_eq!(out.status.code(), Some(12), "{}: {out:?}", dir.display());
     let err = stderr(&out);
-    assert!(err.contains("refusing to guard") && err.contains(why), "{}: {err}", dir.display());
+    assert!(
+        err.contains("refusing to guard") && err.contains(why),
+        "{}: {err}",
+        dir.display()
+    );
     assert!(!is_mounted(dir));
 }
 
@@ -360,11 +417,12 @@ fn system_directories_their_parents_and_insides_are_refused() {
 #[test]
 fn a_bind_mount_of_a_system_directory_is_refused() {
     let base = tempfile::tempdir_in("/var/tmp").unwrap();
-    for (src, why) in [("/etc", "/etc (a system directory)"), ("/usr/share", "inside /usr")] {
+    for (src, why) in [
+        ("/etc", "/etc (a system directory)"),
+        ("/usr/share", "inside /usr"),
+    ] {
         let x = base.path().join(src.replace('/', "_"));
-        std::fs::create_dir(&x).unwrap();
-        assert!(sh(&format!("mount --bind {src} '{}'", x.display())).status.success());
+        let _bind = Bind::new(Path::new(src), &x);
         refused(&x, why);
-        nix::mount::umount2(&x, nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
 }

@@ -408,10 +408,8 @@ impl Service {
         };
         // In use anywhere (also through a clone in another namespace)?
         if !lazy {
-            let users = crate::reach::busy::users(
-                &crate::reach::busy::Target::Device(&fuse_dev),
-                &[],
-            );
+            let users =
+                crate::reach::busy::users(&crate::reach::busy::Target::Device(&fuse_dev), &[]);
             if !users.is_empty() {
                 warn!(
                     "secfs: unguard {path}: busy: in use by pid {}",

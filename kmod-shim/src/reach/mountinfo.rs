@@ -282,10 +282,7 @@ mod tests {
         };
         assert!(!b.within(&a));
         assert!(a.within(&a));
-        assert_eq!(
-            under(Path::new("/a/b"), Path::new("/a")),
-            Some("/b".into())
-        );
+        assert_eq!(under(Path::new("/a/b"), Path::new("/a")), Some("/b".into()));
         assert_eq!(under(Path::new("/a"), Path::new("/a")), Some("/".into()));
         assert_eq!(under(Path::new("/ab"), Path::new("/a")), None);
     }

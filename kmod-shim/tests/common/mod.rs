@@ -59,7 +59,10 @@ pub fn lower_fd_of(pid: u32, dir: &Path) -> PathBuf {
             return e.path();
         }
     }
-    panic!("secfs {pid} holds no fd on the lower directory {}", dir.display());
+    panic!(
+        "secfs {pid} holds no fd on the lower directory {}",
+        dir.display()
+    );
 }
 
 pub fn is_mounted(dir: &Path) -> bool {
