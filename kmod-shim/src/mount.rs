@@ -262,7 +262,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
         reach::mountinfo::FsPath::of_fd(lower.as_fd(), &table)
             .map_err(|e| failed(format!("locating the lower directory: {e}")))?
     };
-    reach::check_busy(&lower_fs, &spec.exclude).map_err(|e| refused(&shown, e))?;
+    reach::check_busy(&lower_fs, None, &spec.exclude).map_err(|e| refused(&shown, e))?;
     // Mount on the directory just opened, not on the path again.
     let target = PathBuf::from(format!("/proc/self/fd/{}", lower.as_raw_fd()));
     let stack =
@@ -410,8 +410,17 @@ impl Mounted {
                 path: shown.clone(),
                 why: format!("starting the session: {e}"),
             })?;
-        let checked = reach::check_busy(&self.lower, &self.exclude)
-            .and_then(|()| reach::cover(&self.path, &self.lower, &fuse_dev));
+        // Cover first, then look for holders: of the lower directory, and
+        // of anything above it from which it is reached uncovered.
+        let checked = reach::cover(&self.path, &self.lower, &fuse_dev).and_then(|mut a| {
+            match reach::check_busy(&self.lower, Some(&fuse_dev), &self.exclude) {
+                Ok(()) => Ok(a),
+                Err(e) => {
+                    a.detach_all();
+                    Err(e)
+                }
+            }
+        });
         let attachments = match checked {
             Ok(a) => Arc::new(std::sync::Mutex::new(a)),
             Err(e) => {

@@ -211,6 +211,32 @@ fn guard_is_refused_while_any_process_holds_the_lower_directory() {
     assert!(run(&["umount", d.dir.to_str().unwrap()]).status.success());
 }
 
+/// Attack: keep a directory ABOVE the GuardPoint in hand on a mount that
+/// the guard cannot cover — a bind mount of the parent, lazily unmounted
+/// (detached from every namespace) while a shell sits in it — then walk
+/// down into the lower directory from there (`/proc/PID/cwd/gp/...`). The
+/// guard must be refused, naming the pid.
+#[test]
+fn a_process_above_the_directory_on_a_detached_mount_makes_the_guard_refuse() {
+    let d = dir();
+    let alias = d.base.path().join("alias");
+    let bind = Bind::new(d.base.path(), &alias);
+    let holder = Proc::spawn(Command::new("sleep").arg("1000").current_dir(&alias));
+    wait_until("the holder", || {
+        std::fs::read_link(format!("/proc/{}/cwd", holder.pid())).is_ok_and(|c| c == alias)
+    });
+    drop(bind);
+    let out = d.try_mount();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(17), "{out:?}");
+    assert!(err.contains(&format!("{} (sleep)", holder.pid())), "{err}");
+    assert!(!is_mounted(&d.dir));
+    drop(holder);
+    let out = d.try_mount();
+    assert!(out.status.success(), "{out:?}");
+    assert!(run(&["umount", d.dir.to_str().unwrap()]).status.success());
+}
+
 /// After the guard, in `place` (a path seen by `pid`'s namespace, or ours
 /// when `pid` is None): a file written through the GuardPoint reads back
 /// as plaintext (not the lower ciphertext), and a file written there is
@@ -313,6 +339,39 @@ fn an_unprivileged_user_namespace_made_before_the_guard_gets_the_guardpoint() {
     assert!(
         !secfs_at(ns.pid(), &gp.dir),
         "the GuardPoint outlived SIGTERM"
+    );
+}
+
+/// Attack: after the guard, an unprivileged user makes a user+mount
+/// namespace (which copies the GuardPoint) and tries to uncover the lower
+/// directory there: unmount the GuardPoint, or bind-mount its parent
+/// without its submounts. The kernel keeps such copies locked; neither
+/// shows the lower bytes.
+#[test]
+fn a_user_namespace_made_after_the_guard_cannot_uncover_the_lower_directory() {
+    let gp = Gp::new("xts");
+    let base = gp.base.path();
+    std::fs::set_permissions(base, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(gp.path("f"), SECRET).unwrap();
+    let alias = base.join("alias");
+    std::fs::create_dir(&alias).unwrap();
+    let script = format!(
+        "umount -l '{gp}' 2>/dev/null; cat '{gp}/f'; echo; \
+         mount --bind '{base}' '{alias}' 2>/dev/null; cat '{alias}/gp/f' 2>/dev/null; true",
+        gp = gp.dir.display(),
+        base = base.display(),
+        alias = alias.display()
+    );
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "-Urm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(!contains(&o.stdout, MAGIC), "lower bytes reached: {o:?}");
+    assert!(
+        contains(&o.stdout, SECRET),
+        "the GuardPoint must still show: {o:?}"
     );
 }
 

@@ -24,7 +24,13 @@ pub fn users(dir: &Path, exclude: Option<u32>) -> Vec<User> {
     let Ok(target) = FsPath::of_path(dir) else {
         return Vec::new();
     };
-    busy::users(&Target::Tree(&target), exclude.as_slice())
+    busy::users(
+        &Target::Tree {
+            lower: &target,
+            covered_by: None,
+        },
+        exclude.as_slice(),
+    )
 }
 
 #[cfg(test)]

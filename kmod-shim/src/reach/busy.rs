@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use super::mountinfo::{FsPath, Table, link_path, mnt_id, resolve_in};
+use super::mountinfo::{FsPath, Table, join_abs, link_path, mnt_id, under};
 
 /// A process holding the directory busy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,22 +39,25 @@ pub fn describe(users: &[User]) -> String {
 
 /// What is being looked for.
 pub enum Target<'a> {
-    /// The directory (and everything inside it).
-    Tree(&'a FsPath),
+    /// The lower directory and everything inside it. With `covered_by`
+    /// (the GuardPoint's FUSE device, once it is mounted and attached
+    /// everywhere), also every object above it on the lower filesystem
+    /// from which a path lookup reaches the directory without meeting
+    /// that mount: an object on a mount that is detached (lazily
+    /// unmounted, or a clone held by an fd) or shadowed by another mount.
+    Tree {
+        lower: &'a FsPath,
+        covered_by: Option<&'a str>,
+    },
     /// Anything on this filesystem ("major:minor").
     Device(&'a str),
 }
 
 impl Target<'_> {
-    fn hit(&self, obj: &Option<FsPath>, dev_hint: Option<&str>) -> bool {
-        match (self, obj) {
-            (Target::Tree(t), Some(o)) => o.within(t),
-            (Target::Device(d), Some(o)) => o.dev == *d,
-            // The object's mount could not be placed (a chrooted process's
-            // fd on a mount outside its root): on the same filesystem,
-            // count it (fail closed).
-            (Target::Tree(t), None) => dev_hint == Some(t.dev.as_str()),
-            (Target::Device(d), None) => dev_hint == Some(*d),
+    fn dev(&self) -> &str {
+        match self {
+            Target::Tree { lower, .. } => &lower.dev,
+            Target::Device(d) => d,
         }
     }
 }
@@ -100,6 +103,65 @@ pub fn ns_ino(pid: Option<u32>) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.ino())
 }
 
+/// The object behind a `/proc` magic link, opened `O_PATH` (same mount,
+/// same dentry; no FUSE request).
+fn open_link(link: &str) -> Option<std::os::fd::OwnedFd> {
+    nix::fcntl::open(
+        link,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
+}
+
+/// Whether the object reached through mount `mnt` at `path` (in `table`'s
+/// frame, or `own`'s) is part of `target`. `link` reopens the object when
+/// its mount is in no table (detached): then its device decides (fail
+/// closed).
+fn judge(
+    target: &Target<'_>,
+    table: &Table,
+    own: &Table,
+    mnt: u64,
+    path: &Path,
+    link: &str,
+) -> bool {
+    let found = table
+        .by_id(mnt)
+        .map(|m| (m, table))
+        .or_else(|| own.by_id(mnt).map(|m| (m, own)));
+    let Some((m, t)) = found else {
+        let dev = open_link(link).and_then(|fd| super::raw::dev_of(fd.as_fd()).ok());
+        return dev.as_deref() == Some(target.dev());
+    };
+    let Some(inside) = under(path, &m.mount_point) else {
+        // Frames that do not agree: on the same filesystem, count it.
+        return m.dev == target.dev();
+    };
+    let obj = FsPath {
+        dev: m.dev.clone(),
+        rel: join_abs(&m.root, &inside),
+    };
+    match target {
+        Target::Device(d) => obj.dev == *d,
+        Target::Tree { lower, covered_by } => {
+            if obj.within(lower) {
+                return true;
+            }
+            let (Some(fuse), true) = (covered_by, lower.within(&obj)) else {
+                return false;
+            };
+            // Above the GuardPoint: where the directory shows in mount
+            // `m` must resolve to the GuardPoint.
+            let Some(rest) = under(&lower.rel, &m.root) else {
+                return true;
+            };
+            let place = join_abs(&m.mount_point, &rest);
+            !matches!(t.resolve(&place), Some((r, rel)) if r.dev == *fuse && rel == Path::new("/"))
+        }
+    }
+}
+
 /// What `pid` holds of `target`, if anything.
 fn holds(
     pid: u32,
@@ -118,33 +180,26 @@ fn holds(
         }
         Err(_) => tables.get(&ns).cloned()?,
     };
-    let place = |mnt: u64, path: &Path| -> (Option<FsPath>, Option<String>) {
-        let m = table.by_id(mnt).or_else(|| own.by_id(mnt));
-        let dev = m.map(|m| m.dev.clone());
-        let obj = resolve_in(&table, mnt, path).or_else(|| resolve_in(own, mnt, path));
-        (obj, dev)
-    };
     // cwd, root and mappings: the mount comes from an O_PATH fd opened
-    // through the magic link (same mount, same dentry; no FUSE request).
-    let via_open = |link: &str| -> Option<(Option<FsPath>, Option<String>)> {
-        let path = link_path(link).ok()?;
+    // through the magic link.
+    let via_open = |link: &str| -> bool {
+        let Ok(path) = link_path(link) else {
+            return false;
+        };
         if !path.is_absolute() {
-            return None;
+            return false;
         }
-        let fd = nix::fcntl::open(
-            link,
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ok()?;
+        let Some(fd) = open_link(link) else {
+            return false;
+        };
         use std::os::fd::AsRawFd;
-        let mnt = mnt_id(&format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
-        Some(place(mnt, &path))
+        let Ok(mnt) = mnt_id(&format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) else {
+            return false;
+        };
+        judge(target, &table, own, mnt, &path, link)
     };
     for what in ["cwd", "root"] {
-        if let Some((obj, dev)) = via_open(&format!("{base}/{what}"))
-            && target.hit(&obj, dev.as_deref())
-        {
+        if via_open(&format!("{base}/{what}")) {
             return Some(what.to_owned());
         }
     }
@@ -152,7 +207,8 @@ fn holds(
         for e in fds.filter_map(Result::ok) {
             let name = e.file_name();
             let Some(n) = name.to_str() else { continue };
-            let Ok(path) = link_path(&format!("{base}/fd/{n}")) else {
+            let link = format!("{base}/fd/{n}");
+            let Ok(path) = link_path(&link) else {
                 continue;
             };
             // Sockets, pipes, anonymous inodes.
@@ -162,30 +218,92 @@ fn holds(
             let Ok(mnt) = mnt_id(&format!("{base}/fdinfo/{n}")) else {
                 continue;
             };
-            let (obj, dev) = place(mnt, &path);
-            if target.hit(&obj, dev.as_deref()) {
+            if judge(target, &table, own, mnt, &path, &link) {
                 return Some(format!("fd {n}"));
             }
         }
     }
-    if let Ok(maps) = std::fs::read_dir(format!("{base}/map_files")) {
-        let mut seen: Vec<PathBuf> = Vec::new();
-        for e in maps.filter_map(Result::ok) {
-            let link = e.path();
-            let Some(link) = link.to_str() else { continue };
-            let Ok(path) = link_path(link) else { continue };
-            if seen.contains(&path) {
-                continue;
-            }
-            seen.push(path);
-            if let Some((obj, dev)) = via_open(link)
-                && target.hit(&obj, dev.as_deref())
-            {
-                return Some("mapping".to_owned());
-            }
+    // Mappings: reading them takes the process's mmap lock, which a
+    // process stuck in a page fault (on a FUSE file whose server waits
+    // for something) can hold for long. Scanned on a helper thread; a
+    // process that does not answer in time counts as busy (fail closed).
+    let owned = OwnedTarget::of(target);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (t, o, b) = (table.clone(), own.clone(), base.clone());
+    let spawned = std::thread::Builder::new()
+        .name("secfs-maps".into())
+        .spawn(move || {
+            let target = owned.borrow();
+            let _ = tx.send(maps_hit(&b, &target, &t, &o));
+        });
+    if spawned.is_err() {
+        return Some("mappings (not inspected)".to_owned());
+    }
+    match rx.recv_timeout(MAPS_TIMEOUT) {
+        Ok(true) => Some("mapping".to_owned()),
+        Ok(false) => None,
+        Err(_) => Some("mappings (not readable in time)".to_owned()),
+    }
+}
+
+/// How long reading one process's mappings may take.
+const MAPS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A [`Target`] that owns its data (for the mappings thread).
+enum OwnedTarget {
+    Tree {
+        lower: FsPath,
+        covered_by: Option<String>,
+    },
+    Device(String),
+}
+
+impl OwnedTarget {
+    fn of(t: &Target<'_>) -> OwnedTarget {
+        match t {
+            Target::Tree { lower, covered_by } => OwnedTarget::Tree {
+                lower: (*lower).clone(),
+                covered_by: covered_by.map(str::to_owned),
+            },
+            Target::Device(d) => OwnedTarget::Device((*d).to_owned()),
         }
     }
-    None
+
+    fn borrow(&self) -> Target<'_> {
+        match self {
+            OwnedTarget::Tree { lower, covered_by } => Target::Tree {
+                lower,
+                covered_by: covered_by.as_deref(),
+            },
+            OwnedTarget::Device(d) => Target::Device(d),
+        }
+    }
+}
+
+/// Whether a mapping of the process at `base` (`/proc/PID`) is part of
+/// `target`.
+fn maps_hit(base: &str, target: &Target<'_>, table: &Table, own: &Table) -> bool {
+    let Ok(maps) = std::fs::read_dir(format!("{base}/map_files")) else {
+        return false;
+    };
+    let mut seen: std::collections::HashSet<PathBuf> = Default::default();
+    for e in maps.filter_map(Result::ok) {
+        let link = e.path();
+        let Some(link) = link.to_str() else { continue };
+        let Ok(path) = link_path(link) else { continue };
+        if !path.is_absolute() || !seen.insert(path.clone()) {
+            continue;
+        }
+        let Some(fd) = open_link(link) else { continue };
+        use std::os::fd::AsRawFd;
+        let Ok(mnt) = mnt_id(&format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) else {
+            continue;
+        };
+        if judge(target, table, own, mnt, &path, link) {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -211,11 +329,23 @@ mod tests {
             .spawn()
             .unwrap();
         crate::reach::wait_for(|| {
-            users(&Target::Tree(&target), &[])
-                .iter()
-                .any(|u| u.pid == holder.id())
+            users(
+                &Target::Tree {
+                    lower: &target,
+                    covered_by: None,
+                },
+                &[],
+            )
+            .iter()
+            .any(|u| u.pid == holder.id())
         });
-        let found = users(&Target::Tree(&target), &[]);
+        let found = users(
+            &Target::Tree {
+                lower: &target,
+                covered_by: None,
+            },
+            &[],
+        );
         let _ = child.kill();
         let _ = child.wait();
         let _ = holder.kill();
@@ -233,13 +363,28 @@ mod tests {
             "{found:?}"
         );
         assert!(describe(&found).contains("(sleep)"));
-        let after = users(&Target::Tree(&target), &[]);
+        let after = users(
+            &Target::Tree {
+                lower: &target,
+                covered_by: None,
+            },
+            &[],
+        );
         assert!(after.iter().all(|u| u.pid != child.id()), "{after:?}");
         // A sibling directory with a common prefix is not inside.
         let other = FsPath {
             dev: target.dev.clone(),
             rel: PathBuf::from(format!("{}x", target.rel.display())),
         };
-        assert!(users(&Target::Tree(&other), &[]).is_empty());
+        assert!(
+            users(
+                &Target::Tree {
+                    lower: &other,
+                    covered_by: None
+                },
+                &[]
+            )
+            .is_empty()
+        );
     }
 }

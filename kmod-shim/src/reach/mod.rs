@@ -45,7 +45,7 @@
 
 pub mod busy;
 pub mod mountinfo;
-mod raw;
+pub(crate) mod raw;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -333,9 +333,16 @@ pub fn cover(gp: &Path, lower: &FsPath, fuse_dev: &str) -> Result<Attachments, R
 }
 
 /// The busy check: every process (but this one and `exclude`) holding
-/// the lower directory `lower`.
-pub fn check_busy(lower: &FsPath, exclude: &[u32]) -> Result<(), ReachError> {
-    let users = busy::users(&busy::Target::Tree(lower), exclude);
+/// the lower directory `lower` — and, once the GuardPoint is mounted with
+/// device `covered_by` and attached everywhere, every process holding a
+/// directory above it from which the lower directory is reached without
+/// meeting the GuardPoint (see [`busy::Target::Tree`]).
+pub fn check_busy(
+    lower: &FsPath,
+    covered_by: Option<&str>,
+    exclude: &[u32],
+) -> Result<(), ReachError> {
+    let users = busy::users(&busy::Target::Tree { lower, covered_by }, exclude);
     if users.is_empty() {
         Ok(())
     } else {

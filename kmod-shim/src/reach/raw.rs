@@ -189,3 +189,26 @@ pub fn attach_in(ns: BorrowedFd<'_>, tree: BorrowedFd<'_>, target: &Path) -> Res
 pub fn detach_in(ns: BorrowedFd<'_>, target: &Path, id: u64) -> Result<(), Errno> {
     in_ns(ns, target, Job::Detach(id))
 }
+
+/// The device ("major:minor") of the object an fd refers to, from statx
+/// without asking a FUSE server (`AT_STATX_DONT_SYNC`).
+pub fn dev_of(fd: BorrowedFd<'_>) -> Result<String, Errno> {
+    // SAFETY: zeroed statx is a valid value of a plain C struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd; empty NUL-terminated path with AT_EMPTY_PATH names
+    // the fd itself; `stx` is writable.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_TYPE,
+            &mut stx,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(format!("{}:{}", stx.stx_dev_major, stx.stx_dev_minor))
+    }
+}
