@@ -117,7 +117,7 @@ impl Forbidden {
                 format!("{} ({}, {})", e.path.display(), ep.display(), e.why)
             };
             if canon == ep {
-                return refuse(format!("{name}"));
+                return refuse(name.clone());
             }
             if !e.exact && canon.starts_with(&ep) {
                 return refuse(format!("a directory inside {name}"));

@@ -433,7 +433,10 @@ fn after_a_crash_a_new_guard_covers_the_dead_clones() {
     );
     // ENOTCONN, or ECONNABORTED for a request caught by the abort.
     let e = stderr(&o);
-    assert!(e.contains("not connected") || e.contains("connection abort"), "{o:?}");
+    assert!(
+        e.contains("not connected") || e.contains("connection abort"),
+        "{o:?}"
+    );
     gp.mount("xts", &[]);
     assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
     gp.unmount();

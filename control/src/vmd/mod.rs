@@ -481,9 +481,11 @@ impl Agent {
                     }
                 ))
             }
-            Err(e) if e.errno().map(|e| e.0) == Some(nix::errno::Errno::EPERM as i32) => Err(
-                format!("secfs refused to guard {path}: a directory that must never be guarded"),
-            ),
+            Err(e) if e.errno().map(|e| e.0) == Some(nix::errno::Errno::EPERM as i32) => {
+                Err(format!(
+                    "secfs refused to guard {path} (EPERM): a directory that must never be guarded (see the secfs log)"
+                ))
+            }
             Err(e) => Err(format!("secfs: {e}")),
         }
     }
