@@ -490,3 +490,58 @@ fn a_bind_mount_of_a_system_directory_is_refused() {
         refused(&x, why);
     }
 }
+
+/// As on systemd hosts, where `/` is shared: the lower directory is on a
+/// shared mount with a peer bind mount and a namespace that receives
+/// propagation. Mount propagation already shows the GuardPoint at the
+/// peer and in the namespace (nothing to attach), and unguard removes it
+/// everywhere (propagated unmount).
+#[test]
+fn shared_propagation_covers_peers_and_unguard_removes_it_everywhere() {
+    let base = tempfile::Builder::new()
+        .prefix("guardfs-reach")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let shared = base.path().join("shared");
+    let peer = base.path().join("peer");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::create_dir(&peer).unwrap();
+    struct Undo(Vec<PathBuf>);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let mut undo = Undo(Vec::new());
+    let o = sh(&format!(
+        "mount -t tmpfs tmpfs '{s}' && mount --make-shared '{s}' && mkdir '{s}/gp' && mount --bind '{s}' '{p}'",
+        s = shared.display(),
+        p = peer.display()
+    ));
+    undo.0.push(shared.clone());
+    undo.0.push(peer.clone());
+    assert!(o.status.success(), "{o:?}");
+    let ns = sh_proc("exec unshare -m --propagation unchanged sleep 1000");
+    wait_ns(ns.pid());
+    let gp_dir = shared.join("gp");
+    let key = base.path().join("key");
+    assert!(run(&["genkey", key.to_str().unwrap()]).status.success());
+    let log = base.path().join("secfs.log");
+    let out = mount_cmd(&gp_dir, &key, &log);
+    assert!(out.status.success(), "{out:?}");
+    let me = std::process::id();
+    assert!(secfs_at(me, &peer.join("gp")), "peer not covered");
+    assert!(secfs_at(ns.pid(), &gp_dir), "namespace not covered");
+    std::fs::write(gp_dir.join("f"), SECRET).unwrap();
+    assert_eq!(std::fs::read(peer.join("gp/f")).unwrap(), SECRET);
+    let got = in_ns(ns.pid(), &format!("cat '{}/f'", gp_dir.display()));
+    assert_eq!(got.stdout, SECRET, "{got:?}");
+    assert!(run(&["umount", gp_dir.to_str().unwrap()]).status.success());
+    wait_until("unmounted everywhere", || {
+        !secfs_at(me, &gp_dir) && !secfs_at(me, &peer.join("gp")) && !secfs_at(ns.pid(), &gp_dir)
+    });
+    drop(ns);
+    drop(undo);
+}
