@@ -161,11 +161,9 @@ pub fn uncovered(lower: &FsPath, fuse_dev: &str) -> Vec<Place> {
 /// the lower directory shows uncovered.
 fn places_in(table: &Table, lower: &FsPath, fuse_dev: &str) -> Vec<(PathBuf, PathBuf)> {
     let mut out = Vec::new();
-    for m in table
-        .mounts
-        .iter()
-        .filter(|m| m.dev == lower.dev && !m.fstype.starts_with("fuse"))
-    {
+    // Every mount of the lower filesystem (whatever its type: it may be
+    // FUSE itself, e.g. sshfs; our mount has its own device).
+    for m in table.mounts.iter().filter(|m| m.dev == lower.dev) {
         let (target, sub) = if let Some(inside) = under(&lower.rel, &m.root) {
             (join_abs(&m.mount_point, &inside), PathBuf::from("/"))
         } else if let Some(sub) = under(&m.root, &lower.rel) {
