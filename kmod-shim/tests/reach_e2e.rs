@@ -545,3 +545,59 @@ fn shared_propagation_covers_peers_and_unguard_removes_it_everywhere() {
     drop(ns);
     drop(undo);
 }
+
+/// Attack: a mount namespace that no process is in, pinned by a
+/// bind-mounted nsfs file (`unshare --mount=FILE`), made before the guard;
+/// entered later with `nsenter --mount=FILE`. It must show the GuardPoint.
+#[test]
+fn a_pinned_mount_namespace_without_processes_gets_the_guardpoint() {
+    let pins: std::cell::RefCell<Vec<Bind>> = Default::default();
+    let mut gp = Gp::new_with("xts", &[], |dir| {
+        let pin = dir.parent().unwrap().join("pin");
+        let b = Bind::new(&pin, &pin);
+        assert!(
+            sh(&format!("mount --make-private '{}'", pin.display()))
+                .status
+                .success()
+        );
+        pins.borrow_mut().push(b);
+        let file = pin.join("mnt");
+        std::fs::write(&file, b"").unwrap();
+        let o = Command::new("unshare")
+            .arg(format!("--mount={}", file.display()))
+            .arg("true")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        pins.borrow_mut().push(Bind(file));
+    });
+    let file = gp.base.path().join("pin/mnt");
+    let enter = |script: &str| {
+        Command::new("nsenter")
+            .arg(format!("--mount={}", file.display()))
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    std::fs::write(gp.path("f"), SECRET).unwrap();
+    let got = enter(&format!("cat '{}/f'", gp.dir.display()));
+    assert_eq!(got.stdout, SECRET, "{got:?}");
+    let w = enter(&format!(
+        "printf '%s' '{}' > '{}/g'",
+        String::from_utf8_lossy(SECRET),
+        gp.dir.display()
+    ));
+    assert!(w.status.success(), "{w:?}");
+    let lower = std::fs::read(gp.lower("g")).unwrap();
+    assert!(lower.starts_with(MAGIC) && !contains(&lower, SECRET));
+    gp.unmount();
+    let left = enter("cat /proc/self/mountinfo");
+    let still = String::from_utf8_lossy(&left.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == gp.dir.to_str() && l.contains(" - fuse.secfs "));
+    assert!(
+        !still,
+        "the GuardPoint outlived unguard in the pinned namespace"
+    );
+    pins.borrow_mut().drain(..).rev().for_each(drop);
+}

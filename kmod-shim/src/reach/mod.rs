@@ -80,12 +80,22 @@ pub struct Place {
     pub target: PathBuf,
     /// Which directory of the GuardPoint shows there ("/" for itself).
     pub sub: PathBuf,
+    /// For a namespace no process is in: the nsfs file pinning it.
+    pub pinned: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.own {
             write!(f, "mount point {}", self.target.display())?;
+        } else if let Some(pin) = &self.pinned {
+            write!(
+                f,
+                "mount namespace mnt:[{}] (pinned at {}) at {}",
+                self.ns,
+                pin.display(),
+                self.target.display()
+            )?;
         } else {
             write!(
                 f,
@@ -126,7 +136,9 @@ pub fn uncovered(lower: &FsPath, fuse_dev: &str) -> Vec<Place> {
     let own_ns = busy::ns_ino(None);
     let me = std::process::id();
     let mut out = Vec::new();
-    for (ns, pids) in namespaces() {
+    let members = namespaces();
+    for (ns, pids) in &members {
+        let ns = *ns;
         let own = Some(ns) == own_ns;
         // A member whose root is the namespace's root sees every mount.
         let pid = if own {
@@ -148,13 +160,81 @@ pub fn uncovered(lower: &FsPath, fuse_dev: &str) -> Vec<Place> {
                 own,
                 target,
                 sub,
+                pinned: None,
             };
             if !out.contains(&p) {
                 out.push(p);
             }
         }
     }
+    out.extend(uncovered_pinned(lower, fuse_dev, &members));
     out
+}
+
+/// Mount namespaces that no process is in but a bind-mounted nsfs file
+/// pins (`unshare --mount=FILE`): whoever enters one later finds what it
+/// shows. Their tables are read from inside (a forked child); one that
+/// cannot be read counts as uncovered (fail closed).
+fn uncovered_pinned(
+    lower: &FsPath,
+    fuse_dev: &str,
+    members: &BTreeMap<u64, Vec<u32>>,
+) -> Vec<Place> {
+    let mut out = Vec::new();
+    let Ok(own) = Table::read(None) else {
+        return out;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for m in own.mounts.iter().filter(|m| m.fstype == "nsfs") {
+        let Some(ino) = m
+            .root
+            .to_str()
+            .and_then(|r| r.strip_prefix("mnt:["))
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|r| r.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if members.contains_key(&ino) || !seen.insert(ino) {
+            continue;
+        }
+        let place = |target: PathBuf, sub: PathBuf| Place {
+            ns: ino,
+            pid: 0,
+            own: false,
+            target,
+            sub,
+            pinned: Some(m.mount_point.clone()),
+        };
+        let table = open_ns(&m.mount_point)
+            .and_then(|fd| raw::mountinfo_in(fd.as_fd()).map_err(|e| e.desc().to_owned()))
+            .map(|text| Table::parse(&text, Path::new("/")));
+        match table {
+            Ok(t) => {
+                for (target, sub) in places_in(&t, lower, fuse_dev) {
+                    out.push(place(target, sub));
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "secfs: mount namespace pinned at {}: {e}",
+                    m.mount_point.display()
+                );
+                out.push(place(PathBuf::from("(unreadable)"), PathBuf::from("/")));
+            }
+        }
+    }
+    out
+}
+
+/// Open a mount namespace file read-only.
+fn open_ns(path: &Path) -> Result<OwnedFd, String> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| e.desc().to_owned())
 }
 
 /// In one mount table: (place, subdirectory shown) for every place where
@@ -253,12 +333,11 @@ fn attach(gp: &Path, fuse_dev: &str, place: &Place) -> Result<Attached, String> 
             mnt_id,
         });
     }
-    let ns = nix::fcntl::open(
-        format!("/proc/{}/ns/mnt", place.pid).as_str(),
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("opening the namespace: {}", e.desc()))?;
+    let ns_path = match &place.pinned {
+        Some(pin) => pin.clone(),
+        None => PathBuf::from(format!("/proc/{}/ns/mnt", place.pid)),
+    };
+    let ns = open_ns(&ns_path).map_err(|e| format!("opening the namespace: {e}"))?;
     // The pid may have been reused by a process of another namespace.
     let ino = nix::sys::stat::fstat(&ns).map(|s| s.st_ino).unwrap_or(0);
     if ino != place.ns {
@@ -266,8 +345,13 @@ fn attach(gp: &Path, fuse_dev: &str, place: &Place) -> Result<Attached, String> 
     }
     raw::attach_in(ns.as_fd(), tree.as_fd(), &place.target)
         .map_err(|e| format!("move_mount in the namespace: {}", e.desc()))?;
-    let mnt_id = Table::read(Some(place.pid))
-        .ok()
+    let table = match &place.pinned {
+        Some(_) => raw::mountinfo_in(ns.as_fd())
+            .ok()
+            .map(|text| Table::parse(&text, Path::new("/"))),
+        None => Table::read(Some(place.pid)).ok(),
+    };
+    let mnt_id = table
         .and_then(|t| {
             t.resolve(&place.target)
                 .filter(|(m, _)| m.dev == fuse_dev)

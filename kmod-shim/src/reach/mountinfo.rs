@@ -101,9 +101,14 @@ impl Table {
         };
         let frame = std::fs::read_link(format!("{base}/root"))?;
         let text = std::fs::read_to_string(format!("{base}/mountinfo"))?;
-        Ok(Table {
-            mounts: text.lines().filter_map(|l| parse_line(l, &frame)).collect(),
-        })
+        Ok(Self::parse(&text, &frame))
+    }
+
+    /// Parse mountinfo text, mount points put under `frame`.
+    pub fn parse(text: &str, frame: &Path) -> Table {
+        Table {
+            mounts: text.lines().filter_map(|l| parse_line(l, frame)).collect(),
+        }
     }
 
     pub fn by_id(&self, id: u64) -> Option<&Mount> {

@@ -212,3 +212,80 @@ pub fn dev_of(fd: BorrowedFd<'_>) -> Result<String, Errno> {
         Ok(format!("{}:{}", stx.stx_dev_major, stx.stx_dev_minor))
     }
 }
+
+/// The mount table (`/proc/self/mountinfo` text, in the namespace root's
+/// frame) of the mount namespace `ns`, read by a forked child that enters
+/// it: for namespaces no process is in (pinned by a bind-mounted nsfs
+/// file). At most 4 MiB.
+pub fn mountinfo_in(ns: BorrowedFd<'_>) -> Result<String, Errno> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let nsfd = ns.as_raw_fd();
+    let wfd = w.as_raw_fd();
+    // The child's buffer, allocated before the fork.
+    let mut buf = vec![0u8; 64 * 1024];
+    let bufp = buf.as_mut_ptr();
+    let cap = buf.len();
+    // SAFETY: between fork and _exit the child only issues raw syscalls
+    // (setns, open, read, write, _exit) on values computed before the fork
+    // (fds, a static NUL-terminated path, a buffer allocated before the
+    // fork); it never allocates, locks or returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    if pid == 0 {
+        // SAFETY: see above; each call is async-signal-safe.
+        unsafe {
+            if libc::syscall(libc::SYS_setns, nsfd, libc::CLONE_NEWNS) < 0 {
+                child_fail();
+            }
+            let fd = libc::open(
+                c"/proc/thread-self/mountinfo".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                child_fail();
+            }
+            loop {
+                let n = libc::read(fd, bufp.cast(), cap);
+                if n < 0 {
+                    child_fail();
+                }
+                if n == 0 {
+                    break;
+                }
+                let mut off = 0isize;
+                while off < n {
+                    let m = libc::write(wfd, bufp.offset(off).cast(), (n - off) as usize);
+                    if m <= 0 {
+                        child_fail();
+                    }
+                    off += m;
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    drop(w);
+    let mut out = Vec::new();
+    let mut f = std::fs::File::from(r);
+    use std::io::Read;
+    let read = f.by_ref().take(4 << 20).read_to_end(&mut out);
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let status = loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    drop(buf);
+    read.map_err(|_| Errno::EIO)?;
+    match status {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {
+            String::from_utf8(out).map_err(|_| Errno::EILSEQ)
+        }
+        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => Err(Errno::from_raw(c)),
+        Ok(_) => Err(Errno::EINTR),
+        Err(e) => Err(e),
+    }
+}
