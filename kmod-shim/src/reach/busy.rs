@@ -76,11 +76,21 @@ pub fn users(target: &Target<'_>, exclude: &[u32]) -> Vec<User> {
         .filter(|p| *p != me && !exclude.contains(p))
         .collect();
     pids.sort_unstable();
-    let mut tables: HashMap<u64, Table> = HashMap::new();
     let own = Table::read(None).unwrap_or_default();
     let mut out = Vec::new();
     for pid in pids {
-        if let Some(what) = holds(pid, target, &own, &mut tables) {
+        // A process whose /proc entries do not answer (stuck in the
+        // kernel, e.g. in an exec held by its tracer) is inspected on a
+        // helper thread left behind after a timeout, and counts as busy
+        // (fail closed).
+        let owned = OwnedTarget::of(target);
+        let o = own.clone();
+        let found = super::with_timeout(INSPECT_TIMEOUT, move || {
+            let mut tables: HashMap<u64, Table> = HashMap::new();
+            holds(pid, &owned.borrow(), &o, &mut tables)
+        })
+        .unwrap_or_else(|| Some("not inspectable (its /proc entries do not answer)".to_owned()));
+        if let Some(what) = found {
             out.push(User {
                 pid,
                 comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -93,14 +103,18 @@ pub fn users(target: &Target<'_>, exclude: &[u32]) -> Vec<User> {
     out
 }
 
-/// The inode number of a process's mount namespace.
+/// The inode number of a process's mount namespace (`None` also when the
+/// process's /proc entry does not answer within a second).
 pub fn ns_ino(pid: Option<u32>) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let p = match pid {
         Some(p) => format!("/proc/{p}/ns/mnt"),
         None => "/proc/self/ns/mnt".to_owned(),
     };
-    std::fs::metadata(p).ok().map(|m| m.ino())
+    super::with_timeout(std::time::Duration::from_secs(1), move || {
+        std::fs::metadata(p).ok().map(|m| m.ino())
+    })
+    .flatten()
 }
 
 /// The object behind a `/proc` magic link, opened `O_PATH` (same mount,
@@ -131,8 +145,18 @@ fn judge(
         .map(|m| (m, table))
         .or_else(|| own.by_id(mnt).map(|m| (m, own)));
     let Some((m, t)) = found else {
-        let dev = open_link(link).and_then(|fd| super::raw::dev_of(fd.as_fd()).ok());
-        return dev.as_deref() == Some(target.dev());
+        // A mount in no namespace (detached): its path in the filesystem
+        // is unknown, so the object is compared by identity.
+        let Some(fd) = open_link(link) else {
+            return false;
+        };
+        let Ok((dev, _)) = super::raw::dev_ino(fd.as_fd()) else {
+            return false;
+        };
+        return match target {
+            Target::Device(d) => dev == *d,
+            Target::Tree { lower, .. } => dev == lower.dev && detached_reaches(&fd, lower),
+        };
     };
     let Some(inside) = under(path, &m.mount_point) else {
         // Frames that do not agree: on the same filesystem, count it.
@@ -141,6 +165,7 @@ fn judge(
     let obj = FsPath {
         dev: m.dev.clone(),
         rel: join_abs(&m.root, &inside),
+        ino: 0,
     };
     match target {
         Target::Device(d) => obj.dev == *d,
@@ -160,6 +185,66 @@ fn judge(
             !matches!(t.resolve(&place), Some((r, rel)) if r.dev == *fuse && rel == Path::new("/"))
         }
     }
+}
+
+/// Whether the object `fd` (on a detached mount of the lower filesystem)
+/// is the lower directory, inside it, or above it with a path down to it:
+/// its ancestors (`..`, up to the mount's root) and the trailing parts of
+/// the lower directory's path below it are compared with the lower
+/// directory by (device, inode). Without the lower directory's inode,
+/// fail closed.
+fn detached_reaches(fd: &std::os::fd::OwnedFd, lower: &FsPath) -> bool {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    if lower.ino == 0 {
+        return true;
+    }
+    let is_lower = |f: &std::os::fd::OwnedFd| {
+        super::raw::dev_ino(f.as_fd()).is_ok_and(|(d, i)| d == lower.dev && i == lower.ino)
+    };
+    // No crossing into other mounts (no FUSE server is ever asked).
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(ResolveFlag::RESOLVE_NO_XDEV | ResolveFlag::RESOLVE_NO_SYMLINKS)
+    };
+    // Inside (or the directory itself): walk up.
+    let mut cur = match nix::unistd::dup(fd) {
+        Ok(f) => f,
+        Err(_) => return true,
+    };
+    for _ in 0..256 {
+        if is_lower(&cur) {
+            return true;
+        }
+        let Ok(up) = openat2(&cur, "..", how()) else {
+            break;
+        };
+        let same = |a: &std::os::fd::OwnedFd, b: &std::os::fd::OwnedFd| {
+            super::raw::dev_ino(a.as_fd()).ok() == super::raw::dev_ino(b.as_fd()).ok()
+        };
+        if same(&up, &cur) {
+            break;
+        }
+        cur = up;
+    }
+    // Above it: try each trailing part of its path.
+    let parts: Vec<_> = lower
+        .rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        })
+        .collect();
+    for k in 1..=parts.len() {
+        let tail: PathBuf = parts[parts.len() - k..].iter().collect();
+        if let Ok(f) = openat2(fd, &tail, how())
+            && is_lower(&f)
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// What `pid` holds of `target`, if anything.
@@ -245,6 +330,9 @@ fn holds(
         Err(_) => Some("mappings (not readable in time)".to_owned()),
     }
 }
+
+/// How long inspecting one process may take.
+const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long reading one process's mappings may take.
 const MAPS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -375,6 +463,7 @@ mod tests {
         let other = FsPath {
             dev: target.dev.clone(),
             rel: PathBuf::from(format!("{}x", target.rel.display())),
+            ino: 0,
         };
         assert!(
             users(

@@ -55,6 +55,24 @@ use log::{info, warn};
 
 use mountinfo::{FsPath, Table, join_abs, under};
 
+/// Run `f` on a helper thread and wait at most `limit` for its answer.
+/// Reading another process's /proc entries can block in the kernel (a
+/// process stuck in exec, a page fault on a hung FUSE server); the helper
+/// is then left behind and `None` returned.
+pub fn with_timeout<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("secfs-inspect".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.recv_timeout(limit).ok()
+}
+
 /// Wait (at most 10 s) until `f` holds; for tests and settling.
 pub fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     let t = std::time::Instant::now();
@@ -141,15 +159,25 @@ pub fn uncovered(lower: &FsPath, fuse_dev: &str) -> Vec<Place> {
         let ns = *ns;
         let own = Some(ns) == own_ns;
         // A member whose root is the namespace's root sees every mount.
-        let pid = if own {
-            me
-        } else {
-            pids.iter()
-                .copied()
-                .find(|p| std::fs::read_link(format!("/proc/{p}/root")).ok() == Some("/".into()))
-                .unwrap_or(pids[0])
-        };
-        let Ok(table) = Table::read(if own { None } else { Some(pid) }) else {
+        let pids = pids.clone();
+        let found = with_timeout(std::time::Duration::from_secs(2), move || {
+            let pid = if own {
+                me
+            } else {
+                pids.iter()
+                    .copied()
+                    .find(|p| {
+                        std::fs::read_link(format!("/proc/{p}/root")).ok() == Some("/".into())
+                    })
+                    .unwrap_or(pids[0])
+            };
+            Table::read(if own { None } else { Some(pid) })
+                .ok()
+                .map(|t| (pid, t))
+        })
+        .flatten();
+        let Some((pid, table)) = found else {
+            warn!("secfs: mount namespace mnt:[{ns}]: its mount table does not answer");
             continue;
         };
         for place in places_in(&table, lower, fuse_dev) {
@@ -172,8 +200,8 @@ pub fn uncovered(lower: &FsPath, fuse_dev: &str) -> Vec<Place> {
 }
 
 /// Mount namespaces that no process is in but a bind-mounted nsfs file
-/// pins (`unshare --mount=FILE`): whoever enters one later finds what it
-/// shows. Their tables are read from inside (a forked child); one that
+/// (`unshare --mount=FILE`) or an fd held by some process pins: whoever
+/// enters one later finds what it shows. Their tables are read from inside (a forked child); one that
 /// cannot be read counts as uncovered (fail closed).
 fn uncovered_pinned(
     lower: &FsPath,
@@ -184,17 +212,42 @@ fn uncovered_pinned(
     let Ok(own) = Table::read(None) else {
         return out;
     };
+    let mnt_ino =
+        |s: &str| -> Option<u64> { s.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok() };
+    // Pinned by a bind-mounted nsfs file, or by an fd a process holds.
+    let mut pins: Vec<(u64, PathBuf)> = own
+        .mounts
+        .iter()
+        .filter(|m| m.fstype == "nsfs")
+        .filter_map(|m| Some((mnt_ino(m.root.to_str()?)?, m.mount_point.clone())))
+        .collect();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for pid in procs
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            let held = with_timeout(std::time::Duration::from_secs(1), move || {
+                let mut v = Vec::new();
+                let mnt_ino = |s: &str| -> Option<u64> {
+                    s.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok()
+                };
+                if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    for e in fds.filter_map(Result::ok) {
+                        if let Some(ino) = std::fs::read_link(e.path())
+                            .ok()
+                            .and_then(|l| mnt_ino(l.to_str()?))
+                        {
+                            v.push((ino, e.path()));
+                        }
+                    }
+                }
+                v
+            });
+            pins.extend(held.unwrap_or_default());
+        }
+    }
     let mut seen = std::collections::HashSet::new();
-    for m in own.mounts.iter().filter(|m| m.fstype == "nsfs") {
-        let Some(ino) = m
-            .root
-            .to_str()
-            .and_then(|r| r.strip_prefix("mnt:["))
-            .and_then(|r| r.strip_suffix(']'))
-            .and_then(|r| r.parse::<u64>().ok())
-        else {
-            continue;
-        };
+    for (ino, pin) in pins {
         if members.contains_key(&ino) || !seen.insert(ino) {
             continue;
         }
@@ -204,9 +257,9 @@ fn uncovered_pinned(
             own: false,
             target,
             sub,
-            pinned: Some(m.mount_point.clone()),
+            pinned: Some(pin.clone()),
         };
-        let table = open_ns(&m.mount_point)
+        let table = open_ns(&pin)
             .and_then(|fd| raw::mountinfo_in(fd.as_fd()).map_err(|e| e.desc().to_owned()))
             .map(|text| Table::parse(&text, Path::new("/")));
         match table {
@@ -216,10 +269,7 @@ fn uncovered_pinned(
                 }
             }
             Err(e) => {
-                warn!(
-                    "secfs: mount namespace pinned at {}: {e}",
-                    m.mount_point.display()
-                );
+                warn!("secfs: mount namespace pinned at {}: {e}", pin.display());
                 out.push(place(PathBuf::from("(unreadable)"), PathBuf::from("/")));
             }
         }

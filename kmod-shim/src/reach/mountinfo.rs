@@ -162,6 +162,10 @@ pub struct FsPath {
     pub dev: String,
     /// Path from the filesystem's root.
     pub rel: PathBuf,
+    /// The directory's inode when known (0: unknown); lets objects on
+    /// detached mounts, whose path in the filesystem is unknown, be
+    /// compared by identity.
+    pub ino: u64,
 }
 
 impl std::fmt::Display for FsPath {
@@ -195,12 +199,15 @@ impl FsPath {
         let n = fd.as_raw_fd();
         let mnt = mnt_id(&format!("/proc/self/fdinfo/{n}"))?;
         let path = link_path(&format!("/proc/self/fd/{n}"))?;
-        resolve_in(table, mnt, &path).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{}: mount {mnt} not found in the mount table",
-                path.display()
-            ))
-        })
+        let ino = super::raw::dev_ino(fd).map(|(_, i)| i).unwrap_or(0);
+        resolve_in(table, mnt, &path)
+            .map(|f| FsPath { ino, ..f })
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{}: mount {mnt} not found in the mount table",
+                    path.display()
+                ))
+            })
     }
 }
 
@@ -230,6 +237,7 @@ pub fn resolve_in(table: &Table, mnt: u64, path: &Path) -> Option<FsPath> {
     Some(FsPath {
         dev: m.dev.clone(),
         rel: join_abs(&m.root, &inside),
+        ino: 0,
     })
 }
 
@@ -280,10 +288,12 @@ mod tests {
         let a = FsPath {
             dev: "8:1".into(),
             rel: "/data/gp".into(),
+            ino: 0,
         };
         let b = FsPath {
             dev: "8:1".into(),
             rel: "/data/gp2".into(),
+            ino: 0,
         };
         assert!(!b.within(&a));
         assert!(a.within(&a));

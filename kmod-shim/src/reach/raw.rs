@@ -190,9 +190,9 @@ pub fn detach_in(ns: BorrowedFd<'_>, target: &Path, id: u64) -> Result<(), Errno
     in_ns(ns, target, Job::Detach(id))
 }
 
-/// The device ("major:minor") of the object an fd refers to, from statx
-/// without asking a FUSE server (`AT_STATX_DONT_SYNC`).
-pub fn dev_of(fd: BorrowedFd<'_>) -> Result<String, Errno> {
+/// Device ("major:minor") and inode of the object an fd refers to, from
+/// statx without asking a FUSE server (`AT_STATX_DONT_SYNC`).
+pub fn dev_ino(fd: BorrowedFd<'_>) -> Result<(String, u64), Errno> {
     // SAFETY: zeroed statx is a valid value of a plain C struct.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd; empty NUL-terminated path with AT_EMPTY_PATH names
@@ -202,14 +202,17 @@ pub fn dev_of(fd: BorrowedFd<'_>) -> Result<String, Errno> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_TYPE,
+            libc::STATX_TYPE | libc::STATX_INO,
             &mut stx,
         )
     };
     if r < 0 {
         Err(Errno::last())
     } else {
-        Ok(format!("{}:{}", stx.stx_dev_major, stx.stx_dev_minor))
+        Ok((
+            format!("{}:{}", stx.stx_dev_major, stx.stx_dev_minor),
+            stx.stx_ino,
+        ))
     }
 }
 
