@@ -29,8 +29,17 @@
 //!    mount (`open_tree(OPEN_TREE_CLONE)` of the GuardPoint, or of the
 //!    subdirectory a bind mount shows) is attached there with `move_mount`
 //!    — in another namespace from a forked child that `setns`es into it
-//!    ([`raw`]). Then everything is read again; a place still uncovered
-//!    rolls the whole guard back and is named in the refusal.
+//!    ([`raw`]). Namespaces no process is in, pinned by a bind-mounted
+//!    nsfs file or an fd some process holds, are read from inside by a
+//!    forked child and covered the same way. Then everything is read
+//!    again; a place still uncovered rolls the whole guard back and is
+//!    named in the refusal.
+//!
+//! Reading another process's `/proc` entries can block in the kernel (a
+//! process stuck in exec or in a page fault on a hung FUSE server); every
+//! such inspection runs on a helper thread with a timeout
+//! ([`with_timeout`]): a process that does not answer counts as busy, a
+//! namespace whose table does not answer is logged and skipped.
 //! 3. **Unguard** ([`Attachments::detach_all`]): every clone attached is
 //!    detached again (the namespace fds are kept to reach namespaces
 //!    later; a clone is detached only if it is still the mount at its
