@@ -523,3 +523,110 @@ fn a_policy_naming_a_clear_key_can_be_changed_while_guarded() {
         fs::read(dir.join("f")).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
     });
 }
+
+/// Issue 14 F: guarding the agent's own install root (or anything inside
+/// it, or a directory containing it), its log or run directory, or a
+/// system directory is refused at registration with the reason (exit 1),
+/// and nothing is registered.
+#[test]
+fn guarding_the_agent_or_the_host_is_refused_at_registration() {
+    let a = Agent::new();
+    a.start();
+    a.ok("voradmin", &["key", "create", "k_f"]);
+    let policy = a.base.path().join("p.json");
+    fs::write(&policy, policy_json("p_f", "k_f")).unwrap();
+    a.ok("voradmin", &["policy", "apply", policy.to_str().unwrap()]);
+    let root = a.root.clone();
+    let cases = [
+        (root.clone(), "install root"),
+        (root.join("etc"), "install root"),
+        (a.base.path().to_path_buf(), "containing"),
+        (a.base.path().join("log"), "log directory"),
+        (a.run_dir(), "run directory"),
+        (PathBuf::from("/etc"), "a system directory"),
+        (PathBuf::from("/var/lib"), "/var/lib/dpkg"),
+    ];
+    for (dir, why) in cases {
+        let o = a.cmd(
+            "voradmin",
+            &["guard", dir.to_str().unwrap(), "--policy", "p_f"],
+        );
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{}: {t}", dir.display());
+        assert!(
+            t.contains("refusing to guard") && t.contains(why),
+            "{}: {t}",
+            dir.display()
+        );
+    }
+    let v = a.status_json();
+    assert!(
+        v["guardpoints"].as_array().unwrap().is_empty(),
+        "registered anyway: {v}"
+    );
+}
+
+/// Issue 14 B through vmd: a mount namespace made before the guard and a
+/// bind mount of the GuardPoint's parent both show the GuardPoint once vmd
+/// guards it, and unguard removes it from both.
+#[test]
+fn vmd_guard_covers_other_namespaces_and_bind_mounts_and_unguard_removes_them() {
+    let a = Agent::new();
+    a.start();
+    let parent = a.dir("parent");
+    let dir = parent.join("gp");
+    fs::create_dir(&dir).unwrap();
+    let alias = a.dir("alias");
+    assert!(
+        Command::new("mount")
+            .args(["--bind", parent.to_str().unwrap(), alias.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let ns = Kill(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "1000"])
+            .current_dir("/")
+            .spawn()
+            .unwrap(),
+    );
+    let pid = ns.0.id();
+    let own = fs::read_link("/proc/self/ns/mnt").unwrap();
+    wait_until("the namespace", 10, || {
+        fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|n| n != own)
+    });
+    a.guard_with_key(&dir, "k_ns", "xts");
+    fs::write(dir.join("secret"), SECRET).unwrap();
+    let read_ns = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "cat"])
+        .arg(dir.join("secret"))
+        .output()
+        .unwrap();
+    assert_eq!(read_ns.stdout, SECRET, "{}", text(&read_ns));
+    assert_eq!(fs::read(alias.join("gp/secret")).unwrap(), SECRET);
+    fs::write(alias.join("gp/via-alias"), SECRET).unwrap();
+    let lower = a.lower(&dir, "via-alias");
+    assert!(!contains(&lower, SECRET), "written around secfs");
+    a.ok("voradmin", &["unguard", dir.to_str().unwrap()]);
+    let mounted_at = |mountinfo: &str, p: &Path| {
+        mountinfo
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == p.to_str() && l.contains(" - fuse.secfs "))
+    };
+    let ns_info = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(!mounted_at(&ns_info, &dir), "left in the namespace");
+    let own_info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounted_at(&own_info, &alias.join("gp")),
+        "left on the bind mount"
+    );
+    let _ = nix::mount::umount2(&alias, nix::mount::MntFlags::MNT_DETACH);
+}

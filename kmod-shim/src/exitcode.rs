@@ -24,7 +24,10 @@ pub const NOT_MOUNTED: i32 = 16;
 pub const BUSY: i32 = 17;
 /// The policy or host-settings file is missing or invalid.
 pub const BAD_POLICY: i32 = 18;
+/// Guard refused: the directory stays reachable through another mount
+/// point or mount namespace where the GuardPoint could not be attached.
+pub const UNREACHABLE: i32 = 19;
 
 /// The table printed in `--help`.
 pub const TABLE: &str = "Exit codes: 0 ok, 1 failure, 2 usage, 10 not root, 11 no /dev/fuse, \
-12 bad directory, 13 already mounted, 14 bad key file, 15 mount failed, 16 not mounted, 17 busy, 18 bad policy";
+12 bad directory, 13 already mounted, 14 bad key file, 15 mount failed, 16 not mounted, 17 busy, 18 bad policy, 19 reachable elsewhere";

@@ -10,16 +10,19 @@
 //! It must not talk to the network or parse policy text; keys and (later)
 //! compiled policies are handed to it.
 //!
-//! `unsafe` is confined to [`sys`].
+//! `unsafe` is confined to [`sys`] and `reach::raw` (the mount syscalls
+//! that attach a GuardPoint in other mount namespaces).
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
 pub mod ctl;
 pub mod exitcode;
+pub mod forbidden;
 pub mod fuse;
 pub mod keyfile;
 pub mod mount;
+pub mod reach;
 pub mod stack;
 pub mod sys;
 pub mod vfs;

@@ -21,6 +21,7 @@ use nix::sys::stat::Mode as StatMode;
 
 use crate::exitcode;
 use crate::fuse::{FuseBinding, FuseOptions};
+use crate::reach;
 use crate::stack::{GuardConfig, Stack};
 
 /// The filesystem type shown in /proc/mounts is `fuse.secfs`.
@@ -43,6 +44,15 @@ pub enum MountError {
     NotMounted(String),
     #[error("{0} is busy (files are open); close them or use --lazy")]
     Busy(String),
+    /// Guard refused: processes hold the lower directory.
+    #[error("{path}: not guarded, busy: in use by pid {users}")]
+    InUse { path: String, users: String },
+    /// Guard refused: the lower directory would stay reachable elsewhere.
+    #[error("{path}: not guarded: {why}")]
+    Unreachable { path: String, why: String },
+    /// Guard refused: the directory must never be a GuardPoint.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl MountError {
@@ -55,7 +65,9 @@ impl MountError {
             MountError::AlreadyMounted(_) => exitcode::ALREADY_MOUNTED,
             MountError::MountFailed { .. } => exitcode::MOUNT_FAILED,
             MountError::NotMounted(_) => exitcode::NOT_MOUNTED,
-            MountError::Busy(_) => exitcode::BUSY,
+            MountError::Busy(_) | MountError::InUse { .. } => exitcode::BUSY,
+            MountError::Unreachable { .. } => exitcode::UNREACHABLE,
+            MountError::Forbidden(_) => exitcode::BAD_DIR,
         }
     }
 }
@@ -192,6 +204,8 @@ pub struct MountSpec {
     pub fuse: FuseOptions,
     /// Worker threads (each with its own cloned /dev/fuse fd).
     pub threads: usize,
+    /// Processes allowed to hold the lower directory (besides this one).
+    pub exclude: Vec<u32>,
 }
 
 /// A mounted GuardPoint whose session has not started serving yet.
@@ -199,6 +213,8 @@ pub struct Mounted {
     pub path: PathBuf,
     pub stack: Arc<Stack>,
     session: Session<FuseBinding<Stack>>,
+    lower: reach::mountinfo::FsPath,
+    exclude: Vec<u32>,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -215,6 +231,9 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
     require_root()?;
     let path = prepare_dir(&spec.dir)?;
     let shown = path.display().to_string();
+    crate::forbidden::Forbidden::host()
+        .check(&path)
+        .map_err(MountError::Forbidden)?;
     let failed = |why: String| MountError::MountFailed {
         path: shown.clone(),
         why,
@@ -234,6 +253,16 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
                 e.desc().to_owned()
             },
         })?;
+    // The lower directory as the kernel names it (filesystem and path
+    // inside it), and the busy check before mounting (again once serving,
+    // see `Mounted::start`).
+    let lower_fs = {
+        use std::os::fd::AsFd;
+        let table = reach::mountinfo::Table::read(None).map_err(|e| failed(e.to_string()))?;
+        reach::mountinfo::FsPath::of_fd(lower.as_fd(), &table)
+            .map_err(|e| failed(format!("locating the lower directory: {e}")))?
+    };
+    reach::check_busy(&lower_fs, None, &spec.exclude).map_err(|e| refused(&shown, e))?;
     // Mount on the directory just opened, not on the path again.
     let target = PathBuf::from(format!("/proc/self/fd/{}", lower.as_raw_fd()));
     let stack =
@@ -253,7 +282,22 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
         path,
         stack,
         session,
+        lower: lower_fs,
+        exclude: spec.exclude.clone(),
     })
+}
+
+fn refused(shown: &str, e: reach::ReachError) -> MountError {
+    match e {
+        reach::ReachError::Busy(users) => MountError::InUse {
+            path: shown.to_owned(),
+            users,
+        },
+        reach::ReachError::Uncovered(_) => MountError::Unreachable {
+            path: shown.to_owned(),
+            why: e.to_string(),
+        },
+    }
 }
 
 /// Mount a FUSE filesystem `fs` on `path` with mount(2) (root, no
@@ -339,13 +383,142 @@ impl Mounted {
         }
     }
 
-    /// Serve requests until the mount goes away (unmount, or a signal
-    /// handled by the caller that unmounts).
-    pub fn serve(self) -> std::io::Result<()> {
+    /// Start serving (on a thread of its own), then close every other way
+    /// to the lower tree ([`crate::reach`]): check again that no process
+    /// holds the lower directory, and make every other place where it
+    /// shows (mount points, mount namespaces) show this GuardPoint. On
+    /// failure the mount is rolled back (detached) and the reason names
+    /// the pids or the places.
+    pub fn start(self) -> Result<Serving, MountError> {
+        let shown = self.path.display().to_string();
+        let Some((main_id, fuse_dev)) = secfs_mount_at(&self.path) else {
+            return Err(MountError::MountFailed {
+                path: shown,
+                why: "the new mount is not in the mount table".into(),
+            });
+        };
+        let session = self.session;
+        let p = self.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("secfs-session".into())
+            .spawn(move || {
+                let r = session.run();
+                info!("secfs: {} unmounted, session ended", p.display());
+                r
+            })
+            .map_err(|e| MountError::MountFailed {
+                path: shown.clone(),
+                why: format!("starting the session: {e}"),
+            })?;
+        // Cover first, then look for holders: of the lower directory, and
+        // of anything above it from which it is reached uncovered.
+        let checked = reach::cover(&self.path, &self.lower, &fuse_dev).and_then(|mut a| {
+            match reach::check_busy(&self.lower, Some(&fuse_dev), &self.exclude) {
+                Ok(()) => Ok(a),
+                Err(e) => {
+                    a.detach_all();
+                    Err(e)
+                }
+            }
+        });
+        let attachments = match checked {
+            Ok(a) => Arc::new(std::sync::Mutex::new(a)),
+            Err(e) => {
+                warn!("secfs: {shown}: {e}; rolling the mount back");
+                let _ = nix::mount::umount2(&self.path, MntFlags::MNT_DETACH);
+                return Err(refused(&shown, e));
+            }
+        };
+        let serving = Serving {
+            path: self.path,
+            stack: self.stack,
+            fuse_dev,
+            attachments,
+            thread,
+        };
+        serving.watch(main_id);
+        Ok(serving)
+    }
+}
+
+/// The topmost secfs mount at `path` in this namespace: mount id and
+/// "major:minor".
+fn secfs_mount_at(path: &Path) -> Option<(u64, String)> {
+    let table = reach::mountinfo::Table::read(None).ok()?;
+    let (m, rel) = table.resolve(path)?;
+    (m.fstype == format!("fuse.{FS_SUBTYPE}") && rel == Path::new("/"))
+        .then(|| (m.id, m.dev.clone()))
+}
+
+/// A GuardPoint being served, with the clones attached elsewhere.
+pub struct Serving {
+    pub path: PathBuf,
+    pub stack: Arc<Stack>,
+    /// The FUSE mount's device, "major:minor".
+    pub fuse_dev: String,
+    attachments: Arc<std::sync::Mutex<reach::Attachments>>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    /// A function that removes the GuardPoint from every place it was
+    /// attached to besides its own path (call before unmounting it).
+    pub fn remover(&self) -> impl Fn() + Send + Sync + 'static {
+        let a = self.attachments.clone();
+        move || a.lock().unwrap_or_else(|e| e.into_inner()).detach_all()
+    }
+
+    /// Whether clones were attached elsewhere.
+    pub fn attached_elsewhere(&self) -> bool {
+        !self
+            .attachments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// When the GuardPoint's own mount goes away behind our back
+    /// (`secfs umount`, `umount`), remove the clones too, so that the
+    /// session ends instead of serving them on.
+    fn watch(&self, main_id: u64) {
+        if !self.attached_elsewhere() {
+            return;
+        }
+        let remove = self.remover();
         let path = self.path.clone();
-        let r = self.session.run();
-        info!("secfs: {} unmounted, session ended", path.display());
-        r
+        let _ = std::thread::Builder::new()
+            .name("secfs-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let gone = reach::mountinfo::Table::read(None)
+                        .map(|t| t.by_id(main_id).is_none())
+                        .unwrap_or(false);
+                    if gone {
+                        info!(
+                            "secfs: {} was unmounted; removing its other mounts",
+                            path.display()
+                        );
+                        remove();
+                        return;
+                    }
+                }
+            });
+    }
+
+    /// Serve until the session ends (every mount of it gone).
+    pub fn wait(self) -> std::io::Result<()> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("session thread panicked")))
     }
 }
 
@@ -408,6 +581,16 @@ pub fn block_signals() -> std::io::Result<()> {
 /// arrives (SIGHUP is ignored). Requires [`block_signals`] first.
 pub fn unmount_on_signal_then(path: PathBuf, before: Box<dyn Fn() + Send>) -> std::io::Result<()> {
     signal_thread(path, Box::new(|| {}), before)
+}
+
+/// Call `before` and then unmount `path` (lazily) when SIGTERM or SIGINT
+/// arrives; call `on_hup` on SIGHUP. Requires [`block_signals`] first.
+pub fn unmount_on_signal_with(
+    path: PathBuf,
+    on_hup: Box<dyn Fn() + Send>,
+    before: Box<dyn Fn() + Send>,
+) -> std::io::Result<()> {
+    signal_thread(path, on_hup, before)
 }
 
 /// Unmount `path` (lazily) when SIGTERM or SIGINT arrives, and call

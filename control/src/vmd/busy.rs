@@ -1,69 +1,36 @@
 //! Which processes are using a directory: their working directory, root,
 //! an open file or a mapped file is inside it. Guarding such a directory
-//! would leave them writing plaintext to the lower directory, so vmd
-//! refuses and retries, as CTE does.
+//! would leave them reading and writing the lower directory behind the
+//! GuardPoint, so vmd refuses and retries, as CTE does.
+//!
+//! The check itself lives in secfs (`guardfs_shim::reach::busy`), which
+//! does it again before and after mounting (no window between check and
+//! mount); vmd asks first so that its status can name the processes. A
+//! directory is named by its filesystem and its path inside it, so
+//! processes inside it through a bind mount or from another mount
+//! namespace are found too; on a guarded directory, the users of the
+//! GuardPoint (its FUSE mount, wherever attached) are found.
 
 use std::path::Path;
 
-/// A process using the directory: pid and command name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub pid: u32,
-    pub comm: String,
-}
+use guardfs_shim::reach::busy::{self, Target};
+use guardfs_shim::reach::mountinfo::FsPath;
 
-fn inside(p: &Path, dir: &Path) -> bool {
-    p == dir || p.starts_with(dir)
-}
+pub use guardfs_shim::reach::busy::{User, describe};
 
 /// Every process using `dir`, by pid, except this one and `exclude`
 /// (the secfs service, which holds the lower directory by design).
 pub fn users(dir: &Path, exclude: Option<u32>) -> Vec<User> {
-    let me = std::process::id();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    let Ok(target) = FsPath::of_path(dir) else {
         return Vec::new();
     };
-    let mut out: Vec<User> = procs
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me && Some(pid) != exclude && uses(pid, dir))
-        .map(|pid| User {
-            pid,
-            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_default(),
-        })
-        .collect();
-    out.sort_by_key(|u| u.pid);
-    out
-}
-
-fn uses(pid: u32, dir: &Path) -> bool {
-    let base = format!("/proc/{pid}");
-    let link_inside =
-        |name: &str| std::fs::read_link(format!("{base}/{name}")).is_ok_and(|p| inside(&p, dir));
-    if link_inside("cwd") || (link_inside("root") && dir != Path::new("/")) {
-        return true;
-    }
-    for sub in ["fd", "map_files"] {
-        if let Ok(entries) = std::fs::read_dir(format!("{base}/{sub}")) {
-            for e in entries.filter_map(Result::ok) {
-                if std::fs::read_link(e.path()).is_ok_and(|p| inside(&p, dir)) {
-                    return true;
-                }
-            }
-        }
-    }
-    false
-}
-
-/// "1234 (sleep), 5678 (bash)".
-pub fn describe(users: &[User]) -> String {
-    users
-        .iter()
-        .map(|u| format!("{} ({})", u.pid, u.comm))
-        .collect::<Vec<_>>()
-        .join(", ")
+    busy::users(
+        &Target::Tree {
+            lower: &target,
+            covered_by: None,
+        },
+        exclude.as_slice(),
+    )
 }
 
 #[cfg(test)]
@@ -78,7 +45,14 @@ mod tests {
             .current_dir(dir.path())
             .spawn()
             .unwrap();
-        let found = users(dir.path(), None);
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = users(dir.path(), None);
+            if found.iter().any(|u| u.comm == "sleep") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert!(

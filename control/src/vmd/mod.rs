@@ -443,10 +443,14 @@ impl Agent {
             Ok(_) => return Err("not a directory".into()),
             Err(e) => return Err(format!("directory unavailable: {e}")),
         }
+        self.forbidden().check(Path::new(path))?;
         let users = busy::users(Path::new(path), self.secfs.pid());
         if !users.is_empty() {
             return Err(format!("busy: in use by pid {}", busy::describe(&users)));
         }
+        // Where else the lower directory shows (for the reason given when
+        // secfs cannot attach the GuardPoint there).
+        let lower = guardfs_shim::reach::mountinfo::FsPath::of_path(Path::new(path)).ok();
         let (key, mode) = self.policy_key(policy)?;
         let (pdigest, hdigest) = self.policy_blobs(policy)?;
         self.push_policy_keys(policy, key.as_deref())?;
@@ -462,8 +466,50 @@ impl Agent {
                 info!("vmd: guarded {path} (policy {policy}, {mode})");
                 Ok(())
             }
+            // secfs checked again after mounting and rolled back.
+            Err(e) if e.errno().map(|e| e.0) == Some(nix::errno::Errno::EBUSY as i32) => {
+                let users = busy::users(Path::new(path), self.secfs.pid());
+                Err(format!("busy: in use by pid {}", busy::describe(&users)))
+            }
+            Err(e) if e.errno().map(|e| e.0) == Some(nix::errno::Errno::EXDEV as i32) => {
+                let places: Vec<String> = lower
+                    .map(|l| guardfs_shim::reach::uncovered(&l, "-"))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| !(p.own && p.target == Path::new(path)))
+                    .map(|p| p.to_string())
+                    .collect();
+                Err(format!(
+                    "the lower directory stays reachable without secfs through: {} \
+                     (secfs could not attach the GuardPoint there; see its log)",
+                    if places.is_empty() {
+                        "another mount point or mount namespace".to_owned()
+                    } else {
+                        places.join("; ")
+                    }
+                ))
+            }
+            Err(e) if e.errno().map(|e| e.0) == Some(nix::errno::Errno::EPERM as i32) => {
+                Err(format!(
+                    "secfs refused to guard {path} (EPERM): a directory that must never be guarded (see the secfs log)"
+                ))
+            }
             Err(e) => Err(format!("secfs: {e}")),
         }
+    }
+
+    /// Directories that must never be GuardPoints: the host's (see
+    /// `guardfs_shim::forbidden`) and this agent's install root, state,
+    /// run and log directories.
+    fn forbidden(&self) -> guardfs_shim::forbidden::Forbidden {
+        guardfs_shim::forbidden::Forbidden::host()
+            .with(
+                &self.layout.root,
+                "the agent's install root and state directory",
+            )
+            .with(&self.layout.run_dir, "the agent's run directory")
+            .with(&self.layout.log_dir, "the agent's log directory")
+            .with(&self.layout.blob_dir, "the agent's run directory")
     }
 
     fn local_keys(&mut self) -> Result<&mut LocalKeys, String> {
@@ -627,6 +673,7 @@ impl Agent {
         gp_type: Option<GpType>,
     ) -> Result<Value, String> {
         let path = normalize(path)?;
+        self.forbidden().check(Path::new(&path))?;
         if policy.is_some() && self.km.is_some() {
             return Err(
                 "this host is registered with a key manager: GuardPoints are defined there".into(),

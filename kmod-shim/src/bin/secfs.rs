@@ -226,6 +226,11 @@ struct Prepared {
 fn precheck(a: &MountArgs) -> Result<Prepared, (i32, String)> {
     mount::require_root().map_err(|e| (e.exit_code(), e.to_string()))?;
     drop(mount::open_fuse_device().map_err(|e| (e.exit_code(), e.to_string()))?);
+    // Directories that must never be guarded, before anything else.
+    let abs = mount::absolute(&a.dir).map_err(|e| (e.exit_code(), e.to_string()))?;
+    guardfs_shim::forbidden::Forbidden::host()
+        .check(&abs)
+        .map_err(|e| (exitcode::BAD_DIR, e))?;
     mount::prepare_dir(&a.dir).map_err(|e| (e.exit_code(), e.to_string()))?;
     let keys = load_keys(a).map_err(|e| (exitcode::BAD_KEY, e))?;
     let policy = match &a.policy {
@@ -308,6 +313,7 @@ fn run_mount(a: MountArgs) -> i32 {
             ..FuseOptions::default()
         },
         threads: a.threads.unwrap_or_else(cpus),
+        exclude: Vec::new(),
     };
     // Files are created with the modes the kernel computed (umask applied).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -325,14 +331,25 @@ fn run_mount(a: MountArgs) -> i32 {
         let (policy, host) = (a.policy.clone(), a.host_settings.clone());
         Box::new(move || reload(&stack, policy.as_deref(), host.as_deref(), &invalidate))
     };
-    if let Err(e) = mount::unmount_on_signal(mounted.path.clone(), on_hup) {
-        let _ = mount::unmount(&mounted.path, true);
+    // Serving; no process holds the lower directory and every other place
+    // where it shows has the GuardPoint too (or the mount is rolled back).
+    let serving = match mounted.start() {
+        Ok(s) => s,
+        Err(e) => {
+            report_ready(a.ready_fd, Err(&e.to_string()));
+            return fail(e.exit_code(), &e);
+        }
+    };
+    let before: Box<dyn Fn() + Send> = Box::new(serving.remover());
+    if let Err(e) = mount::unmount_on_signal_with(serving.path.clone(), on_hup, before) {
+        serving.remover()();
+        let _ = mount::unmount(&serving.path, true);
         let msg = format!("cannot install signal handling: {e}");
         report_ready(a.ready_fd, Err(&msg));
         return fail(exitcode::FAILURE, &msg);
     }
     report_ready(a.ready_fd, Ok(()));
-    match mounted.serve() {
+    match serving.wait() {
         Ok(()) => exitcode::OK,
         Err(e) => fail(exitcode::FAILURE, &e),
     }

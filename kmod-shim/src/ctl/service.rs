@@ -67,6 +67,11 @@ fn hex(d: &[u8]) -> String {
 /// A GuardPoint served by this process.
 struct Served {
     stack: Arc<Stack>,
+    /// Removes the clones attached in other places (mount points, mount
+    /// namespaces) at unguard.
+    remove: Box<dyn Fn() + Send + Sync>,
+    /// The FUSE mount's device ("major:minor").
+    fuse_dev: String,
     mode: Mode,
     key: Option<String>,
     invalidate: Box<dyn Fn(Ino) + Send + Sync>,
@@ -349,22 +354,32 @@ impl Service {
                 ..FuseOptions::default()
             },
             threads: self.opts.threads,
+            exclude: Vec::new(),
         };
-        let mounted = mount::mount(&spec).map_err(|e| {
+        let errno = |e: mount::MountError| {
             error!("secfs: guard {path}: {e}");
             match e {
                 mount::MountError::AlreadyMounted(_) => Errno::EEXIST,
                 mount::MountError::BadDir { .. } => Errno::ENOENT,
+                mount::MountError::Forbidden(_) => Errno::EPERM,
+                mount::MountError::InUse { .. } => Errno(libc::EBUSY),
+                mount::MountError::Unreachable { .. } => Errno(libc::EXDEV),
                 _ => Errno::EIO,
             }
-        })?;
+        };
+        let mounted = mount::mount(&spec).map_err(errno)?;
         let stack = mounted.stack.clone();
         let invalidate = Box::new(mounted.invalidator());
+        // Serving from here; refused (and rolled back) if a process holds
+        // the lower directory or it stays reachable elsewhere.
+        let mounted = mounted.start().map_err(errno)?;
         let p = path.to_owned();
         self.lock().insert(
             path.to_owned(),
             Served {
                 stack: stack.clone(),
+                remove: Box::new(mounted.remover()),
+                fuse_dev: mounted.fuse_dev.clone(),
                 mode,
                 key,
                 invalidate,
@@ -374,7 +389,7 @@ impl Service {
         let spawned = std::thread::Builder::new()
             .name("secfs-gp".into())
             .spawn(move || {
-                if let Err(e) = mounted.serve() {
+                if let Err(e) = mounted.wait() {
                     error!("secfs: {p}: session ended: {e}");
                 }
                 // Unmounted (by us or behind our back): no longer served,
@@ -386,7 +401,9 @@ impl Service {
                 }
             });
         if spawned.is_err() {
-            self.lock().remove(path);
+            if let Some(s) = self.lock().remove(path) {
+                (s.remove)();
+            }
             let _ = mount::unmount(Path::new(path), true);
             return Err(Errno::ENOMEM);
         }
@@ -395,8 +412,21 @@ impl Service {
     }
 
     fn unguard(&self, path: &str, lazy: bool) -> VfsResult<Vec<u8>> {
-        if !self.lock().contains_key(path) {
-            return Err(Errno::ENOENT);
+        let fuse_dev = match self.lock().get(path) {
+            Some(s) => s.fuse_dev.clone(),
+            None => return Err(Errno::ENOENT),
+        };
+        // In use anywhere (also through a clone in another namespace)?
+        if !lazy {
+            let users =
+                crate::reach::busy::users(&crate::reach::busy::Target::Device(&fuse_dev), &[]);
+            if !users.is_empty() {
+                warn!(
+                    "secfs: unguard {path}: busy: in use by pid {}",
+                    crate::reach::busy::describe(&users)
+                );
+                return Err(Errno(libc::EBUSY));
+            }
         }
         match mount::unmount(Path::new(path), lazy) {
             Ok(()) => {}
@@ -407,7 +437,10 @@ impl Service {
                 return Err(Errno::EIO);
             }
         }
-        self.lock().remove(path);
+        // Then every other place it was attached to.
+        if let Some(s) = self.lock().remove(path) {
+            (s.remove)();
+        }
         info!("secfs: unguarded {path}");
         Ok(Vec::new())
     }

@@ -3,8 +3,6 @@
 //! never skip, without them.
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -36,6 +34,37 @@ pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `/proc/PID/fd/N` of the secfs daemon `pid`'s fd on the lower directory
+/// `dir` (an fd whose link is `dir` and which is not on the FUSE mount).
+pub fn lower_fd_of(pid: u32, dir: &Path) -> PathBuf {
+    let fuse_mnt: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" - fuse.secfs "))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon fds") {
+        let e = e.unwrap();
+        if std::fs::read_link(e.path()).ok().as_deref() != Some(dir) {
+            continue;
+        }
+        let n = e.file_name().into_string().unwrap();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap_or_default();
+        let mnt = info
+            .lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        if !fuse_mnt.contains(&mnt) {
+            return e.path();
+        }
+    }
+    panic!(
+        "secfs {pid} holds no fd on the lower directory {}",
+        dir.display()
+    );
+}
+
 pub fn is_mounted(dir: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -64,14 +93,15 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A GuardPoint in a temporary directory. The lower directory is opened
-/// before the mount, so `lower(name)` reads what is really on disk.
+/// A GuardPoint in a temporary directory. `lower(name)` reads what is
+/// really on disk: through the daemon's own fd on the lower directory
+/// (root may; a test process holding the lower directory itself would make
+/// the guard refuse it as busy).
 pub struct Gp {
     pub base: tempfile::TempDir,
     pub dir: PathBuf,
     pub key: PathBuf,
     pub log: PathBuf,
-    lower: File,
     pub pid: Option<u32>,
 }
 
@@ -98,14 +128,12 @@ impl Gp {
         let out = run(&["genkey", key.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
         before(&dir);
-        let lower = File::open(&dir).unwrap();
         let log = base.path().join("secfs.log");
         let mut gp = Gp {
             base,
             dir,
             key,
             log,
-            lower,
             pid: None,
         };
         gp.mount(mode, extra);
@@ -116,10 +144,13 @@ impl Gp {
         self.dir.join(name)
     }
 
-    /// The lower (on-disk) path of `name`, reached through the fd opened
-    /// before the mount.
+    /// The lower (on-disk) path of `name`: through the daemon's fd on the
+    /// lower directory while it runs, else the directory itself.
     pub fn lower(&self, name: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}/{}", self.lower.as_raw_fd(), name))
+        match self.pid {
+            Some(pid) => lower_fd_of(pid, &self.dir).join(name),
+            None => self.dir.join(name),
+        }
     }
 
     pub fn mount(&mut self, mode: &str, extra: &[&str]) {
