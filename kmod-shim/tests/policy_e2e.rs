@@ -983,3 +983,201 @@ fn reload_judges_a_handle_of_an_exited_opener_as_that_opener() {
     assert_eq!(a.mapped, data);
     assert_eq!(a.read, data, "A's fd after reloading an unchanged policy");
 }
+
+// ---------------------------------------------------------------------
+// A process is who it really is (issue 14, D) and signs of injected code
+// (issue 14, G): attacks on process identity.
+
+/// A uid with no passwd entry, for unprivileged attackers.
+const ATTACKER: u32 = 4747;
+
+/// Run `script` with sh as the unprivileged [`ATTACKER`] inside a new user
+/// and mount namespace (`unshare -Urm`), where it may bind-mount at will.
+fn in_userns(script: &str) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={ATTACKER}"))
+        .arg(format!("--regid={ATTACKER}"))
+        .args(["--clear-groups", "unshare", "-Urm", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+/// The attack: in a private namespace, bind-mount `evil` over the trusted
+/// path `trusted` (checking that the mount took), then run what is now at
+/// the trusted path, reading `file`.
+fn impersonate(evil: &Path, trusted: &Path, file: &Path) -> Output {
+    let o = in_userns(&format!(
+        "mount --bind {e} {t} || exit 90; \
+         [ \"$(stat -c %i {t})\" = \"$(stat -c %i {e})\" ] || exit 91; \
+         exec {t} read {f}",
+        e = evil.display(),
+        t = trusted.display(),
+        f = file.display()
+    ));
+    assert!(
+        o.status.success(),
+        "the attack could not be performed (user namespaces?): {o:?}"
+    );
+    o
+}
+
+/// Assert `o` read the file through a permit without the key: the exact
+/// lower bytes, no plaintext.
+fn assert_ciphertext(o: &Output, lower: &[u8], what: &str) {
+    assert!(!contains(&o.stdout, SECRET), "{what}: plaintext leaked");
+    assert!(o.status.success(), "{what}: {o:?}");
+    assert!(o.stdout == lower, "{what}: not the lower bytes: {o:?}");
+}
+
+/// Process sets by directory and file (exact and `pattern*`) match the file
+/// the process runs: an unprivileged user who bind-mounts their own binary
+/// over the trusted path in a user + mount namespace runs it under the
+/// trusted name, and gets ciphertext; the genuine binary, also when run
+/// from another mount namespace, gets plaintext.
+#[test]
+fn a_bind_mount_in_a_user_namespace_does_not_impersonate_a_process_set() {
+    let bins = Bins::new(&["good", "trusted-db", "evil"]);
+    let policy = format!(
+        r#"{{ "name": "ns", "authenticated_users_only": false,
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "trusted", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 2, "user_set_id": "root", "authenticated_users_only": false, "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit" }} ],
+      "user_sets": [ {{ "id": "root", "users": [ {{ "uid": 0 }} ] }} ],
+      "process_sets": [ {{ "id": "trusted", "processes": [
+          {{ "directory": "{d}", "file": "good" }},
+          {{ "directory": "{d}", "file": "trusted*" }} ] }} ] }}"#,
+        d = bins.dir()
+    );
+    let (gp, _cfg) = guarded(&policy, &[]);
+    let data = write_secret(&gp, "f");
+    let lower = fs::read(gp.lower("f")).unwrap();
+    let f = gp.path("f");
+    for name in ["good", "trusted-db"] {
+        let trusted = bins.path(name);
+        let o = run_as(Some(ATTACKER), &trusted, &["read", f.to_str().unwrap()]);
+        assert_eq!(o.stdout, data, "genuine {name}: {o:?}");
+        // The genuine file run from another mount namespace is still it.
+        let o = in_userns(&format!("exec {} read {}", trusted.display(), f.display()));
+        assert_eq!(o.stdout, data, "genuine {name} in a user namespace: {o:?}");
+        let o = impersonate(&bins.path("evil"), &trusted, &f);
+        assert_ciphertext(&o, &lower, &format!("evil bind-mounted over {name}"));
+    }
+}
+
+/// `|trust|` (and `|authenticator|`, which shares the check) vouches for a
+/// file, not a name: the same bind-mount attack does not make the attacker
+/// an authenticated user.
+#[test]
+fn a_bind_mount_in_a_user_namespace_does_not_impersonate_a_trusted_program() {
+    let bins = Bins::new(&["good", "evil"]);
+    let cfg = tempfile::Builder::new()
+        .prefix("guardfs-host")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let host = cfg.path().join("host_settings");
+    fs::write(&host, format!("|trust|{}\n", bins.path("good").display())).unwrap();
+    let policy = format!(
+        r#"{{ "name": "trust",
+      "security_rules": [
+        {{ "order_number": 1, "user_set_id": "u", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 2, "user_set_id": "root", "authenticated_users_only": false, "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit" }} ],
+      "user_sets": [ {{ "id": "root", "users": [ {{ "uid": 0 }} ] }},
+        {{ "id": "u", "users": [ {{ "uid": {ATTACKER} }} ] }} ] }}"#
+    );
+    let (gp, _c) = guarded(&policy, &["--host-settings", host.to_str().unwrap()]);
+    let data = write_secret(&gp, "f");
+    let lower = fs::read(gp.lower("f")).unwrap();
+    let f = gp.path("f");
+    let good = bins.path("good");
+    let o = run_as(Some(ATTACKER), &good, &["read", f.to_str().unwrap()]);
+    assert_eq!(o.stdout, data, "the trusted program: {o:?}");
+    let o = impersonate(&bins.path("evil"), &good, &f);
+    assert_ciphertext(&o, &lower, "evil bind-mounted over the trusted program");
+}
+
+/// Unmounts a bind mount when dropped (even when an assertion fails).
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A process whose trusted binary was deleted, replaced by a rename, or
+/// covered by a bind mount (in secfs's own mount namespace) after it
+/// started no longer runs the file the process set names: it gets
+/// ciphertext. What the trusted path holds now still matches.
+#[test]
+fn a_deleted_or_replaced_trusted_binary_never_matches() {
+    let bins = Bins::new(&["replaced", "deleted", "covered", "spare"]);
+    let policy = format!(
+        r#"{{ "name": "rep", "authenticated_users_only": false,
+      "security_rules": [
+        {{ "order_number": 1, "process_set_id": "trusted", "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 2, "user_set_id": "root", "authenticated_users_only": false, "action": "all_ops", "effect": "permit,applykey" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit" }} ],
+      "user_sets": [ {{ "id": "root", "users": [ {{ "uid": 0 }} ] }} ],
+      "process_sets": [ {{ "id": "trusted", "processes": [
+          {{ "directory": "{d}", "file": "replaced" }},
+          {{ "directory": "{d}", "file": "deleted" }},
+          {{ "directory": "{d}", "file": "covered" }} ] }} ] }}"#,
+        d = bins.dir()
+    );
+    let (gp, cfg) = guarded(&policy, &[]);
+    let data = write_secret(&gp, "f");
+    let lower = fs::read(gp.lower("f")).unwrap();
+    let f = gp.path("f");
+    let trigger = cfg.path().join("go");
+    let names = ["replaced", "deleted", "covered"];
+    let kids: Vec<_> = names
+        .iter()
+        .map(|n| {
+            Command::new("setpriv")
+                .arg(format!("--reuid={ATTACKER}"))
+                .arg(format!("--regid={ATTACKER}"))
+                .arg("--clear-groups")
+                .arg(bins.path(n))
+                .arg("after")
+                .arg(&f)
+                .arg(&trigger)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (k, n) in kids.iter().zip(names) {
+        let exe = bins.path(n);
+        wait_until("the trusted binary runs", || {
+            fs::read_link(format!("/proc/{}/exe", k.id())).is_ok_and(|p| p == exe)
+        });
+    }
+    // Replaced by a rename (a package upgrade, or an attacker with write
+    // access to the directory), deleted, covered by a bind mount.
+    copy_bin(&bins.path("spare"), &bins.path("new"));
+    fs::rename(bins.path("new"), bins.path("replaced")).unwrap();
+    fs::remove_file(bins.path("deleted")).unwrap();
+    nix::mount::mount(
+        Some(&bins.path("spare")),
+        &bins.path("covered"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _cover = BindMount(bins.path("covered"));
+    fs::write(&trigger, b"").unwrap();
+    for (k, n) in kids.into_iter().zip(names) {
+        let o = k.wait_with_output().unwrap();
+        assert_ciphertext(&o, &lower, &format!("a process whose binary was {n}"));
+    }
+    // The file now at a trusted path is what the process set names.
+    let o = run_as(
+        Some(ATTACKER),
+        &bins.path("replaced"),
+        &["read", f.to_str().unwrap()],
+    );
+    assert_eq!(o.stdout, data, "the new binary at the trusted path: {o:?}");
+}

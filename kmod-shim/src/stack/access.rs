@@ -476,11 +476,14 @@ impl Access {
         if !d.is_permit() {
             return Err(Errno::EACCES);
         }
+        // `|no_applykey|`: a traced or preloaded process gets no key (the
+        // grant is what a permit without applykey gives).
+        let apply_key = d.apply_key() && !l.host.withholds_key(ident.taint);
         let key = match d.key() {
             KeyChoice::Default => NewKey::Default,
             KeyChoice::Clear => NewKey::Clear,
             KeyChoice::Named(_) => NewKey::Named(l.policy.key_label(d.key()).to_owned()),
-            KeyChoice::Unmatched if d.apply_key() => {
+            KeyChoice::Unmatched if apply_key => {
                 warn!(
                     "secfs: no key rule covers {}; access refused",
                     String::from_utf8_lossy(path)
@@ -491,8 +494,8 @@ impl Access {
         };
         // Without the key, only a clear (headerless) file under clear_key
         // is shown as plaintext; the caller resolves that per file.
-        let clear_only = !d.apply_key() && key == NewKey::Clear;
-        let view = if d.apply_key() || clear_only {
+        let clear_only = !apply_key && key == NewKey::Clear;
+        let view = if apply_key || clear_only {
             View::Plain
         } else {
             View::Raw

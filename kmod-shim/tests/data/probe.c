@@ -16,6 +16,8 @@
  *                            gives (or "ERR n"), "--FSTAT--" and "OK" or
  *                            "ERR n", and last "--MAP--" and the mapping
  *                            (a refused fault is SIGBUS)
+ *   probe after FILE TRIGGER wait until TRIGGER exists (at most 60 s),
+ *                            then as `read` (the open comes after the wait)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +43,10 @@ static ssize_t read_all(int fd, unsigned char *buf, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
+    if (!strcmp(argv[1], "after") && argc > 3) {
+        for (int i = 0; i < 600 && access(argv[3], F_OK) != 0; i++) usleep(100000);
+        argv[1] = "read";
+    }
     int fd = open(argv[2], O_RDONLY);
     if (fd < 0) return fail();
     struct stat st;

@@ -1,0 +1,33 @@
+/* Run a program under ptrace, as a debugger or strace would: the child
+ * asks to be traced (PTRACE_TRACEME) and execs PROG; this process resumes
+ * it at every stop until it exits, and exits with its status.
+ *
+ *   tracer PROG ARGS...
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    pid_t pid = fork();
+    if (pid < 0) return 2;
+    if (pid == 0) {
+        if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0) { perror("ptrace"); _exit(126); }
+        execvp(argv[1], argv + 1);
+        perror("execvp");
+        _exit(127);
+    }
+    for (;;) {
+        int st;
+        if (waitpid(pid, &st, 0) < 0) return 2;
+        if (WIFEXITED(st)) return WEXITSTATUS(st);
+        if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+        if (WIFSTOPPED(st)) {
+            int sig = WSTOPSIG(st);
+            ptrace(PTRACE_CONT, pid, NULL, (void *)(long)(sig == SIGTRAP ? 0 : sig));
+        }
+    }
+}
