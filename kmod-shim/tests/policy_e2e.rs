@@ -1181,3 +1181,102 @@ fn a_deleted_or_replaced_trusted_binary_never_matches() {
     );
     assert_eq!(o.stdout, data, "the new binary at the trusted path: {o:?}");
 }
+
+/// The tiny ptrace launcher (tests/data/tracer.c), built once per test.
+fn tracer(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tracer.c");
+    let bin = dir.join("tracer");
+    let out = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("cc");
+    assert!(out.status.success(), "{out:?}");
+    bin
+}
+
+/// `|no_applykey|ld_env` and `|no_applykey|traced`: a process started with
+/// `LD_PRELOAD`, `LD_LIBRARY_PATH` or `LD_AUDIT`, or run under a tracer
+/// (ptrace, as strace and gdb do), gets no key where every process is
+/// otherwise permitted plaintext: it reads ciphertext and cannot write.
+/// Without the settings (after a reload), the same processes get plaintext.
+#[test]
+fn preloaded_or_traced_processes_get_no_key_when_the_host_settings_say_so() {
+    let cfg = tempfile::Builder::new()
+        .prefix("guardfs-host")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let host = cfg.path().join("host_settings");
+    fs::write(&host, "").unwrap();
+    let policy = r#"{ "name": "all", "authenticated_users_only": false,
+      "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ] }"#;
+    let (gp, _c) = guarded(policy, &["--host-settings", host.to_str().unwrap()]);
+    // Written by this process before the settings apply: cargo runs tests
+    // with LD_LIBRARY_PATH set.
+    let data = write_secret(&gp, "f");
+    let lower = fs::read(gp.lower("f")).unwrap();
+    let f = gp.path("f");
+    let tracer = tracer(cfg.path());
+    // Children get a clean environment plus what the case adds.
+    let clean = |c: &mut Command| {
+        c.env_clear().env("PATH", "/usr/bin:/bin");
+    };
+    let cat = |env: Option<(&str, &str)>, traced: bool| {
+        let mut c = if traced {
+            let mut c = Command::new(&tracer);
+            c.arg("cat");
+            c
+        } else {
+            Command::new("cat")
+        };
+        clean(&mut c);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.arg(&f).output().unwrap()
+    };
+    fs::write(&host, "|no_applykey|ld_env\n|no_applykey|traced\n").unwrap();
+    sighup(&gp);
+    wait_until("the reload", || cat(None, true).stdout == lower);
+    let tainted: [(Option<(&str, &str)>, bool, &str); 4] = [
+        (
+            Some(("LD_PRELOAD", "/nonexistent/hook.so")),
+            false,
+            "LD_PRELOAD",
+        ),
+        (
+            Some(("LD_LIBRARY_PATH", "/var/tmp")),
+            false,
+            "LD_LIBRARY_PATH",
+        ),
+        (
+            Some(("LD_AUDIT", "/nonexistent/audit.so")),
+            false,
+            "LD_AUDIT",
+        ),
+        (None, true, "traced"),
+    ];
+    assert_eq!(cat(None, false).stdout, data, "an untainted cat");
+    for (env, traced, what) in tainted {
+        assert_ciphertext(&cat(env, traced), &lower, what);
+    }
+    // Writes need the key.
+    let mut sh = Command::new("sh");
+    clean(&mut sh);
+    let o = sh
+        .env("LD_PRELOAD", "/nonexistent/hook.so")
+        .arg("-c")
+        .arg(format!("echo more >> {}", f.display()))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a preloaded shell wrote: {o:?}");
+    assert_eq!(cat(None, false).stdout, data);
+    // Without the settings, behaviour is unchanged.
+    fs::write(&host, "").unwrap();
+    sighup(&gp);
+    wait_until("the reload", || cat(None, true).stdout == data);
+    for (env, traced, what) in tainted {
+        assert_eq!(cat(env, traced).stdout, data, "{what} without the setting");
+    }
+}

@@ -322,9 +322,13 @@ impl Access {
     /// taken from the new snapshot carries the new number.
     pub fn load(&self, policy: CompiledPolicy, host: HostSettings) -> u64 {
         let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        let isolated = [Action::FRd, Action::FWr, Action::FWrApp]
-            .iter()
-            .any(|&a| policy.possible_outcomes(a).raw);
+        // `|no_applykey|` turns plaintext grants into raw ones for some
+        // processes: raw views are possible wherever plaintext is.
+        let withholds = host.no_applykey_conditions() != Default::default();
+        let isolated = [Action::FRd, Action::FWr, Action::FWrApp].iter().any(|&a| {
+            let o = policy.possible_outcomes(a);
+            o.raw || (withholds && o.plaintext)
+        });
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let previous = state.as_ref().map(|l| l.generation).unwrap_or(0);
         let generation = previous.max(self.generation.load(Ordering::Acquire)) + 1;
