@@ -1280,3 +1280,63 @@ fn preloaded_or_traced_processes_get_no_key_when_the_host_settings_say_so() {
         assert_eq!(cat(env, traced).stdout, data, "{what} without the setting");
     }
 }
+
+/// `|path_no_trust|` cannot be escaped by daemonising: a shell the host
+/// settings do not trust runs `setsid -f cat` (fork, new session, the
+/// parent exits, so cat is reparented to init and its live ancestry no
+/// longer shows the shell) and cat still gets no plaintext. The shell
+/// itself never touches the GuardPoint before, so secfs cannot have
+/// judged it on an access of its own.
+#[test]
+fn setsid_does_not_escape_path_no_trust() {
+    let bins = Bins::new(&["probe"]);
+    copy_bin(Path::new("/bin/dash"), &bins.path("nosh"));
+    let cfg = tempfile::Builder::new()
+        .prefix("guardfs-host")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let host = cfg.path().join("host_settings");
+    fs::write(
+        &host,
+        format!("|trust|*\n|path_no_trust|{}\n", bins.path("nosh").display()),
+    )
+    .unwrap();
+    let policy = r#"{ "name": "nt",
+      "security_rules": [
+        { "order_number": 1, "user_set_id": "root", "action": "all_ops", "effect": "permit,applykey" },
+        { "order_number": 2, "action": "all_ops", "effect": "permit" } ],
+      "user_sets": [ { "id": "root", "users": [ { "uid": 0 } ] } ] }"#;
+    let (gp, _c) = guarded(policy, &["--host-settings", host.to_str().unwrap()]);
+    let data = write_secret(&gp, "f");
+    let lower = fs::read(gp.lower("f")).unwrap();
+    let f = gp.path("f");
+    let o = run_as(None, Path::new("/bin/cat"), &[f.to_str().unwrap()]);
+    assert_eq!(o.stdout, data, "a trusted cat");
+    for (k, how) in [
+        "setsid -f",
+        "setsid -f sh -c 'sleep 0.3; exec \"$0\" \"$@\"'",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = cfg.path().join(format!("out{k}"));
+        let done = cfg.path().join(format!("done{k}"));
+        // The shell exits at once; cat runs after its parent (setsid's
+        // fork, or the sh that waits) is gone.
+        let o = Command::new(bins.path("nosh"))
+            .arg("-c")
+            .arg(format!(
+                "{how} sh -c 'sleep 0.3; cat {f} > {out}; touch {done}'",
+                f = f.display(),
+                out = out.display(),
+                done = done.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        wait_until("the daemonised cat", || done.exists());
+        let got = fs::read(&out).unwrap();
+        assert!(!contains(&got, SECRET), "{how}: plaintext leaked");
+        assert!(got == lower, "{how}: not the lower bytes");
+    }
+}

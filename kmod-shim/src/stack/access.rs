@@ -333,6 +333,9 @@ impl Access {
         let previous = state.as_ref().map(|l| l.generation).unwrap_or(0);
         let generation = previous.max(self.generation.load(Ordering::Acquire)) + 1;
         let host_changed = state.as_ref().is_none_or(|l| l.host != host);
+        // Start following `|path_no_trust|` programs now, not at the first
+        // request (see procinfo's `events`).
+        self.procs.follow(&host);
         *state = Some(Arc::new(Loaded {
             policy,
             host,

@@ -31,10 +31,18 @@
 //!   never have) may be an orphan whose history is lost: it is never
 //!   authenticated (fail closed). Services started by init are unaffected.
 //!
-//! Not covered: an orphan of a process secfs never saw, outside any login
-//! session (a boot-time service that runs an untrusted program which
-//! double-forks), looks like a service; and records are forgotten when
-//! the cache is full of live processes.
+//! * besides, while `|path_no_trust|` entries exist, secfs follows every
+//!   exec of a listed program and every fork and exit on the host as the
+//!   kernel reports them (module `events`), so a descendant of an
+//!   untrusted process is untrusted even if it daemonised (`setsid -f`,
+//!   double fork) before secfs ever saw it or its ancestors.
+//!
+//! Not covered without those kernel events (fanotify permission events
+//! and the proc connector; secfs logs when it cannot have them): an
+//! orphan of a process secfs never saw, outside any login session (a
+//! boot-time service that runs an untrusted program which double-forks),
+//! looks like a service; and records are forgotten when the cache is full
+//! of live processes.
 //!
 //! # The file a process runs, not the name it shows
 //!
@@ -72,6 +80,8 @@ use std::sync::{Arc, Mutex};
 
 use guardfs_policy::{Ancestor, HostSettings, ProcessTrust, Taint};
 
+mod events;
+
 /// The identity of an executable file: device, inode and change time
 /// (sec, nsec). A binary rewritten in place has a new ctime.
 type ExeId = (u64, u64, i64, i64);
@@ -107,6 +117,8 @@ pub struct Identity {
 /// Per-process facts read from /proc.
 struct Proc {
     pid: u32,
+    /// Its thread-group id (`pid` may be a thread's id).
+    tgid: u32,
     start: u64,
     /// The claimed executable path (see [`Exe`]).
     exe: Option<Vec<u8>>,
@@ -130,6 +142,11 @@ fn read_proc(pid: u32) -> Option<Proc> {
     let ppid = f.nth(1)?.parse().ok()?;
     let start = f.nth(17)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(pid);
     let uid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
@@ -138,6 +155,7 @@ fn read_proc(pid: u32) -> Option<Proc> {
     let exe = exe_facts(pid);
     Some(Proc {
         pid,
+        tgid,
         start,
         exe: exe.claimed,
         verified: exe.verified,
@@ -293,6 +311,8 @@ pub struct ProcCache {
     sweep_at: AtomicUsize,
     sigs: Mutex<HashMap<BinaryVersion, [u8; 32]>>,
     names: Mutex<HashMap<(bool, u32), Option<String>>>,
+    /// `|path_no_trust|` marks from kernel process events.
+    events: events::ProcEvents,
 }
 
 impl std::fmt::Debug for ProcCache {
@@ -392,6 +412,12 @@ impl ProcCache {
         })
     }
 
+    /// Follow the `|path_no_trust|` programs of `host` from now on (also
+    /// done when an identity is built).
+    pub fn follow(&self, host: &HostSettings) {
+        self.events.sync(host);
+    }
+
     /// Forget cached identities (host settings changed).
     pub fn clear(&self) {
         self.idents
@@ -450,7 +476,11 @@ impl ProcCache {
             })
             .collect();
         let mut trust = host.classify_from(inherited, &ancestry);
-        if prior.is_some_and(|p| p.trust == ProcessTrust::Untrusted) {
+        if prior.is_some_and(|p| p.trust == ProcessTrust::Untrusted)
+            || chain
+                .first()
+                .is_some_and(|me| self.events.untrusted(me.tgid))
+        {
             trust = ProcessTrust::Untrusted;
         }
         if trust == ProcessTrust::Authenticated
@@ -477,6 +507,7 @@ impl ProcCache {
         prior: Option<&Identity>,
         (exe, taint): (Exe, Taint),
     ) -> Identity {
+        self.events.sync(host);
         // Ancestry, nearest first.
         let mut chain = Vec::new();
         let mut p = pid;
