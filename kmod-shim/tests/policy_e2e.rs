@@ -1340,3 +1340,99 @@ fn setsid_does_not_escape_path_no_trust() {
         assert!(got == lower, "{how}: not the lower bytes");
     }
 }
+
+fn mode_of(p: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o7777
+}
+
+/// A process that triggers an audited rule in a loop floods the audit log
+/// no further than the rate limit, and one line counts what was
+/// suppressed; another process's record still gets through. The audit
+/// and daemon logs are never world-readable: created 0600, an existing
+/// 0666 audit log tightened to 0640.
+#[test]
+fn audit_floods_are_rate_limited_and_logs_are_private() {
+    let cfg = tempfile::Builder::new()
+        .prefix("guardfs-audit")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let pfile = cfg.path().join("policy.json");
+    fs::write(
+        &pfile,
+        r#"{ "name": "flood", "authenticated_users_only": false,
+      "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit,applykey,audit" } ] }"#,
+    )
+    .unwrap();
+    let audit = cfg.path().join("audit.log");
+    fs::write(&audit, b"").unwrap();
+    fs::set_permissions(&audit, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let gp = Gp::new_with(
+        "xts",
+        &[
+            "--policy",
+            pfile.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--audit-rate-limit",
+            "20/600",
+        ],
+        |_| {},
+    );
+    assert_eq!(mode_of(&audit), 0o640, "existing audit log tightened");
+    assert_eq!(mode_of(&gp.log), 0o600, "new daemon log");
+    let data = write_secret(&gp, "f");
+    let f = gp.path("f");
+    // dash's `read` opens the file on every iteration: one process, one
+    // rule, 300 audited opens (and as many attribute reads), all within
+    // one window of the limit.
+    let o = Command::new("/bin/dash")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt 300 ]; do read x < {}; i=$((i+1)); done",
+            f.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let o = Command::new("/bin/cat").arg(&f).output().unwrap();
+    assert_eq!(o.stdout, data);
+    let dash = fs::canonicalize("/bin/dash").unwrap();
+    let cat = fs::canonicalize("/bin/cat").unwrap();
+    let mut text = String::new();
+    wait_until("the flood's summary line", || {
+        text = fs::read_to_string(&audit).unwrap_or_default();
+        text.contains("records suppressed")
+    });
+    let flood = text
+        .lines()
+        .filter(|l| l.contains("CGP2601I") && l.contains(&format!("Process[{}]", dash.display())))
+        .count();
+    assert_eq!(flood, 20, "records of the flood:\n{text}");
+    // Reported about a second after the flood ends, not at the window's
+    // end.
+    assert!(
+        text.contains("records suppressed (rate limit 20 per 600s) for Policy rule 1 Process[pid="),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("CGP2601I") && l.contains(&format!("Process[{}]", cat.display()))),
+        "cat's record:\n{text}"
+    );
+    let suppressed: u64 = text
+        .lines()
+        .filter_map(|l| {
+            l.split("[AUDIT] ")
+                .nth(1)?
+                .split(" records suppressed")
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        flood as u64 + suppressed >= 300,
+        "{flood} + {suppressed}:\n{text}"
+    );
+    assert_eq!(mode_of(&audit), 0o640);
+}

@@ -466,7 +466,13 @@ impl Access {
             && d.audit()
             && let Some(a) = &self.audit
         {
-            a.record_concise(
+            a.record_decision(
+                (
+                    d.matched_rule(),
+                    caller.pid,
+                    ident.start(),
+                    ident.exe.as_deref().unwrap_or_default(),
+                ),
                 (
                     caller.uid,
                     ident.exe.as_deref().unwrap_or_default(),

@@ -323,6 +323,13 @@ impl std::fmt::Debug for ProcCache {
 
 const MAX_CACHED: usize = 4096;
 
+impl Identity {
+    /// The start time of the process this was judged for (0: unknown).
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+}
+
 impl ProcCache {
     /// The identity of `pid` as seen with `host` settings; `uid`/`gid`
     /// come from the request.
