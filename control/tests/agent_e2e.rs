@@ -523,3 +523,49 @@ fn a_policy_naming_a_clear_key_can_be_changed_while_guarded() {
         fs::read(dir.join("f")).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
     });
 }
+
+/// vmd and the secfs service it runs lock their memory and make
+/// themselves not dumpable, and their logs (vmd, secfs, audit) are never
+/// world-readable: created 0600, a pre-existing 0644 vmd log tightened to
+/// 0640.
+#[test]
+fn agent_daemons_are_hardened_and_their_logs_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Agent::new();
+    let logs = a.base.path().join("log");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("vmd.log"), b"").unwrap();
+    fs::set_permissions(logs.join("vmd.log"), fs::Permissions::from_mode(0o644)).unwrap();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_hard", "xts");
+    fs::write(dir.join("f"), b"x").unwrap();
+    let _ = fs::read(dir.join("f"));
+    for (name, who) in [("vmd", "vmd"), ("secfs", "secfs")] {
+        let pid = a.pid(name);
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let locked: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        assert!(locked > 0, "{name}: VmLck {locked} kB");
+        let line = format!("{who}: memory locked, process not dumpable");
+        wait_until("the hardening report", 10, || {
+            a.log("vmd.log").contains(&line) || a.log("secfs.log").contains(&line)
+        });
+    }
+    let mode = |n: &str| {
+        fs::metadata(logs.join(n))
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or_else(|e| panic!("{n}: {e}"))
+    };
+    assert_eq!(mode("vmd.log"), 0o640, "pre-existing vmd log tightened");
+    for n in ["secfs.log", "audit.log"] {
+        if logs.join(n).exists() {
+            assert_eq!(mode(n) & 0o077, 0, "{n} is {:o}", mode(n));
+        }
+    }
+    assert!(logs.join("secfs.log").exists());
+    a.ok("voradmin", &["shutdown"]);
+}

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod ctl;
 pub mod exitcode;
 pub mod fuse;
+pub mod harden;
 pub mod keyfile;
 pub mod mount;
 pub mod stack;

@@ -1436,3 +1436,64 @@ fn audit_floods_are_rate_limited_and_logs_are_private() {
     );
     assert_eq!(mode_of(&audit), 0o640);
 }
+
+/// Nobody but root reaches the daemon's memory, where keys live: as an
+/// unprivileged user, and as root inside a user namespace (a container's
+/// root), `/proc/PID/mem` and `/proc/PID/environ` cannot be opened and
+/// ptrace attach fails; the daemon's memory is locked (VmLck) and it
+/// reports having made itself not dumpable.
+#[test]
+fn the_daemon_is_locked_in_memory_and_out_of_reach() {
+    let gp = Gp::new("xts");
+    let pid = gp.pid.unwrap();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let locked: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(locked > 0, "VmLck {locked} kB:\n{status}");
+    wait_until("the hardening report", || {
+        gp.log_text()
+            .contains("secfs: memory locked, process not dumpable")
+    });
+    let tools = tempfile::Builder::new()
+        .prefix("guardfs-tracer")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    fs::set_permissions(
+        tools.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let tracer = tracer(tools.path());
+    let probe = format!(
+        "for f in mem environ; do head -c 16 /proc/{pid}/$f >/dev/null 2>&1 && echo READ $f; done; \
+         {} -p {pid}",
+        tracer.display()
+    );
+    let as_user = Command::new("setpriv")
+        .arg(format!("--reuid={ATTACKER}"))
+        .arg(format!("--regid={ATTACKER}"))
+        .args(["--clear-groups", "sh", "-c", &probe])
+        .output()
+        .unwrap();
+    let in_userns = Command::new("unshare")
+        .args(["-Ur", "sh", "-c", &probe])
+        .output()
+        .unwrap();
+    for (who, o) in [
+        ("an unprivileged user", as_user),
+        ("root in a user namespace", in_userns),
+    ] {
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !out.contains("READ"),
+            "{who} read the daemon's memory: {o:?}"
+        );
+        assert!(
+            !out.contains("ATTACHED") && out.contains("ERR "),
+            "{who} attached to the daemon: {o:?}"
+        );
+    }
+}

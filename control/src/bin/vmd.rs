@@ -151,11 +151,5 @@ fn foreground(layout: Layout) -> Result<(), String> {
 
 /// Keys live in this process: keep them out of swap and core dumps.
 fn protect_memory() {
-    use nix::sys::mman::{MlockAllFlags, mlockall};
-    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
-        log::warn!("vmd: mlockall failed ({e}); keys could reach swap");
-    }
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        log::warn!("vmd: cannot disable core dumps: {e}");
-    }
+    guardfs_shim::harden::protect_process_memory("vmd");
 }

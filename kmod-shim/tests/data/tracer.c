@@ -3,8 +3,14 @@
  * it at every stop until it exits, and exits with its status.
  *
  *   tracer PROG ARGS...
+ *   tracer -p PID            attach to PID (PTRACE_ATTACH) and detach:
+ *                            prints "ATTACHED" (exit 0) or "ERR <errno>"
+ *                            (exit 1)
  */
+#include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <string.h>
 #include <stdio.h>
 #include <sys/ptrace.h>
 #include <sys/wait.h>
@@ -12,6 +18,14 @@
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
+    if (!strcmp(argv[1], "-p") && argc > 2) {
+        pid_t t = (pid_t)atoi(argv[2]);
+        if (ptrace(PTRACE_ATTACH, t, NULL, NULL) != 0) { printf("ERR %d\n", errno); return 1; }
+        waitpid(t, NULL, 0);
+        ptrace(PTRACE_DETACH, t, NULL, NULL);
+        puts("ATTACHED");
+        return 0;
+    }
     pid_t pid = fork();
     if (pid < 0) return 2;
     if (pid == 0) {
