@@ -569,3 +569,52 @@ fn agent_daemons_are_hardened_and_their_logs_private() {
     assert!(logs.join("secfs.log").exists());
     a.ok("voradmin", &["shutdown"]);
 }
+
+/// `-p -` reads the host password from standard input (no argv, no
+/// warning) for `voradmin hostkey password` and `vmsec passwd`; `-p PW`
+/// still works but warns that argv is visible to other users.
+#[test]
+fn host_passwords_from_stdin_with_dash_p_dash() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let a = Agent::new();
+    a.start();
+    let with_stdin = |prog: &str, args: &[&str], input: &[u8]| {
+        let mut child = Command::new(a.bin.join(prog))
+            .args(args)
+            .env("GUARDFS_ROOT", &a.root)
+            .env("GUARDFS_PBKDF2_ITERATIONS", "1000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input);
+        child.wait_with_output().unwrap()
+    };
+    let o = with_stdin(
+        "voradmin",
+        &["hostkey", "password", "-p", "-"],
+        b"correct horse battery\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("warning"), "{}", text(&o));
+    a.ok("voradmin", &["shutdown"]);
+    a.start();
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=FALSE"));
+    let o = with_stdin("vmsec", &["passwd", "-p", "-"], b"wrong password\n");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = with_stdin("vmsec", &["passwd", "-p", "-"], b"correct horse battery\n");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("warning"), "{}", text(&o));
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=TRUE"));
+    // The old way works, with a warning.
+    let o = a.cmd("vmsec", &["passwd", "-p", "correct horse battery"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: -p on the command line is visible to other users"),
+        "{}",
+        text(&o)
+    );
+    a.ok("voradmin", &["shutdown"]);
+}
