@@ -88,12 +88,16 @@ struct Flood {
     label: String,
 }
 
+/// A rate-limit key: the matching rule (if any), the process's pid and
+/// start time.
+type LimitKey = (Option<u32>, u32, u64);
+
 /// Per-(rule, process) rate limiting state.
 #[derive(Debug)]
 struct Limiter {
     limit: u32,
     window: Duration,
-    floods: Mutex<HashMap<(Option<u32>, u32, u64), Flood>>,
+    floods: Mutex<HashMap<LimitKey, Flood>>,
     suppressed: AtomicU64,
 }
 
@@ -115,11 +119,7 @@ impl Limiter {
 
     /// Whether a record for `key` may be queued, and a summary line of
     /// its previous window to queue first.
-    fn admit(
-        &self,
-        key: (Option<u32>, u32, u64),
-        label: impl FnOnce() -> String,
-    ) -> (bool, Option<String>) {
+    fn admit(&self, key: LimitKey, label: impl FnOnce() -> String) -> (bool, Option<String>) {
         let now = Instant::now();
         let mut m = self.floods.lock().unwrap_or_else(|e| e.into_inner());
         if !m.contains_key(&key) && m.len() >= LIMIT_KEYS {

@@ -1239,7 +1239,8 @@ fn preloaded_or_traced_processes_get_no_key_when_the_host_settings_say_so() {
     fs::write(&host, "|no_applykey|ld_env\n|no_applykey|traced\n").unwrap();
     sighup(&gp);
     wait_until("the reload", || cat(None, true).stdout == lower);
-    let tainted: [(Option<(&str, &str)>, bool, &str); 4] = [
+    type Case<'a> = (Option<(&'a str, &'a str)>, bool, &'a str);
+    let tainted: [Case<'_>; 4] = [
         (
             Some(("LD_PRELOAD", "/nonexistent/hook.so")),
             false,

@@ -60,13 +60,16 @@ struct Inner {
     fan: Fanotify,
 }
 
+/// The listed paths and the (device, inode) each resolved to.
+type Listed = Vec<(Box<[u8]>, Option<(u64, u64)>)>;
+
 #[derive(Default)]
 struct State {
     /// Thread-group ids of untrusted processes.
     marked: HashSet<u32>,
     /// The listed paths and the (device, inode) each resolved to when
     /// marked.
-    listed: Vec<(Box<[u8]>, Option<(u64, u64)>)>,
+    listed: Listed,
 }
 
 impl ProcEvents {
@@ -95,8 +98,7 @@ impl ProcEvents {
         }
         let Some(inner) = slot.clone() else { return };
         drop(slot);
-        let now: Vec<(Box<[u8]>, Option<(u64, u64)>)> =
-            no_trust().map(|p| (Box::from(p), file_id(p))).collect();
+        let now: Listed = no_trust().map(|p| (Box::from(p), file_id(p))).collect();
         let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.listed == now {
             return;
@@ -175,7 +177,7 @@ impl Inner {
 
     /// Mark the listed files for exec and the processes running them (and
     /// their descendants) from /proc.
-    fn remark(&self, st: &mut State, listed: Vec<(Box<[u8]>, Option<(u64, u64)>)>) {
+    fn remark(&self, st: &mut State, listed: Listed) {
         let _ = self.fan.mark(
             MarkFlags::FAN_MARK_FLUSH,
             MaskFlags::empty(),
