@@ -1292,6 +1292,7 @@ fn preloaded_or_traced_processes_get_no_key_when_the_host_settings_say_so() {
 fn setsid_does_not_escape_path_no_trust() {
     let bins = Bins::new(&["probe"]);
     copy_bin(Path::new("/bin/dash"), &bins.path("nosh"));
+    copy_bin(Path::new("/bin/dash"), &bins.path("latesh"));
     let cfg = tempfile::Builder::new()
         .prefix("guardfs-host")
         .tempdir_in("/var/tmp")
@@ -1340,6 +1341,48 @@ fn setsid_does_not_escape_path_no_trust() {
         assert!(!contains(&got, SECRET), "{how}: plaintext leaked");
         assert!(got == lower, "{how}: not the lower bytes");
     }
+    // A shell already running when the host settings start listing its
+    // program: found in /proc when the list changes, and its later
+    // descendants are followed.
+    let (go, out, done) = (
+        cfg.path().join("go"),
+        cfg.path().join("out-late"),
+        cfg.path().join("done-late"),
+    );
+    let mut late = Command::new(bins.path("latesh"))
+        .arg("-c")
+        .arg(format!(
+            "while [ ! -e {go} ]; do sleep 0.05; done; \
+             setsid -f sh -c 'sleep 0.3; cat {f} > {out}; touch {done}'",
+            go = go.display(),
+            f = f.display(),
+            out = out.display(),
+            done = done.display()
+        ))
+        .spawn()
+        .unwrap();
+    fs::write(
+        &host,
+        format!(
+            "|trust|*\n|path_no_trust|{}\n|path_no_trust|{}\n",
+            bins.path("nosh").display(),
+            bins.path("latesh").display()
+        ),
+    )
+    .unwrap();
+    sighup(&gp);
+    wait_until("the reload", || {
+        gp.log_text().matches("SIGHUP: policy nt loaded").count() >= 1
+    });
+    fs::write(&go, b"").unwrap();
+    assert!(late.wait().unwrap().success());
+    wait_until("the late shell's daemonised cat", || done.exists());
+    let got = fs::read(&out).unwrap();
+    assert!(
+        !contains(&got, SECRET),
+        "late-listed shell: plaintext leaked"
+    );
+    assert!(got == lower, "late-listed shell: not the lower bytes");
 }
 
 fn mode_of(p: &Path) -> u32 {
