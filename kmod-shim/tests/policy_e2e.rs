@@ -1042,14 +1042,14 @@ fn a_bind_mount_in_a_user_namespace_does_not_impersonate_a_process_set() {
       "security_rules": [
         {{ "order_number": 1, "process_set_id": "trusted", "action": "all_ops", "effect": "permit,applykey" }},
         {{ "order_number": 2, "user_set_id": "root", "authenticated_users_only": false, "action": "all_ops", "effect": "permit,applykey" }},
-        {{ "order_number": 3, "action": "all_ops", "effect": "permit" }} ],
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit,audit" }} ],
       "user_sets": [ {{ "id": "root", "users": [ {{ "uid": 0 }} ] }} ],
       "process_sets": [ {{ "id": "trusted", "processes": [
           {{ "directory": "{d}", "file": "good" }},
           {{ "directory": "{d}", "file": "trusted*" }} ] }} ] }}"#,
         d = bins.dir()
     );
-    let (gp, _cfg) = guarded(&policy, &[]);
+    let (gp, cfg) = guarded(&policy, &[]);
     let data = write_secret(&gp, "f");
     let lower = fs::read(gp.lower("f")).unwrap();
     let f = gp.path("f");
@@ -1062,6 +1062,17 @@ fn a_bind_mount_in_a_user_namespace_does_not_impersonate_a_process_set() {
         assert_eq!(o.stdout, data, "genuine {name} in a user namespace: {o:?}");
         let o = impersonate(&bins.path("evil"), &trusted, &f);
         assert_ciphertext(&o, &lower, &format!("evil bind-mounted over {name}"));
+    }
+    // The audit record says who tried to pass for whom.
+    let audit = audit_text(&cfg);
+    for name in ["good", "trusted-db"] {
+        let shown = format!("Process[{} (unverified)]", bins.path(name).display());
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(&shown) && l.contains("Code (1P,2U,3M)")),
+            "{shown}:\n{audit}"
+        );
     }
 }
 

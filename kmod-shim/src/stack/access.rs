@@ -471,7 +471,7 @@ impl Access {
                     d.matched_rule(),
                     caller.pid,
                     ident.start(),
-                    ident.exe.as_deref().unwrap_or_default(),
+                    ident.audit_exe().unwrap_or_default(),
                 ),
                 (
                     caller.uid,
@@ -483,7 +483,15 @@ impl Access {
                     matches!(class_of(action), AuditClass::Other).then_some(action),
                     (d.is_permit(), d.would_deny()),
                 ),
-                || AuditLine::new(&l.policy, &req, &self.guard_point, &d).to_string(),
+                || {
+                    // An unverified executable is shown as it claims to
+                    // be, marked: who tried to pass for whom.
+                    let shown = Request {
+                        exe: ident.audit_exe(),
+                        ..req
+                    };
+                    AuditLine::new(&l.policy, &shown, &self.guard_point, &d).to_string()
+                },
             );
         }
         if !d.is_permit() {

@@ -101,6 +101,9 @@ pub struct Identity {
     pub taint: Taint,
     /// `/proc/PID/exe`'s text (without ` (deleted)`), verified or not.
     claimed_exe: Option<Vec<u8>>,
+    /// What audit lines show: the verified path, or the claimed one
+    /// followed by ` (unverified)`.
+    shown_exe: Option<Vec<u8>>,
     pub user_name: Option<String>,
     /// Primary then supplementary group names, as far as known.
     pub group_names: Vec<String>,
@@ -324,6 +327,13 @@ impl std::fmt::Debug for ProcCache {
 const MAX_CACHED: usize = 4096;
 
 impl Identity {
+    /// The executable as audit lines show it: the verified path, or the
+    /// path the process claims followed by ` (unverified)` (a bind mount
+    /// in another mount namespace, a deleted or replaced binary).
+    pub fn audit_exe(&self) -> Option<&[u8]> {
+        self.shown_exe.as_deref()
+    }
+
     /// The start time of the process this was judged for (0: unknown).
     pub fn start(&self) -> u64 {
         self.start
@@ -408,6 +418,7 @@ impl ProcCache {
             trust: ProcessTrust::NotAuthenticated,
             taint: Taint::default(),
             claimed_exe: None,
+            shown_exe: None,
             user_name: self.name(true, uid),
             group_names: self.name(false, gid).into_iter().collect(),
             groups: Vec::new(),
@@ -541,6 +552,13 @@ impl ProcCache {
             sha256,
             trust,
             taint,
+            shown_exe: exe.claimed.as_ref().map(|c| {
+                if exe.verified {
+                    c.clone()
+                } else {
+                    [&c[..], b" (unverified)"].concat()
+                }
+            }),
             claimed_exe: exe.claimed,
             user_name: self.name(true, uid),
             group_names,
