@@ -630,3 +630,98 @@ fn vmd_guard_covers_other_namespaces_and_bind_mounts_and_unguard_removes_them() 
     );
     let _ = nix::mount::umount2(&alias, nix::mount::MntFlags::MNT_DETACH);
 }
+
+/// vmd and the secfs service it runs lock their memory and make
+/// themselves not dumpable, and their logs (vmd, secfs, audit) are never
+/// world-readable: created 0600, a pre-existing 0644 vmd log tightened to
+/// 0640.
+#[test]
+fn agent_daemons_are_hardened_and_their_logs_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Agent::new();
+    let logs = a.base.path().join("log");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("vmd.log"), b"").unwrap();
+    fs::set_permissions(logs.join("vmd.log"), fs::Permissions::from_mode(0o644)).unwrap();
+    a.start();
+    let dir = a.dir("gp");
+    a.guard_with_key(&dir, "k_hard", "xts");
+    fs::write(dir.join("f"), b"x").unwrap();
+    let _ = fs::read(dir.join("f"));
+    for (name, who) in [("vmd", "vmd"), ("secfs", "secfs")] {
+        let pid = a.pid(name);
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let locked: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        assert!(locked > 0, "{name}: VmLck {locked} kB");
+        let line = format!("{who}: memory locked, process not dumpable");
+        wait_until("the hardening report", 10, || {
+            a.log("vmd.log").contains(&line) || a.log("secfs.log").contains(&line)
+        });
+    }
+    let mode = |n: &str| {
+        fs::metadata(logs.join(n))
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or_else(|e| panic!("{n}: {e}"))
+    };
+    assert_eq!(mode("vmd.log"), 0o640, "pre-existing vmd log tightened");
+    for n in ["secfs.log", "audit.log"] {
+        if logs.join(n).exists() {
+            assert_eq!(mode(n) & 0o077, 0, "{n} is {:o}", mode(n));
+        }
+    }
+    assert!(logs.join("secfs.log").exists());
+    a.ok("voradmin", &["shutdown"]);
+}
+
+/// `-p -` reads the host password from standard input (no argv, no
+/// warning) for `voradmin hostkey password` and `vmsec passwd`; `-p PW`
+/// still works but warns that argv is visible to other users.
+#[test]
+fn host_passwords_from_stdin_with_dash_p_dash() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let a = Agent::new();
+    a.start();
+    let with_stdin = |prog: &str, args: &[&str], input: &[u8]| {
+        let mut child = Command::new(a.bin.join(prog))
+            .args(args)
+            .env("GUARDFS_ROOT", &a.root)
+            .env("GUARDFS_PBKDF2_ITERATIONS", "1000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input);
+        child.wait_with_output().unwrap()
+    };
+    let o = with_stdin(
+        "voradmin",
+        &["hostkey", "password", "-p", "-"],
+        b"correct horse battery\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("warning"), "{}", text(&o));
+    a.ok("voradmin", &["shutdown"]);
+    a.start();
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=FALSE"));
+    let o = with_stdin("vmsec", &["passwd", "-p", "-"], b"wrong password\n");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = with_stdin("vmsec", &["passwd", "-p", "-"], b"correct horse battery\n");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("warning"), "{}", text(&o));
+    assert!(a.ok("vmsec", &["status"]).contains("KEYS_AVAILABLE=TRUE"));
+    // The old way works, with a warning.
+    let o = a.cmd("vmsec", &["passwd", "-p", "correct horse battery"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: -p on the command line is visible to other users"),
+        "{}",
+        text(&o)
+    );
+    a.ok("voradmin", &["shutdown"]);
+}

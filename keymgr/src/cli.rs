@@ -35,7 +35,9 @@ struct Cli {
     /// Admin user.
     #[arg(long, global = true, env = "KEYMGR_USER", default_value = "admin")]
     user: String,
-    /// Admin password.
+    /// Admin password: `-` reads it from standard input; without it (and
+    /// without KEYMGR_PASSWORD) it is asked on the terminal. A password in
+    /// argv is visible to other users (a warning says so).
     #[arg(long, global = true, env = "KEYMGR_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// CA certificate to trust (default: <data-dir>/ca.pem).
@@ -57,9 +59,11 @@ struct Cli {
 enum Cmd {
     /// Create the data directory: master key, CA, server certificate, admin.
     Init {
-        /// Password of the first administrator.
+        /// Password of the first administrator: `-` reads it from standard
+        /// input; without it (and without KEYMGR_ADMIN_PASSWORD) it is
+        /// asked on the terminal.
         #[arg(long, env = "KEYMGR_ADMIN_PASSWORD", hide_env_values = true)]
-        admin_password: String,
+        admin_password: Option<String>,
         /// Name of the first administrator.
         #[arg(long, default_value = "admin")]
         admin_user: String,
@@ -398,6 +402,63 @@ fn init(dir: &Path, user: &str, password: &str, sans: &[String]) -> Result<Value
     }))
 }
 
+/// A password from `flag` (or the environment variable `env`): `-` reads
+/// one line from standard input; a value on the command line is taken with
+/// a warning (argv is visible to every user); none at all is asked on the
+/// terminal without echo, or read from standard input when that is not a
+/// terminal.
+fn secret(
+    given: Option<&str>,
+    flag: &str,
+    env: &str,
+    prompt: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    let stdin = std::io::stdin();
+    match given {
+        Some("-") => return read_secret_line(&mut stdin.lock()),
+        Some(p) => {
+            if std::env::var(env).ok().as_deref() != Some(p) {
+                eprintln!(
+                    "warning: {flag} on the command line is visible to other users (ps, \
+                     /proc/PID/cmdline); use `{flag} -`, {env}, or leave it out to be prompted"
+                );
+            }
+            return Ok(zeroize::Zeroizing::new(p.to_owned()));
+        }
+        None => {}
+    }
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        eprint!("{prompt}");
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    }
+    let r = read_secret_line(&mut stdin.lock());
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+        eprintln!();
+    }
+    r.map_err(|e| format!("{e} (give {flag} -, {env}, or a terminal to be asked)"))
+}
+
+/// One line of `input` without its line ending; no input is an error.
+fn read_secret_line(
+    input: &mut dyn std::io::BufRead,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let n = input
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password: {e}"))?;
+    if n == 0 {
+        return Err("reading the password: no input".into());
+    }
+    let end = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(end);
+    Ok(line)
+}
+
 fn connect(cli: &Cli) -> Result<ApiClient, Failure> {
     let ca_path = cli
         .ca
@@ -406,11 +467,13 @@ fn connect(cli: &Cli) -> Result<ApiClient, Failure> {
     let pem = std::fs::read(&ca_path)
         .map_err(|e| format!("cannot read CA {}: {e} (use --ca)", ca_path.display()))?;
     let mut c = ApiClient::new(&cli.url, &pem)?;
-    let pw = cli
-        .password
-        .as_deref()
-        .ok_or_else(|| "an admin password is needed: --password or KEYMGR_PASSWORD".to_owned())?;
-    c.login(&cli.user, pw)?;
+    let pw = secret(
+        cli.password.as_deref(),
+        "--password",
+        "KEYMGR_PASSWORD",
+        "Admin password: ",
+    )?;
+    c.login(&cli.user, &pw)?;
     Ok(c)
 }
 
@@ -541,7 +604,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             admin_password,
             admin_user,
             san,
-        } => init(&cli.data_dir, admin_user, admin_password, san)?,
+        } => {
+            let pw = secret(
+                admin_password.as_deref(),
+                "--admin-password",
+                "KEYMGR_ADMIN_PASSWORD",
+                "Password of the first administrator: ",
+            )?;
+            init(&cli.data_dir, admin_user, &pw, san)?
+        }
         Cmd::Serve { listen } => {
             crate::server::serve(&cli.data_dir, *listen)?;
             return Ok(());

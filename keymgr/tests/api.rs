@@ -1534,3 +1534,100 @@ fn agent_self_delete() {
         204
     );
 }
+
+/// Passwords are never needed in argv: `-` reads them from standard
+/// input (no warning), a value in argv still works but is warned about,
+/// and without any the CLI asks (here stdin is not a terminal and is
+/// empty: a clear error).
+#[test]
+fn passwords_come_from_stdin_not_argv() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let run = |args: &[&str], env: &[(&str, &str)], stdin: &[u8]| {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env_remove("KEYMGR_PASSWORD")
+            .env_remove("KEYMGR_ADMIN_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let d = data.to_str().unwrap();
+    let o = run(
+        &[
+            "init",
+            "--data-dir",
+            d,
+            "--admin-password",
+            "-",
+            "--san",
+            "127.0.0.1",
+        ],
+        &[],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{o:?}"
+    );
+    let other = root.path().join("other");
+    let o = run(
+        &[
+            "init",
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--admin-password",
+            PASSWORD,
+        ],
+        &[],
+        b"",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("warning: --admin-password on the command line"),
+        "{o:?}"
+    );
+    let s = Server::start(root.path());
+    let url = s.url("");
+    let env = [("KEYMGR_URL", url.as_str()), ("KEYMGR_DATA_DIR", d)];
+    let o = run(
+        &["key", "list", "--password", "-"],
+        &env,
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{o:?}"
+    );
+    let o = run(
+        &["key", "list", "--password", "-"],
+        &env,
+        b"wrong password\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    // From the environment: no warning.
+    let with_env = [env[0], env[1], ("KEYMGR_PASSWORD", PASSWORD)];
+    let o = run(&["key", "list"], &with_env, b"");
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{o:?}"
+    );
+    // Nothing at all and nothing to read: refused, saying how to give it.
+    let o = run(&["key", "list"], &env, b"");
+    assert!(!o.status.success(), "{o:?}");
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("--password -"), "{o:?}");
+}

@@ -8,6 +8,17 @@
 //! are read, write, attribute read, directory listing and other; repeats
 //! within the window are dropped *before* they are queued (so they cost no
 //! formatting and never fill the queue), and counted.
+//!
+//! Rate limiting (always on unless disabled): at most `limit` records per
+//! `window` for one (matching rule, process). A process that triggers an
+//! audited rule in a loop cannot fill the disk nor push other processes'
+//! records out of the queue: past the limit its records are counted, not
+//! queued, and when its window ends (on its next record, or at the
+//! writer's periodic sweep, within about a second) one line says how many
+//! were suppressed, for which rule and process:
+//! `CGP2603W: [SecFS, 0] [AUDIT] 1234 records suppressed (rate limit 200
+//! per 10s) for Policy rule 1 Process[pid=42 /usr/bin/cat]`. Other
+//! processes, and other rules for the same process, keep their own budget.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -19,6 +30,34 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Open a log file (audit, secfs, vmd) for appending, creating it `0600`.
+/// Logs name users, programs and files: an existing log readable or
+/// writable by others (or writable by its group) is tightened to `0640` at
+/// most, so the group keeps read access an administrator gave it and
+/// nobody else has any. A symlink at `path` is refused (`O_NOFOLLOW`), and
+/// so is anything but a regular file.
+pub fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & !0o640 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o640))?;
+    }
+    Ok(f)
+}
+
 /// Records waiting to be written before new ones are dropped.
 pub const QUEUE: usize = 8192;
 
@@ -29,6 +68,120 @@ pub struct AuditOptions {
     pub syslog: bool,
     /// Concise logging window; `None` logs every record.
     pub concise: Option<Duration>,
+    /// Rate limit per (rule, process): at most this many records per
+    /// window; `None` disables it. [`DEFAULT_RATE_LIMIT`] by default.
+    pub rate_limit: Option<(u32, Duration)>,
+}
+
+/// The default rate limit per (rule, process).
+pub const DEFAULT_RATE_LIMIT: (u32, Duration) = (200, Duration::from_secs(10));
+
+/// One (rule, process) over its current window.
+#[derive(Debug)]
+struct Flood {
+    start: Instant,
+    count: u32,
+    suppressed: u64,
+    /// When the last record was suppressed.
+    last: Instant,
+    /// Who, for the summary line (built at the first suppression).
+    label: String,
+}
+
+/// A rate-limit key: the matching rule (if any), the process's pid and
+/// start time.
+type LimitKey = (Option<u32>, u32, u64);
+
+/// Per-(rule, process) rate limiting state.
+#[derive(Debug)]
+struct Limiter {
+    limit: u32,
+    window: Duration,
+    floods: Mutex<HashMap<LimitKey, Flood>>,
+    suppressed: AtomicU64,
+}
+
+/// (Rule, process) pairs tracked before idle ones are forgotten; when all
+/// are active, new pairs are not limited (records are never lost for want
+/// of room here).
+const LIMIT_KEYS: usize = 16_384;
+
+impl Limiter {
+    fn summary(&self, f: &Flood) -> String {
+        format!(
+            "CGP2603W: [SecFS, 0] [AUDIT] {} records suppressed (rate limit {} per {}s) for {}",
+            f.suppressed,
+            self.limit,
+            self.window.as_secs(),
+            f.label
+        )
+    }
+
+    /// Whether a record for `key` may be queued, and a summary line of
+    /// its previous window to queue first.
+    fn admit(&self, key: LimitKey, label: impl FnOnce() -> String) -> (bool, Option<String>) {
+        let now = Instant::now();
+        let mut m = self.floods.lock().unwrap_or_else(|e| e.into_inner());
+        if !m.contains_key(&key) && m.len() >= LIMIT_KEYS {
+            // Sweep idle keys; if all are active, do not track this one.
+            m.retain(|_, f| now.duration_since(f.start) < self.window || f.suppressed > 0);
+            if m.len() >= LIMIT_KEYS {
+                return (true, None);
+            }
+        }
+        let f = m.entry(key).or_insert(Flood {
+            start: now,
+            count: 0,
+            suppressed: 0,
+            last: now,
+            label: String::new(),
+        });
+        let mut summary = None;
+        if now.duration_since(f.start) >= self.window {
+            if f.suppressed > 0 {
+                summary = Some(self.summary(f));
+            }
+            *f = Flood {
+                start: now,
+                count: 0,
+                suppressed: 0,
+                last: now,
+                label: std::mem::take(&mut f.label),
+            };
+        }
+        if f.count < self.limit {
+            f.count += 1;
+            return (true, summary);
+        }
+        if f.suppressed == 0 {
+            f.label = label();
+        }
+        f.suppressed += 1;
+        f.last = now;
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        (false, summary)
+    }
+
+    /// Summaries of floods that ended (nothing suppressed for a second)
+    /// or whose window ended; keys whose window ended are forgotten. A
+    /// flood that goes on is summarised once per window.
+    fn sweep(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut m = self.floods.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, f| {
+            let window_over = now.duration_since(f.start) >= self.window;
+            if f.suppressed > 0
+                && (window_over || now.duration_since(f.last) >= Duration::from_secs(1))
+            {
+                out.push(self.summary(f));
+                // The window's budget stays spent.
+                f.suppressed = 0;
+            }
+            !window_over
+        });
+        out
+    }
 }
 
 /// What kind of access a record is about, for concise logging.
@@ -63,6 +216,7 @@ pub struct Auditor {
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     concise: Option<Arc<Concise>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl Auditor {
@@ -76,12 +230,7 @@ impl Auditor {
                 if let Some(d) = p.parent() {
                     std::fs::create_dir_all(d)?;
                 }
-                Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)?,
-                )
+                Some(open_log(p)?)
             }
             None => None,
         };
@@ -90,10 +239,21 @@ impl Auditor {
         } else {
             None
         };
-        let (d, w) = (dropped.clone(), written.clone());
+        let limiter = opts
+            .rate_limit
+            .filter(|&(n, _)| n > 0)
+            .map(|(limit, window)| {
+                Arc::new(Limiter {
+                    limit,
+                    window,
+                    floods: Mutex::new(HashMap::new()),
+                    suppressed: AtomicU64::new(0),
+                })
+            });
+        let (d, w, l) = (dropped.clone(), written.clone(), limiter.clone());
         std::thread::Builder::new()
             .name("secfs-audit".into())
-            .spawn(move || writer(rx, &mut file, syslog, &d, &w))?;
+            .spawn(move || writer(rx, &mut file, syslog, &d, &w, l.as_deref()))?;
         Ok(Auditor {
             tx: Arc::new(Mutex::new(Some(tx))),
             dropped,
@@ -106,15 +266,61 @@ impl Auditor {
                     suppressed: AtomicU64::new(0),
                 })
             }),
+            limiter,
         })
+    }
+
+    /// [`Auditor::record_concise`] for a policy decision, also rate
+    /// limited per `(rule, pid, start time)` (see the module doc);
+    /// `process` names the process in the summary line.
+    pub fn record_decision(
+        &self,
+        (rule, pid, start, process): (Option<u32>, u32, u64, &[u8]),
+        key: impl Hash,
+        line: impl FnOnce() -> String,
+    ) {
+        let Some(l) = &self.limiter else {
+            self.record_concise(key, line);
+            return;
+        };
+        self.concise_then(key, || {
+            let (ok, summary) = l.admit((rule, pid, start), || {
+                format!(
+                    "Policy rule {} Process[pid={pid} {}]",
+                    rule.map_or_else(|| "none".to_owned(), |r| r.to_string()),
+                    String::from_utf8_lossy(process)
+                )
+            });
+            if let Some(s) = summary {
+                self.record(s);
+            }
+            // A suppressed record is still marked as logged for concise
+            // logging: its repeats are duplicates of a counted record.
+            ok.then(line)
+        });
+    }
+
+    /// Records the rate limit left out.
+    pub fn rate_limited(&self) -> u64 {
+        self.limiter
+            .as_ref()
+            .map_or(0, |l| l.suppressed.load(Ordering::Relaxed))
     }
 
     /// Queue the record `line()` unless concise logging already logged
     /// one with the same `key` within its window (then nothing is built
     /// or queued). Without concise logging every record is queued.
     pub fn record_concise(&self, key: impl Hash, line: impl FnOnce() -> String) {
+        self.concise_then(key, || Some(line()));
+    }
+
+    /// [`Auditor::record_concise`] where `line` may decline to give a
+    /// record (the rate limit counted it instead).
+    fn concise_then(&self, key: impl Hash, line: impl FnOnce() -> Option<String>) {
         let Some(c) = &self.concise else {
-            self.record(line());
+            if let Some(l) = line() {
+                self.record(l);
+            }
             return;
         };
         let h = c.hasher.hash_one(key);
@@ -124,9 +330,10 @@ impl Auditor {
             c.suppressed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // Marked as logged only once it is queued: a record the full queue
-        // dropped does not hide the next one.
-        if self.record(line()) {
+        // Marked as logged only once it is queued (or counted by the rate
+        // limit): a record the full queue dropped does not hide the next
+        // one.
+        if line().is_none_or(|l| self.record(l)) {
             let mut seen = seen();
             if seen.len() >= CONCISE_KEYS {
                 seen.retain(|_, t| fresh(t));
@@ -208,6 +415,7 @@ fn writer(
     syslog: Option<UnixDatagram>,
     dropped: &AtomicU64,
     written: &AtomicU64,
+    limiter: Option<&Limiter>,
 ) {
     let mut reported_drops = 0;
     let mut emit = |line: &str| {
@@ -219,7 +427,24 @@ fn writer(
             let _ = s.send_to(format!("<38>secfs: {line}").as_bytes(), "/dev/log");
         }
     };
-    while let Ok(line) = rx.recv() {
+    let mut swept = Instant::now();
+    loop {
+        // Summaries of floods that ended, about once a second even when
+        // nothing else is logged.
+        let next = rx.recv_timeout(Duration::from_secs(1));
+        if let Some(l) = limiter
+            && swept.elapsed() >= Duration::from_secs(1)
+        {
+            for s in l.sweep() {
+                emit(&s);
+            }
+            swept = Instant::now();
+        }
+        let line = match next {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let d = dropped.load(Ordering::Relaxed);
         if d > reported_drops {
             emit(&format!(
@@ -230,6 +455,14 @@ fn writer(
         }
         emit(&line);
         written.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(l) = limiter {
+        // Closing: whatever was suppressed is reported.
+        let mut m = l.floods.lock().unwrap_or_else(|e| e.into_inner());
+        for f in m.values().filter(|f| f.suppressed > 0) {
+            emit(&l.summary(f));
+        }
+        m.clear();
     }
     if let Some(f) = file.as_mut() {
         let _ = f.flush();
@@ -248,6 +481,7 @@ mod tests {
             file: Some(p.clone()),
             syslog: false,
             concise: Some(Duration::from_secs(60)),
+            rate_limit: None,
         })
         .unwrap();
         // Same user, process, file and class: one line, even when the
@@ -282,10 +516,86 @@ mod tests {
             dropped: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
             concise: None,
+            limiter: None,
         };
         for _ in 0..5 {
             a.record("x".into());
         }
         assert_eq!(a.dropped(), 4);
+    }
+
+    #[test]
+    fn logs_are_created_private_and_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let new = dir.path().join("new.log");
+        drop(open_log(&new).unwrap());
+        assert_eq!(mode(&new), 0o600);
+        for (before, after) in [
+            (0o666, 0o640),
+            (0o644, 0o640),
+            (0o604, 0o600),
+            (0o640, 0o640),
+            (0o600, 0o600),
+        ] {
+            let p = dir.path().join(format!("old{before:o}.log"));
+            std::fs::write(&p, b"x").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(before)).unwrap();
+            drop(open_log(&p).unwrap());
+            assert_eq!(mode(&p), after, "{before:o}");
+        }
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&new, &link).unwrap();
+        assert!(open_log(&link).is_err());
+        assert!(open_log(dir.path()).is_err());
+    }
+
+    #[test]
+    fn floods_are_rate_limited_per_rule_and_process_and_summarised() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let a = Auditor::start(AuditOptions {
+            file: Some(p.clone()),
+            syslog: false,
+            concise: None,
+            rate_limit: Some((5, Duration::from_millis(300))),
+        })
+        .unwrap();
+        // One process floods rule 1; another process, and the same
+        // process under rule 2, keep their own budgets.
+        for i in 0..100 {
+            a.record_decision((Some(1), 42, 7, b"/bin/flood"), i, || format!("flood {i}"));
+        }
+        a.record_decision((Some(1), 43, 7, b"/bin/other"), 0, || "other".into());
+        a.record_decision((Some(2), 42, 7, b"/bin/flood"), 0, || "rule two".into());
+        assert_eq!(a.rate_limited(), 95);
+        // The writer's sweep reports the flood once its window is over.
+        let t = Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            if text.contains("suppressed") || t.elapsed() > Duration::from_secs(5) {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(text.matches("flood ").count(), 5, "{text}");
+        assert!(
+            text.contains("other") && text.contains("rule two"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "CGP2603W: [SecFS, 0] [AUDIT] 95 records suppressed (rate limit 5 per 0s) \
+                 for Policy rule 1 Process[pid=42 /bin/flood]"
+            ),
+            "{text}"
+        );
+        // A new window admits records again.
+        a.record_decision((Some(1), 42, 7, b"/bin/flood"), 0, || "after".into());
+        a.close();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(std::fs::read_to_string(&p).unwrap().contains("after"));
     }
 }

@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod exitcode;
 pub mod forbidden;
 pub mod fuse;
+pub mod harden;
 pub mod keyfile;
 pub mod mount;
 pub mod reach;

@@ -548,14 +548,7 @@ pub fn unmount(dir: &Path, lazy: bool) -> Result<(), MountError> {
 /// Keep keys out of swap and core dumps: lock memory and mark the process
 /// not dumpable.
 pub fn protect_process_memory() {
-    if let Err(e) = nix::sys::mman::mlockall(
-        nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
-    ) {
-        warn!("secfs: mlockall failed ({e}); keys could reach swap");
-    }
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        warn!("secfs: cannot disable core dumps: {e}");
-    }
+    crate::harden::protect_process_memory("secfs");
 }
 
 /// The signals the daemon handles itself.

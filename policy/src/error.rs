@@ -330,13 +330,21 @@ pub enum HostSettingsError {
     },
     /// A keyword GuardFS does not know.
     #[error(
-        "line {line}: unknown keyword `|{keyword}|` (expected authenticator, trust, path_no_trust, protect)"
+        "line {line}: unknown keyword `|{keyword}|` (expected authenticator, trust, path_no_trust, protect, no_applykey)"
     )]
     UnknownKeyword {
         /// The line.
         line: usize,
         /// The keyword.
         keyword: String,
+    },
+    /// A `|no_applykey|` line whose value is not a known condition.
+    #[error("line {line}: `|no_applykey|{value}`: expected `traced` or `ld_env`")]
+    UnknownCondition {
+        /// The line.
+        line: usize,
+        /// The value.
+        value: String,
     },
     /// A keyword with nothing after it.
     #[error("line {line}: `|{keyword}|` needs a path")]

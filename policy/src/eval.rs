@@ -36,8 +36,11 @@ pub struct Request<'a> {
     pub group_names: &'a [&'a str],
     /// The process's executable (absolute, normalized, as
     /// `/proc/PID/exe` gives it); `None` if unknown, in which case no
-    /// process set contains the process. A path that is not normalized is
-    /// denied as a bad request.
+    /// process set with a directory or file contains the process. A path
+    /// that is not normalized is denied as a bad request. The caller must
+    /// pass only a path it verified names the file the process runs (the
+    /// path text of `/proc/PID/exe` can be faked by a bind mount in
+    /// another mount namespace): secfs passes `None` otherwise.
     pub exe: Option<&'a [u8]>,
     /// SHA-256 of the executable, if the caller computed it; process-set
     /// entries with a `signature` only match when this is present and equal.

@@ -17,10 +17,20 @@
 //!   disable it).
 //! * `|protect|PATH`: CTE's protected file (kept, listed, not used by the
 //!   policy engine; enforcing it is the file system's job).
+//! * `|no_applykey|traced` and `|no_applykey|ld_env` (GuardFS; CTE has no
+//!   equivalent): a process that is being traced (`TracerPid` is not 0:
+//!   a debugger or `strace` can read and change its memory), or whose
+//!   environment names `LD_PRELOAD`, `LD_LIBRARY_PATH` or `LD_AUDIT`
+//!   (code of the user's choosing loaded into it), gets no key: a rule's
+//!   `applykey` does not apply to it, so a permit gives it the
+//!   ciphertext view and a write that needs the key is refused, as for
+//!   any permit without `applykey`. See [`HostSettings::withholds_key`].
 //!
 //! Blank lines and lines starting with `#` are ignored; surrounding spaces
 //! are trimmed. Paths are absolute, normalized and compared exactly with the
-//! executable path the kernel reports (`/proc/PID/exe`), so write resolved
+//! executable path the kernel reports (`/proc/PID/exe`) — and `|trust|`
+//! and `|authenticator|` match only a path the caller verified (see
+//! [`Ancestor::verified`]) — so write resolved
 //! paths (`/usr/bin/su`, not `/bin/su` on merged-`/usr` systems) or have the
 //! loader resolve them. Keywords are lowercase. CTE's `|authenticator_euid|`
 //! (authenticate on an effective-uid change) is not supported: it is not
@@ -52,6 +62,8 @@ pub enum HostKeyword {
     PathNoTrust,
     /// `|protect|`.
     Protect,
+    /// `|no_applykey|` (its values are conditions, not paths).
+    NoApplykey,
 }
 
 impl HostKeyword {
@@ -62,6 +74,7 @@ impl HostKeyword {
             HostKeyword::Trust => "trust",
             HostKeyword::PathNoTrust => "path_no_trust",
             HostKeyword::Protect => "protect",
+            HostKeyword::NoApplykey => "no_applykey",
         }
     }
 
@@ -71,6 +84,7 @@ impl HostKeyword {
             HostKeyword::Trust,
             HostKeyword::PathNoTrust,
             HostKeyword::Protect,
+            HostKeyword::NoApplykey,
         ]
         .into_iter()
         .find(|k| k.name() == s)
@@ -85,13 +99,50 @@ pub struct HostSettings {
     trust_all: bool,
     no_trust: Vec<Box<[u8]>>,
     protected: Vec<Box<[u8]>>,
+    no_key_if: Taint,
+}
+
+/// Signs that code other than the program's own may run in a process
+/// (see `|no_applykey|` in the module doc). The caller observes them
+/// (`TracerPid` and the environment in /proc); this crate does no I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Taint {
+    /// The process is being traced (`ptrace`).
+    pub traced: bool,
+    /// Its environment sets `LD_PRELOAD`, `LD_LIBRARY_PATH` or `LD_AUDIT`.
+    pub ld_env: bool,
+}
+
+impl Taint {
+    /// The environment variables that make [`Taint::ld_env`].
+    pub const LD_VARS: [&'static [u8]; 3] = [b"LD_PRELOAD", b"LD_LIBRARY_PATH", b"LD_AUDIT"];
+
+    /// Whether `environ` (`NAME=value` entries separated by NUL bytes, as
+    /// in `/proc/PID/environ`) names one of [`Taint::LD_VARS`], whatever
+    /// its value (the loader reads an empty one too). Allocation-free.
+    pub fn env_has_ld_vars(environ: &[u8]) -> bool {
+        environ.split(|&b| b == 0).any(|entry| {
+            Taint::LD_VARS
+                .iter()
+                .any(|v| entry.len() > v.len() && entry.starts_with(v) && entry[v.len()] == b'=')
+        })
+    }
 }
 
 /// One process in an ancestry list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ancestor<'a> {
-    /// Its executable (as `/proc/PID/exe` reports it).
+    /// Its executable (as `/proc/PID/exe` reports it, without a
+    /// ` (deleted)` suffix).
     pub exe: &'a [u8],
+    /// Whether the caller verified that `exe` names the file the process
+    /// actually runs (the same device and inode as the path resolves to in
+    /// the agent's mount namespace, not deleted). Path text alone can be
+    /// faked (a bind mount in a private mount namespace, a replaced
+    /// binary): `|trust|` and `|authenticator|` entries match only a
+    /// verified executable; `|path_no_trust|` matches either (it only
+    /// restricts, so it fails closed).
+    pub verified: bool,
     /// Whether this process changed identity relative to its parent: it
     /// called a set*id function or exec'd a set-uid program, so its
     /// credentials differ from its parent's. The caller decides how to
@@ -150,6 +201,19 @@ impl HostSettings {
                     keyword: keyword.name(),
                 });
             }
+            if keyword == HostKeyword::NoApplykey {
+                match path {
+                    "traced" => hs.no_key_if.traced = true,
+                    "ld_env" => hs.no_key_if.ld_env = true,
+                    _ => {
+                        return Err(HostSettingsError::UnknownCondition {
+                            line,
+                            value: path.to_owned(),
+                        });
+                    }
+                }
+                continue;
+            }
             if path == "*" {
                 if keyword != HostKeyword::Trust {
                     return Err(HostSettingsError::WildcardNotAllowed {
@@ -178,6 +242,7 @@ impl HostSettings {
                 HostKeyword::Trust => &mut hs.trusted,
                 HostKeyword::PathNoTrust => &mut hs.no_trust,
                 HostKeyword::Protect => &mut hs.protected,
+                HostKeyword::NoApplykey => unreachable!("handled above"),
             };
             let path: Box<[u8]> = path.as_bytes().into();
             if !list.contains(&path) {
@@ -188,15 +253,28 @@ impl HostSettings {
     }
 
     /// The paths listed under a keyword (`|trust|*` is reported by
-    /// [`HostSettings::trusts_everything`], not here).
+    /// [`HostSettings::trusts_everything`], not here; `|no_applykey|` has
+    /// no paths, see [`HostSettings::no_applykey_conditions`]).
     pub fn paths(&self, keyword: HostKeyword) -> impl Iterator<Item = &[u8]> {
-        let list = match keyword {
+        let list: &[Box<[u8]>] = match keyword {
             HostKeyword::Authenticator => &self.authenticators,
             HostKeyword::Trust => &self.trusted,
             HostKeyword::PathNoTrust => &self.no_trust,
             HostKeyword::Protect => &self.protected,
+            HostKeyword::NoApplykey => &[],
         };
         list.iter().map(|p| &**p)
+    }
+
+    /// The conditions `|no_applykey|` lines set (both `false`: none).
+    pub fn no_applykey_conditions(&self) -> Taint {
+        self.no_key_if
+    }
+
+    /// Whether a process showing `taint` must get no key under these
+    /// settings: a rule's `applykey` does not apply to it.
+    pub fn withholds_key(&self, taint: Taint) -> bool {
+        (self.no_key_if.traced && taint.traced) || (self.no_key_if.ld_env && taint.ld_env)
     }
 
     /// Whether `|trust|*` is set.
@@ -250,19 +328,22 @@ impl HostSettings {
         ancestry: &[Ancestor<'_>],
     ) -> ProcessTrust {
         let listed = |list: &[Box<[u8]>], exe: &[u8]| list.iter().any(|p| **p == *exe);
+        // |trust| and |authenticator| vouch for a program: only for the
+        // file it really is.
+        let vouched = |list: &[Box<[u8]>], a: &Ancestor<'_>| a.verified && listed(list, a.exe);
         if inherited == Some(ProcessTrust::Untrusted)
             || ancestry.iter().any(|a| listed(&self.no_trust, a.exe))
         {
             return ProcessTrust::Untrusted;
         }
-        if self.trust_all || ancestry.iter().any(|a| listed(&self.trusted, a.exe)) {
+        if self.trust_all || ancestry.iter().any(|a| vouched(&self.trusted, a)) {
             return ProcessTrust::Authenticated;
         }
         let mut authenticated = inherited == Some(ProcessTrust::Authenticated);
         // Index up to which identity changes are the authenticator's own.
         let mut established: Option<usize> = None;
         for (i, a) in ancestry.iter().enumerate() {
-            if listed(&self.authenticators, a.exe) {
+            if vouched(&self.authenticators, a) {
                 let child_changed = ancestry.get(i + 1).is_some_and(|c| c.identity_changed);
                 if a.identity_changed || child_changed {
                     authenticated = true;
@@ -290,6 +371,7 @@ mod tests {
     fn anc(exe: &str, changed: bool) -> Ancestor<'_> {
         Ancestor {
             exe: exe.as_bytes(),
+            verified: true,
             identity_changed: changed,
         }
     }
@@ -517,5 +599,88 @@ mod tests {
             anc("/usr/bin/backup", false),
         ];
         assert_eq!(hs.classify(&cron_job), ProcessTrust::Authenticated);
+    }
+
+    #[test]
+    fn unverified_executables_are_never_vouched_for() {
+        let hs = HostSettings::parse(SETTINGS).unwrap();
+        let fake = |exe: &'static str, changed: bool| Ancestor {
+            verified: false,
+            ..anc(exe, changed)
+        };
+        // A program at /usr/sbin/cron's path that is not that file (a bind
+        // mount in a private mount namespace, a deleted binary).
+        assert_eq!(
+            hs.classify(&[fake("/usr/sbin/cron", false), anc("/usr/bin/cat", false)]),
+            ProcessTrust::NotAuthenticated
+        );
+        assert_eq!(
+            hs.classify(&[fake("/usr/sbin/sshd", false), anc("/usr/bin/bash", true)]),
+            ProcessTrust::NotAuthenticated
+        );
+        // |path_no_trust| restricts: the path text is enough.
+        assert_eq!(
+            hs.classify(&[anc("/usr/sbin/sshd", false), fake("/usr/bin/ksh", true)]),
+            ProcessTrust::Untrusted
+        );
+        // |trust|* needs no path at all.
+        let all = HostSettings::parse("|trust|*").unwrap();
+        assert_eq!(
+            all.classify(&[fake("/x", false)]),
+            ProcessTrust::Authenticated
+        );
+    }
+
+    #[test]
+    fn no_applykey_conditions() {
+        let hs = HostSettings::parse("|no_applykey|traced\n|no_applykey| ld_env \n").unwrap();
+        assert_eq!(
+            hs.no_applykey_conditions(),
+            Taint {
+                traced: true,
+                ld_env: true
+            }
+        );
+        assert_eq!(hs.paths(HostKeyword::NoApplykey).count(), 0);
+        let traced = Taint {
+            traced: true,
+            ld_env: false,
+        };
+        let preloaded = Taint {
+            traced: false,
+            ld_env: true,
+        };
+        assert!(hs.withholds_key(traced) && hs.withholds_key(preloaded));
+        assert!(!hs.withholds_key(Taint::default()));
+        let only = HostSettings::parse("|no_applykey|traced").unwrap();
+        assert!(only.withholds_key(traced) && !only.withholds_key(preloaded));
+        // Without the setting, nothing changes.
+        assert!(!HostSettings::default().withholds_key(Taint {
+            traced: true,
+            ld_env: true
+        }));
+        for bad in [
+            "|no_applykey|",
+            "|no_applykey|/usr/bin/gdb",
+            "|no_applykey|*",
+        ] {
+            assert!(HostSettings::parse(bad).is_err(), "{bad}");
+        }
+        let e = HostSettings::parse("\n|no_applykey|strace").unwrap_err();
+        assert!(
+            matches!(e, HostSettingsError::UnknownCondition { line: 2, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ld_variables_in_an_environment() {
+        let has = Taint::env_has_ld_vars;
+        assert!(has(b"PATH=/bin\0LD_PRELOAD=/tmp/x.so\0"));
+        assert!(has(b"LD_LIBRARY_PATH=\0"));
+        assert!(has(b"A=1\0LD_AUDIT=a.so"));
+        assert!(!has(b""));
+        assert!(!has(b"PATH=/bin\0X_LD_PRELOAD=1\0LD_PRELOADX=1\0"));
+        assert!(!has(b"MSG=LD_PRELOAD=x\0LD_PRELOAD\0"));
     }
 }

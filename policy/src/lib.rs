@@ -204,6 +204,6 @@ pub use error::{HostSettingsError, PolicyError, SetKind};
 pub use eval::{
     CodeLetter, Decision, KeyChoice, KeyId, MatchCode, Outcome, PossibleOutcomes, Request, Verdict,
 };
-pub use host::{Ancestor, HostKeyword, HostSettings, ProcessTrust};
+pub use host::{Ancestor, HostKeyword, HostSettings, ProcessTrust, Taint};
 pub use path::is_normalized_absolute;
 pub use time::{ClockTime, TimeOfWeek, TimeWindow, Weekday};

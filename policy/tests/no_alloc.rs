@@ -94,10 +94,12 @@ fn hot_paths_do_not_allocate() {
     let ancestry = [
         Ancestor {
             exe: b"/usr/sbin/sshd",
+            verified: true,
             identity_changed: false,
         },
         Ancestor {
             exe: b"/usr/bin/bash",
+            verified: true,
             identity_changed: true,
         },
     ];

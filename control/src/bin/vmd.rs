@@ -89,10 +89,7 @@ fn background(root: &Path, layout: &Layout) -> Result<(), String> {
     std::fs::create_dir_all(&layout.log_dir)
         .map_err(|e| format!("{}: {e}", layout.log_dir.display()))?;
     let log_path = layout.log_dir.join("vmd.log");
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = guardfs_shim::audit::open_log(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
@@ -154,11 +151,5 @@ fn foreground(layout: Layout) -> Result<(), String> {
 
 /// Keys live in this process: keep them out of swap and core dumps.
 fn protect_memory() {
-    use nix::sys::mman::{MlockAllFlags, mlockall};
-    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
-        log::warn!("vmd: mlockall failed ({e}); keys could reach swap");
-    }
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        log::warn!("vmd: cannot disable core dumps: {e}");
-    }
+    guardfs_shim::harden::protect_process_memory("vmd");
 }

@@ -203,9 +203,13 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Read a password: `-p` wins; otherwise prompt on the terminal without echo.
+/// Read a password (or another secret) as CTE's utilities do: `-p -`
+/// reads one line from standard input; no `-p` prompts on the terminal
+/// without echo (or reads a line from standard input when it is not a
+/// terminal); `-p PW` still works for old scripts but warns on stderr that
+/// the command line is visible to other users.
 pub fn password(given: Option<String>, prompt: &str) -> Result<String, Failure> {
-    if let Some(p) = given {
+    if let Some(p) = secret_given(given.as_deref(), "-p", &mut std::io::stdin().lock())? {
         return Ok(p);
     }
     use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
@@ -217,13 +221,50 @@ pub fn password(given: Option<String>, prompt: &str) -> Result<String, Failure> 
         quiet.local_flags.remove(LocalFlags::ECHO);
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
     }
-    let mut line = String::new();
-    let r = stdin.read_line(&mut line);
+    let r = read_secret_line(&mut stdin.lock());
     if let Some(t) = &saved {
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
         eprintln!();
     }
-    r.map_err(|e| Failure(FAILED, format!("reading the password: {e}")))?;
+    r
+}
+
+/// The secret a command-line value gives: `-` reads a line from `input`;
+/// any other value is taken with a warning (argv is visible to every
+/// user); `None` when nothing was given (prompt).
+pub fn secret_given(
+    given: Option<&str>,
+    flag: &str,
+    input: &mut dyn std::io::BufRead,
+) -> Result<Option<String>, Failure> {
+    match given {
+        None => Ok(None),
+        Some("-") => read_secret_line(input).map(Some),
+        Some(p) => {
+            warn_secret_in_argv(flag);
+            Ok(Some(p.to_owned()))
+        }
+    }
+}
+
+/// Warn that a secret was passed on the command line.
+pub fn warn_secret_in_argv(flag: &str) {
+    eprintln!(
+        "warning: {flag} on the command line is visible to other users (ps, /proc/PID/cmdline); \
+         use `{flag} -` to read it from standard input, or leave it out to be prompted"
+    );
+}
+
+/// One line of `input` without its line ending; an empty input is an
+/// error.
+pub fn read_secret_line(input: &mut dyn std::io::BufRead) -> Result<String, Failure> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let n = input
+        .read_line(&mut line)
+        .map_err(|e| Failure(FAILED, format!("reading the password: {e}")))?;
+    if n == 0 {
+        return Err(Failure(FAILED, "reading the password: no input".into()));
+    }
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
@@ -517,4 +558,35 @@ fn human_status(v: &Value) -> String {
     ];
     out.push(cte::guard_table(v));
     out.join("\n")
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn dash_reads_stdin_and_argv_still_works() {
+        let mut input: &[u8] = b"correct horse battery\nrest";
+        assert_eq!(
+            secret_given(Some("-"), "-p", &mut input)
+                .unwrap()
+                .as_deref(),
+            Some("correct horse battery")
+        );
+        let mut crlf: &[u8] = b"pw\r\n";
+        assert_eq!(
+            secret_given(Some("-"), "-p", &mut crlf).unwrap().as_deref(),
+            Some("pw")
+        );
+        let mut empty: &[u8] = b"";
+        assert!(secret_given(Some("-"), "-p", &mut empty).is_err());
+        let mut unused: &[u8] = b"ignored\n";
+        assert_eq!(
+            secret_given(Some("old way"), "-p", &mut unused)
+                .unwrap()
+                .as_deref(),
+            Some("old way")
+        );
+        assert_eq!(secret_given(None, "-p", &mut unused).unwrap(), None);
+    }
 }

@@ -11,7 +11,8 @@ use crate::km::register;
 const USAGE_TEXT: &str = "usage: register_host [--root DIR]                      (interactive)
        register_host [--root DIR] -s FILE [KEY=VALUE ...] (silent: SERVER_HOSTNAME, REG_TOKEN,
            HOST_PROFILE, AGENT_HOST_NAME, AGENT_USEIP, HOST_GROUP, HOST_DESC, USEHWSIG,
-           CA_FILE or CA_CERT or EXTERNAL_CERT_DIR; REGISTER_HOST_TIMEOUT in the environment)";
+           CA_FILE or CA_CERT or EXTERNAL_CERT_DIR; REGISTER_HOST_TIMEOUT in the environment;
+           REG_TOKEN=- reads the token from standard input)";
 
 pub fn register_host(args: Vec<String>) -> CmdResult {
     let mut root: Option<PathBuf> = None;
@@ -38,7 +39,18 @@ pub fn register_host(args: Vec<String>) -> CmdResult {
                 println!("{USAGE_TEXT}");
                 return Ok(());
             }
-            kv if kv.contains('=') && silent.is_some() => overrides.push(kv.to_owned()),
+            // A registration token is a secret: `REG_TOKEN=-` reads it from
+            // standard input; one in argv works but is warned about.
+            "REG_TOKEN=-" if silent.is_some() => {
+                let token = super::read_secret_line(&mut std::io::stdin().lock())?;
+                overrides.push(format!("REG_TOKEN={token}"));
+            }
+            kv if kv.contains('=') && silent.is_some() => {
+                if kv.starts_with("REG_TOKEN=") {
+                    super::warn_secret_in_argv("REG_TOKEN=");
+                }
+                overrides.push(kv.to_owned())
+            }
             _ => return Err(Failure(USAGE, USAGE_TEXT.into())),
         }
     }

@@ -572,15 +572,21 @@ impl Agent {
             if km_keys.held(&name, v) {
                 continue;
             }
-            let body = client
+            let mut body = client
                 .get(&format!("/api/v1/agent/keys/{name}/versions/{v}"), None)?
                 .ok()?;
+            // The hex text and the decoded bytes are key material too:
+            // zeroized once the key is built.
             let material = hex::decode(text(&body, "material"))
                 .ok()
-                .and_then(|b| PolicyKey::from_slice(&b))
-                .ok_or_else(|| {
-                    format!("key {name} v{v}: malformed material from the key manager")
-                })?;
+                .map(zeroize::Zeroizing::new)
+                .and_then(|b| PolicyKey::from_slice(&b));
+            if let Some(Value::String(hex)) = body.get_mut("material") {
+                zeroize::Zeroize::zeroize(hex);
+            }
+            let material = material.ok_or_else(|| {
+                format!("key {name} v{v}: malformed material from the key manager")
+            })?;
             km_keys.put(&name, mode, persistent, v, material)?;
             info!("vmd: key {name} v{v} ({mode}) from the key manager");
             if self.secfs.client().is_some() {

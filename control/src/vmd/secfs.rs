@@ -3,7 +3,6 @@
 //! keep working while vmd is down) and talks to it only through the
 //! control node's ioctls.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -133,10 +132,7 @@ impl SecfsProcess {
         if let Some(d) = self.log.parent() {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
+        let log = guardfs_shim::audit::open_log(&self.log)
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.binary);

@@ -86,6 +86,10 @@ struct ServeArgs {
     /// process, file, read/write/attribute/directory class).
     #[arg(long)]
     concise_logging: bool,
+    /// Audit rate limit per (rule, process): `N/SECS` (at most N records
+    /// per SECS seconds, then one "records suppressed" line), or `off`.
+    #[arg(long, default_value = "200/10", value_parser = parse_rate_limit)]
+    audit_rate_limit: RateLimit,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +117,10 @@ struct MountArgs {
     /// process, file, read/write/attribute/directory class).
     #[arg(long)]
     concise_logging: bool,
+    /// Audit rate limit per (rule, process): `N/SECS` (at most N records
+    /// per SECS seconds, then one "records suppressed" line), or `off`.
+    #[arg(long, default_value = "200/10", value_parser = parse_rate_limit)]
+    audit_rate_limit: RateLimit,
     /// Mode for new files; existing files keep the mode in their header.
     #[arg(long, default_value = "xts")]
     mode: Mode,
@@ -285,6 +293,7 @@ fn run_mount(a: MountArgs) -> i32 {
                 file: Some(a.audit_log.clone()),
                 syslog: true,
                 concise: a.concise_logging.then_some(CONCISE_WINDOW),
+                rate_limit: a.audit_rate_limit.0,
             };
             match Auditor::start(opts) {
                 Ok(audit) => Access::with_policy(&gp, policy, host, Some(audit)),
@@ -379,6 +388,7 @@ fn run_serve(a: ServeArgs) -> i32 {
         file: Some(a.audit_log.clone()),
         syslog: true,
         concise: a.concise_logging.then_some(CONCISE_WINDOW),
+        rate_limit: a.audit_rate_limit.0,
     }) {
         Ok(x) => x,
         Err(e) => {
@@ -457,6 +467,24 @@ fn report_ready(fd: Option<i32>, r: Result<(), &str>) {
     };
 }
 
+/// An audit rate limit (see `--audit-rate-limit`).
+#[derive(Debug, Clone, Copy)]
+struct RateLimit(Option<(u32, std::time::Duration)>);
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    if s == "off" {
+        return Ok(RateLimit(None));
+    }
+    let bad = || format!("{s:?}: expected N/SECS (e.g. 200/10) or off");
+    let (n, secs) = s.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.parse().map_err(|_| bad())?;
+    let secs: u64 = secs.parse().map_err(|_| bad())?;
+    if n == 0 || secs == 0 {
+        return Err(bad());
+    }
+    Ok(RateLimit(Some((n, std::time::Duration::from_secs(secs)))))
+}
+
 /// Start the daemon (this program, same arguments, plus `--foreground`)
 /// detached, and wait until it reports that the mount is up.
 fn spawn_daemon(a: &MountArgs) -> i32 {
@@ -464,10 +492,7 @@ fn spawn_daemon(a: &MountArgs) -> i32 {
         if let Some(dir) = a.log_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&a.log_file)
+        let log = guardfs_shim::audit::open_log(&a.log_file)
             .with_context(|| format!("opening log file {}", a.log_file.display()))?;
         let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         // The write end must survive exec in the child: a dup has no CLOEXEC.

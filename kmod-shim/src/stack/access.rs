@@ -341,13 +341,20 @@ impl Access {
     /// taken from the new snapshot carries the new number.
     pub fn load(&self, policy: CompiledPolicy, host: HostSettings) -> u64 {
         let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        let isolated = [Action::FRd, Action::FWr, Action::FWrApp]
-            .iter()
-            .any(|&a| policy.possible_outcomes(a).raw);
+        // `|no_applykey|` turns plaintext grants into raw ones for some
+        // processes: raw views are possible wherever plaintext is.
+        let withholds = host.no_applykey_conditions() != Default::default();
+        let isolated = [Action::FRd, Action::FWr, Action::FWrApp].iter().any(|&a| {
+            let o = policy.possible_outcomes(a);
+            o.raw || (withholds && o.plaintext)
+        });
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let previous = state.as_ref().map(|l| l.generation).unwrap_or(0);
         let generation = previous.max(self.generation.load(Ordering::Acquire)) + 1;
         let host_changed = state.as_ref().is_none_or(|l| l.host != host);
+        // Start following `|path_no_trust|` programs now, not at the first
+        // request (see procinfo's `events`).
+        self.procs.follow(&host);
         *state = Some(Arc::new(Loaded {
             policy,
             host,
@@ -544,7 +551,13 @@ impl Access {
             && d.audit()
             && let Some(a) = &self.audit
         {
-            a.record_concise(
+            a.record_decision(
+                (
+                    d.matched_rule(),
+                    caller.pid,
+                    ident.start(),
+                    ident.audit_exe().unwrap_or_default(),
+                ),
                 (
                     caller.uid,
                     ident.exe.as_deref().unwrap_or_default(),
@@ -555,17 +568,28 @@ impl Access {
                     matches!(class_of(action), AuditClass::Other).then_some(action),
                     (d.is_permit(), d.would_deny()),
                 ),
-                || AuditLine::new(&l.policy, &req, &self.guard_point, &d).to_string(),
+                || {
+                    // An unverified executable is shown as it claims to
+                    // be, marked: who tried to pass for whom.
+                    let shown = Request {
+                        exe: ident.audit_exe(),
+                        ..req
+                    };
+                    AuditLine::new(&l.policy, &shown, &self.guard_point, &d).to_string()
+                },
             );
         }
         if !d.is_permit() {
             return Err(Errno::EACCES);
         }
+        // `|no_applykey|`: a traced or preloaded process gets no key (the
+        // grant is what a permit without applykey gives).
+        let apply_key = d.apply_key() && !l.host.withholds_key(ident.taint);
         let key = match d.key() {
             KeyChoice::Default => RuleKey::Default,
             KeyChoice::Clear => RuleKey::Clear,
             KeyChoice::Named(_) => RuleKey::Named(l.policy.key_label(d.key()).to_owned()),
-            KeyChoice::Unmatched if d.apply_key() => {
+            KeyChoice::Unmatched if apply_key => {
                 warn!(
                     "secfs: no key rule covers {}; access refused",
                     String::from_utf8_lossy(path)
@@ -576,7 +600,7 @@ impl Access {
         };
         // Under clear_key the lower bytes are served as they are, with or
         // without the key: the plaintext view is those bytes.
-        let view = if d.apply_key() || key == RuleKey::Clear {
+        let view = if apply_key || key == RuleKey::Clear {
             View::Plain
         } else {
             View::Raw

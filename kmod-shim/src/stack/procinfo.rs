@@ -31,10 +31,46 @@
 //!   never have) may be an orphan whose history is lost: it is never
 //!   authenticated (fail closed). Services started by init are unaffected.
 //!
-//! Not covered: an orphan of a process secfs never saw, outside any login
-//! session (a boot-time service that runs an untrusted program which
-//! double-forks), looks like a service; and records are forgotten when
-//! the cache is full of live processes.
+//! * besides, while `|path_no_trust|` entries exist, secfs follows every
+//!   exec of a listed program and every fork and exit on the host as the
+//!   kernel reports them (module `events`), so a descendant of an
+//!   untrusted process is untrusted even if it daemonised (`setsid -f`,
+//!   double fork) before secfs ever saw it or its ancestors.
+//!
+//! Not covered without those kernel events (fanotify permission events
+//! and the proc connector; secfs logs when it cannot have them): an
+//! orphan of a process secfs never saw, outside any login session (a
+//! boot-time service that runs an untrusted program which double-forks),
+//! looks like a service; and records are forgotten when the cache is full
+//! of live processes.
+//!
+//! # The file a process runs, not the name it shows
+//!
+//! The path text of `/proc/PID/exe` is the name the kernel gives the file
+//! in the *process's* mount namespace: a user who bind-mounts a program of
+//! their own over `/usr/bin/trusted` in a private mount namespace (`unshare
+//! -Urm`) shows `/usr/bin/trusted` there. So the path is believed only when
+//! it is *verified*: `stat` of `/proc/PID/exe` (which follows the magic
+//! link to the file actually executed) gives the same device and inode as
+//! `stat` of the path text in secfs's own mount namespace, and the link
+//! does not end in ` (deleted)` (the binary was removed or replaced since
+//! the process started). An [`Identity`]'s `exe` is that verified path or
+//! `None`; `None` matches no process-set entry with a directory or file,
+//! and an unverified ancestor matches no `|trust|` or `|authenticator|`
+//! entry (it still matches `|path_no_trust|`, which only restricts).
+//! Process-set signatures are hashed from the executed file itself
+//! (`/proc/PID/exe`), so they need no path. Verification is repeated on
+//! every decision (one more `stat`), so a cached identity is never trusted
+//! after its path starts naming another file.
+//!
+//! # Signs of injected code (`|no_applykey|`)
+//!
+//! With `|no_applykey|traced` the `TracerPid` of every thread of the
+//! calling process is read on every decision (a tracer can attach at any
+//! time); with `|no_applykey|ld_env` its environment
+//! (`/proc/PID/environ`) is read on every decision too (a process can exec
+//! itself with a new environment, keeping its pid and executable). Without
+//! those settings neither is read.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -42,7 +78,9 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use guardfs_policy::{Ancestor, HostSettings, ProcessTrust};
+use guardfs_policy::{Ancestor, HostSettings, ProcessTrust, Taint};
+
+mod events;
 
 /// The identity of an executable file: device, inode and change time
 /// (sec, nsec). A binary rewritten in place has a new ctime.
@@ -51,10 +89,21 @@ type ExeId = (u64, u64, i64, i64);
 /// What the policy needs to know about a process.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// `/proc/PID/exe`, or `None` if it cannot be read (kernel thread, gone).
+    /// The path of the executable, only if verified (see the module doc):
+    /// `None` if `/proc/PID/exe` cannot be read (kernel thread, gone), was
+    /// deleted or replaced, or names another file in secfs's mount
+    /// namespace than the one the process runs.
     pub exe: Option<Vec<u8>>,
     pub sha256: Option<[u8; 32]>,
     pub trust: ProcessTrust,
+    /// Signs of injected code, read only when the host settings use them
+    /// (`|no_applykey|`); otherwise all false.
+    pub taint: Taint,
+    /// `/proc/PID/exe`'s text (without ` (deleted)`), verified or not.
+    claimed_exe: Option<Vec<u8>>,
+    /// What audit lines show: the verified path, or the claimed one
+    /// followed by ` (unverified)`.
+    shown_exe: Option<Vec<u8>>,
     pub user_name: Option<String>,
     /// Primary then supplementary group names, as far as known.
     pub group_names: Vec<String>,
@@ -71,8 +120,13 @@ pub struct Identity {
 /// Per-process facts read from /proc.
 struct Proc {
     pid: u32,
+    /// Its thread-group id (`pid` may be a thread's id).
+    tgid: u32,
     start: u64,
+    /// The claimed executable path (see [`Exe`]).
     exe: Option<Vec<u8>>,
+    verified: bool,
+    exe_id: Option<ExeId>,
     ppid: u32,
     uid: u32,
     loginuid: Option<u32>,
@@ -91,15 +145,24 @@ fn read_proc(pid: u32) -> Option<Proc> {
     let ppid = f.nth(1)?.parse().ok()?;
     let start = f.nth(17)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(pid);
     let uid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|u| u.split_whitespace().nth(1))
         .and_then(|u| u.parse().ok())?;
+    let exe = exe_facts(pid);
     Some(Proc {
         pid,
+        tgid,
         start,
-        exe: exe_of(pid),
+        exe: exe.claimed,
+        verified: exe.verified,
+        exe_id: exe.id,
         ppid,
         uid,
         loginuid: loginuid_of(pid),
@@ -113,16 +176,103 @@ fn loginuid_of(pid: u32) -> Option<u32> {
         .filter(|&u| u != u32::MAX)
 }
 
-fn exe_of(pid: u32) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStringExt;
-    let mut p = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()?
-        .into_os_string()
-        .into_vec();
-    if p.ends_with(b" (deleted)") {
-        p.truncate(p.len() - b" (deleted)".len());
+/// What a process runs, as far as secfs can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Exe {
+    /// `/proc/PID/exe`'s text, without a ` (deleted)` suffix: the name of
+    /// the file in the process's own mount namespace.
+    claimed: Option<Vec<u8>>,
+    /// The executed file (`stat` through the magic link).
+    id: Option<ExeId>,
+    /// Whether `claimed` names that very file in secfs's mount namespace
+    /// (same device and inode) and it was not deleted.
+    verified: bool,
+}
+
+fn exe_facts(pid: u32) -> Exe {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let link = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.into_os_string().into_vec());
+    let id = exe_id_of(pid);
+    let Some(mut claimed) = link else {
+        return Exe {
+            claimed: None,
+            id,
+            verified: false,
+        };
+    };
+    let deleted = claimed.ends_with(b" (deleted)");
+    if deleted {
+        claimed.truncate(claimed.len() - b" (deleted)".len());
     }
-    Some(p)
+    // Resolved here, in secfs's mount namespace. A race with an exec in
+    // between the two reads of /proc/PID/exe gives a mismatch (never a
+    // false match): the path of one file and the inode of another.
+    let verified = !deleted
+        && claimed.first() == Some(&b'/')
+        && id.is_some_and(|(dev, ino, ..)| {
+            std::fs::metadata(std::ffi::OsStr::from_bytes(&claimed))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+        });
+    Exe {
+        claimed: Some(claimed),
+        id,
+        verified,
+    }
+}
+
+/// The claimed executable path of `pid` (see [`Exe::claimed`]).
+#[cfg(test)]
+fn exe_of(pid: u32) -> Option<Vec<u8>> {
+    exe_facts(pid).claimed
+}
+
+/// Signs of injected code in `pid` that `host` asks about.
+fn taint_of(pid: u32, host: &HostSettings) -> Taint {
+    let want = host.no_applykey_conditions();
+    Taint {
+        traced: want.traced && is_traced(pid),
+        ld_env: want.ld_env && has_ld_env(pid),
+    }
+}
+
+/// Whether any thread of `pid`'s thread group is traced. `pid` may be a
+/// thread id (FUSE reports the calling thread); a tracer attached to any
+/// thread can read and write the memory they all share. An unreadable
+/// status counts as traced (fail closed) while the process exists.
+fn is_traced(pid: u32) -> bool {
+    let field = |status: &str, name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return std::path::Path::new(&format!("/proc/{pid}")).exists();
+    };
+    if field(&status, "TracerPid:") != Some(0) {
+        return true;
+    }
+    let tgid = field(&status, "Tgid:").unwrap_or(pid);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("status"))
+            .ok()
+            .is_some_and(|s| field(&s, "TracerPid:").is_some_and(|t| t != 0))
+    })
+}
+
+/// Whether `pid`'s environment names `LD_PRELOAD`, `LD_LIBRARY_PATH` or
+/// `LD_AUDIT` (read as root; unreadable counts as yes while the process
+/// exists).
+fn has_ld_env(pid: u32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => Taint::env_has_ld_vars(&env),
+        Err(_) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }
 
 fn exe_id_of(pid: u32) -> Option<ExeId> {
@@ -164,6 +314,8 @@ pub struct ProcCache {
     sweep_at: AtomicUsize,
     sigs: Mutex<HashMap<BinaryVersion, [u8; 32]>>,
     names: Mutex<HashMap<(bool, u32), Option<String>>>,
+    /// `|path_no_trust|` marks from kernel process events.
+    events: events::ProcEvents,
 }
 
 impl std::fmt::Debug for ProcCache {
@@ -173,6 +325,20 @@ impl std::fmt::Debug for ProcCache {
 }
 
 const MAX_CACHED: usize = 4096;
+
+impl Identity {
+    /// The executable as audit lines show it: the verified path, or the
+    /// path the process claims followed by ` (unverified)` (a bind mount
+    /// in another mount namespace, a deleted or replaced binary).
+    pub fn audit_exe(&self) -> Option<&[u8]> {
+        self.shown_exe.as_deref()
+    }
+
+    /// The start time of the process this was judged for (0: unknown).
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+}
 
 impl ProcCache {
     /// The identity of `pid` as seen with `host` settings; `uid`/`gid`
@@ -187,10 +353,11 @@ impl ProcCache {
     ) -> Arc<Identity> {
         let key = (pid, start_time(pid).unwrap_or(0));
         // The same process may have exec'd another program, its binary
-        // may have been rewritten, or it changed credentials since it was
-        // cached: check what can change.
-        let exe_now = exe_of(pid);
-        let exe_id_now = exe_id_of(pid);
+        // may have been rewritten or replaced, its path may name another
+        // file now, a tracer may have attached, or it changed credentials
+        // since it was cached: check what can change.
+        let exe_now = exe_facts(pid);
+        let taint_now = taint_of(pid, host);
         let prior = self
             .idents
             .lock()
@@ -198,14 +365,24 @@ impl ProcCache {
             .get(&key)
             .cloned();
         if let Some(i) = &prior
-            && i.exe == exe_now
-            && i.exe_id == exe_id_now
+            && i.claimed_exe == exe_now.claimed
+            && i.exe_id == exe_now.id
+            && i.exe.is_some() == exe_now.verified
+            && i.taint == taint_now
             && (i.uid, i.gid) == (uid, gid)
-            && (i.sha256.is_some() || !want_sig || i.exe.is_none())
+            && (i.sha256.is_some() || !want_sig || i.claimed_exe.is_none())
         {
             return i.clone();
         }
-        let ident = Arc::new(self.build(key, uid, gid, host, want_sig, prior.as_deref()));
+        let ident = Arc::new(self.build(
+            key,
+            uid,
+            gid,
+            host,
+            want_sig,
+            prior.as_deref(),
+            (exe_now, taint_now),
+        ));
         let mut m = self.idents.lock().unwrap_or_else(|e| e.into_inner());
         let sweep_at = self.sweep_at.load(Ordering::Relaxed).max(MAX_CACHED);
         if m.len() >= sweep_at {
@@ -239,6 +416,9 @@ impl ProcCache {
             exe: None,
             sha256: None,
             trust: ProcessTrust::NotAuthenticated,
+            taint: Taint::default(),
+            claimed_exe: None,
+            shown_exe: None,
             user_name: self.name(true, uid),
             group_names: self.name(false, gid).into_iter().collect(),
             groups: Vec::new(),
@@ -248,6 +428,12 @@ impl ProcCache {
             pid: 0,
             start: 0,
         })
+    }
+
+    /// Follow the `|path_no_trust|` programs of `host` from now on (also
+    /// done when an identity is built).
+    pub fn follow(&self, host: &HostSettings) {
+        self.events.sync(host);
     }
 
     /// Forget cached identities (host settings changed).
@@ -276,7 +462,10 @@ impl ProcCache {
                 .skip(1)
                 .find_map(|(k, p)| {
                     let i = idents.get(&(p.pid, p.start))?;
-                    let current = i.exe == p.exe && i.uid == p.uid && i.exe_id == exe_id_of(p.pid);
+                    let current = i.claimed_exe == p.exe
+                        && i.exe.is_some() == p.verified
+                        && i.uid == p.uid
+                        && i.exe_id == p.exe_id;
                     (i.trust != ProcessTrust::Authenticated || current)
                         .then_some((k, Some(i.trust)))
                 })
@@ -294,6 +483,7 @@ impl ProcCache {
             .rev()
             .map(|(k, c)| Ancestor {
                 exe: exes[k],
+                verified: c.verified,
                 // A change relative to a reaper (an orphan adopted by init
                 // or a subreaper) was not made by its parent: it never
                 // counts as an authenticator's identity change.
@@ -304,7 +494,11 @@ impl ProcCache {
             })
             .collect();
         let mut trust = host.classify_from(inherited, &ancestry);
-        if prior.is_some_and(|p| p.trust == ProcessTrust::Untrusted) {
+        if prior.is_some_and(|p| p.trust == ProcessTrust::Untrusted)
+            || chain
+                .first()
+                .is_some_and(|me| self.events.untrusted(me.tgid))
+        {
             trust = ProcessTrust::Untrusted;
         }
         if trust == ProcessTrust::Authenticated
@@ -320,6 +514,7 @@ impl ProcCache {
         trust
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &self,
         (pid, start): (u32, u64),
@@ -328,7 +523,9 @@ impl ProcCache {
         host: &HostSettings,
         want_sig: bool,
         prior: Option<&Identity>,
+        (exe, taint): (Exe, Taint),
     ) -> Identity {
+        self.events.sync(host);
         // Ancestry, nearest first.
         let mut chain = Vec::new();
         let mut p = pid;
@@ -342,8 +539,6 @@ impl ProcCache {
             p = next;
         }
         let trust = self.trust(&chain, host, prior);
-        let exe = exe_of(pid);
-        let exe_id = exe_id_of(pid);
         let sha256 = if want_sig { self.signature(pid) } else { None };
         let groups = groups_of(pid);
         let mut group_names = Vec::new();
@@ -353,13 +548,22 @@ impl ProcCache {
             }
         }
         Identity {
-            exe,
+            exe: exe.claimed.clone().filter(|_| exe.verified),
             sha256,
             trust,
+            taint,
+            shown_exe: exe.claimed.as_ref().map(|c| {
+                if exe.verified {
+                    c.clone()
+                } else {
+                    [&c[..], b" (unverified)"].concat()
+                }
+            }),
+            claimed_exe: exe.claimed,
             user_name: self.name(true, uid),
             group_names,
             groups,
-            exe_id,
+            exe_id: exe.id,
             uid,
             gid,
             pid,
@@ -449,11 +653,13 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
 }
 
 /// Whether `parent` is a reaper that adopts orphans: pid 1, or a process
-/// running pid 1's executable (`systemd --user`, a child subreaper). An
+/// running pid 1's executable file (`systemd --user`, a child subreaper;
+/// compared by device and inode, not by a path a namespace can fake). An
 /// unknown parent counts as one.
 fn is_reaper(parent: Option<&Proc>) -> bool {
     let Some(p) = parent else { return true };
-    p.pid == 1 || (p.exe.is_some() && p.exe == exe_of(1))
+    let file = |id: Option<ExeId>| id.map(|(dev, ino, ..)| (dev, ino));
+    p.pid == 1 || (p.exe_id.is_some() && file(p.exe_id) == file(exe_id_of(1)))
 }
 
 #[cfg(test)]

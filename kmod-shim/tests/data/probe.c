@@ -23,6 +23,8 @@
  *                            O_APPEND|O_TRUNC open, and last a pwrite at
  *                            the end; one "NAME OK" or "NAME ERR n" line
  *                            each
+ *   probe after FILE TRIGGER wait until TRIGGER exists (at most 60 s),
+ *                            then as `read` (the open comes after the wait)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,6 +81,10 @@ static ssize_t read_all(int fd, unsigned char *buf, size_t n) {
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     if (!strcmp(argv[1], "append") && argc > 3) return append_attack(argv[2], argv[3]);
+    if (!strcmp(argv[1], "after") && argc > 3) {
+        for (int i = 0; i < 600 && access(argv[3], F_OK) != 0; i++) usleep(100000);
+        argv[1] = "read";
+    }
     int fd = open(argv[2], O_RDONLY);
     if (fd < 0) return fail();
     struct stat st;
