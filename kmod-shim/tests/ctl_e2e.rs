@@ -373,20 +373,17 @@ fn a_file_from_another_guard_point_is_refused_under_another_key() {
     let svc = Service::start();
     let mut c = svc.client();
     let (one, two, three) = (svc.gp("one"), svc.gp("two"), svc.gp("three"));
-    // The lower directories, opened before they are covered.
-    let lower: Vec<fs::File> = [&one, &two, &three]
-        .iter()
-        .map(|d| fs::File::open(d).unwrap())
-        .collect();
-    let low = |i: usize, name: &str| {
-        use std::os::fd::AsRawFd;
-        PathBuf::from(format!("/proc/self/fd/{}/{name}", lower[i].as_raw_fd()))
-    };
     push(&mut c, "k1", 1, 0x11);
     push(&mut c, "k2", 1, 0x22);
     guard(&mut c, &one, Some("k1"), Mode::Xts).unwrap();
     guard(&mut c, &two, Some("k2"), Mode::Gcm).unwrap();
     guard(&mut c, &three, Some("k1"), Mode::CbcCs1).unwrap();
+    // The lower directories, through the service's own fds on them.
+    let lower: Vec<PathBuf> = [&one, &two, &three]
+        .iter()
+        .map(|d| lower_fd_of(svc.child.id(), d))
+        .collect();
+    let low = |i: usize, name: &str| lower[i].join(name);
     fs::write(one.join("f"), b"secret of the first GuardPoint").unwrap();
     let bytes = fs::read(low(0, "f")).unwrap();
     fs::write(low(1, "f"), &bytes).unwrap();
