@@ -98,7 +98,12 @@ for t in "${targets[@]}"; do
 done
 
 # --- build once, then run each
-fuzz build -s none "${targets[@]}"
+# (`cargo fuzz build` takes one target or none, meaning all.)
+if ((${#targets[@]} == 1)); then
+  fuzz build -s none "${targets[0]}"
+else
+  fuzz build -s none
+fi
 
 failed=()
 summary=()
