@@ -5,8 +5,9 @@
 #   sudo ./scripts/test.sh
 #
 # Stages: dependencies, formatting, clippy, every test of the workspace
-# (unit, property, known-answer, fixtures), and the benchmarks' smoke runs so
-# the harness never rots. Timed assertions live nowhere in here.
+# (unit, property, known-answer, fixtures), a short run of every fuzz
+# target, and the benchmarks' smoke runs so the harness never rots. Timed
+# assertions live nowhere in here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,12 +18,16 @@ step "dependencies"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "fuzz: every target 15 s, one job (scripts/fuzz.sh; long runs: FUZZING.md)"
+./scripts/fuzz.sh --seconds 15
 
 step "quickstart (the README's main job), twice: running it again must be fine"
 ./scripts/quickstart.sh /var/tmp/guardfs-ci-quickstart

@@ -246,6 +246,96 @@ struct ProfilePatch {
     poll_interval: Option<i64>,
 }
 
+/// Fuzzing entry point (not an API): decode `body` as every request body
+/// the API accepts, and run the field checks the handlers apply to what
+/// decodes, as the handlers do before touching the store. Returns how many
+/// body types accepted it.
+#[doc(hidden)]
+pub fn fuzz_request_body(body: &[u8]) -> usize {
+    fn ok<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+        parse::<T>(body).ok()
+    }
+    let mut n = 0;
+    if ok::<LoginReq>(body).is_some() {
+        n += 1;
+    }
+    if let Some(r) = ok::<RegTokenReq>(body) {
+        if let Some(l) = &r.lifetime
+            && let Some(secs) = parse_lifetime(l)
+        {
+            assert!((1..=10 * 366 * 86400).contains(&secs));
+        }
+        let _ = (r.max_clients, r.cert_duration);
+        if let Some(p) = &r.name_prefix {
+            let _ = check_text("name_prefix", p, 64);
+        }
+        n += 1;
+    }
+    if let Some(r) = ok::<RegisterReq>(body) {
+        for (f, v) in [
+            ("token", &r.token),
+            ("csr", &r.csr),
+            ("name", &r.name),
+            ("description", &r.description),
+            ("profile", &r.profile),
+            ("host_group", &r.host_group),
+            ("hw_signature", &r.hw_signature),
+        ] {
+            let _ = check_text(f, v, 1024);
+        }
+        n += 1;
+    }
+    if let Some(r) = ok::<RenewReq>(body) {
+        let _ = check_text("csr", &r.csr, 16384);
+        n += 1;
+    }
+    if let Some(r) = ok::<EscrowReq>(body) {
+        let _ = check_text("escrow_key", &r.escrow_key, 1024);
+        n += 1;
+    }
+    if let Some(r) = ok::<ChallengeReq>(body) {
+        let _ = check_ref(&r.challenge);
+        n += 1;
+    }
+    if let Some(r) = ok::<ClientPatch>(body) {
+        if let Some(d) = &r.description {
+            let _ = check_text("description", d, 1024);
+        }
+        n += 1;
+    }
+    if let Some(r) = ok::<GpReq>(body) {
+        for p in &r.guard_paths {
+            let _ = valid_guard_path(p);
+        }
+        let _ = check_ref(&r.guard_point_params.policy_id);
+        n += 1;
+    }
+    if let Some(r) = ok::<KeyReq>(body) {
+        let _ = check_ref(&r.name);
+        if let Some(m) = r.meta.and_then(|m| m.cte).and_then(|c| c.encryption_mode)
+            && let Some(mode) = parse_mode(&m)
+        {
+            assert_eq!(parse_mode(mode), Some(mode));
+            let _ = agent_mode(mode);
+        }
+        n += 1;
+    }
+    if let Some(r) = ok::<ProfileReq>(body) {
+        let _ = r.poll_interval.map(check_poll_interval);
+        n += 1;
+    }
+    if let Some(r) = ok::<ProfilePatch>(body) {
+        let _ = r.poll_interval.map(check_poll_interval);
+        n += 1;
+    }
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = etag_matches(text, "\"etag\"");
+        let _ = parse_lifetime(&Lifetime::Text(text.to_owned()));
+        let _ = set_kind(text);
+    }
+    n
+}
+
 /// One kind of stored policy set: kind, the policy document's list field,
 /// the entries field, the rule field referencing it.
 #[derive(Clone, Copy)]

@@ -439,6 +439,13 @@ impl<'a> TailRecord<'a> {
     }
 }
 
+/// Fuzzing entry point (not an API): parse `v` as a tail record for a
+/// file in `mode` and, when it parses, return it encoded again.
+#[doc(hidden)]
+pub fn fuzz_tail_record(v: &[u8], mode: Mode) -> Result<Vec<u8>, String> {
+    TailRecord::parse(v, &Layout::of(mode)).map(|r| r.encode())
+}
+
 /// Whether setting a tail record failed because the lower file system
 /// cannot keep one (no xattrs, `trusted.*` refused, or a value too large
 /// for it: ext4 keeps all of an inode's xattrs in one block, about 4000

@@ -1,6 +1,7 @@
-//! Any bytes given to the header parser and opener must give a header or a
-//! typed error, never a panic. Run: `cargo +nightly fuzz run header` in
-//! `crypto/` (not run in CI).
+//! The per-file header (the first 4096 bytes of every lower file, which
+//! anyone who can write the lower tree controls): any bytes given to the
+//! parser and opener give a header or a typed error, never a panic, and a
+//! parsed header re-serialises to the bytes it came from.
 #![no_main]
 
 use guardfs_crypto::{Header, PolicyKey};
