@@ -97,7 +97,7 @@ fn secfs_mountinfo() -> Vec<(PathBuf, String)> {
             let devno = fields.nth(2)?.to_owned();
             let mp = fields.nth(1)?;
             (post.split_whitespace().next()? == want)
-                .then(|| (PathBuf::from(unescape_mountinfo(mp)), devno))
+                .then(|| (PathBuf::from(crate::reach::mountinfo::unescape(mp)), devno))
         })
         .collect()
 }
@@ -105,26 +105,6 @@ fn secfs_mountinfo() -> Vec<(PathBuf, String)> {
 /// The secfs mount points in this mount namespace.
 pub fn secfs_mounts() -> Vec<PathBuf> {
     secfs_mountinfo().into_iter().map(|(p, _)| p).collect()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Resolve `dir` to an absolute path without touching a dead mount on it.
@@ -658,7 +638,7 @@ fn control_mounted(dir: &Path) -> Result<bool, MountError> {
                 && pre
                     .split_whitespace()
                     .nth(4)
-                    .map(unescape_mountinfo)
+                    .map(crate::reach::mountinfo::unescape)
                     .as_deref()
                     == dir.to_str()
         })
