@@ -29,7 +29,7 @@
 //!    mount (`open_tree(OPEN_TREE_CLONE)` of the GuardPoint, or of the
 //!    subdirectory a bind mount shows) is attached there with `move_mount`
 //!    — in another namespace from a forked child that `setns`es into it
-//!    ([`raw`]). Namespaces no process is in, pinned by a bind-mounted
+//!    (`raw`). Namespaces no process is in, pinned by a bind-mounted
 //!    nsfs file or an fd some process holds, are read from inside by a
 //!    forked child and covered the same way. Then everything is read
 //!    again; a place still uncovered rolls the whole guard back and is

@@ -3,6 +3,8 @@
 //! never skip, without them.
 #![allow(dead_code)]
 
+pub mod policy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
