@@ -191,6 +191,10 @@ fn the_key_rule_not_the_file_decides_how_it_is_read() {
             if round == 0 {
                 fs::hard_link(gp.lower("hr/s"), gp.lower("linked")).unwrap();
             }
+            // Listing the directory still works (the refused name is left
+            // out of READDIRPLUS replies, not the whole listing).
+            let ls = Command::new("ls").arg("-l").arg(&gp.dir).output().unwrap();
+            assert!(ls.status.success(), "{mode}: {ls:?}");
             let held = fs::File::open(gp.path("hr/s")).unwrap();
             let r = fs::read(gp.path("linked")).map(|b| contains(&b, SECRET));
             assert_eq!(

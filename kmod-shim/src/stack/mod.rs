@@ -1284,6 +1284,10 @@ impl VnodeOps for Stack {
                 let e = match looked {
                     Ok(e) => e,
                     Err(Errno(libc::ENOENT)) => continue, // removed since the snapshot
+                    // Refused by name (a lower hard link under another key
+                    // rule): left out of this listing rather than failing
+                    // the whole listing; a lookup of it fails the same way.
+                    Err(Errno::EIO) => continue,
                     Err(e) => return Err(e),
                 };
                 if sink.add(&de, Some(&e)) {
