@@ -310,13 +310,7 @@ fn sigterm_unmounts_cleanly() {
     fs::write(gp.path("f"), b"x").unwrap();
     // Closed but never fsync'ed: the clean unmount writes it back.
     fs::write(gp.path("g"), bytes(5, 70_001)).unwrap();
-    let pid = gp.pid.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    wait_until("daemon exit", || !pid_alive(pid));
+    gp.sigterm();
     assert!(!is_mounted(&gp.dir));
     assert!(gp.log_text().contains("unmount"), "{}", gp.log_text());
     gp.mount("xts", &[]);

@@ -328,13 +328,7 @@ fn an_unprivileged_user_namespace_made_before_the_guard_gets_the_guardpoint() {
     );
     assert_place_is_guarded(&gp, Some(ns.pid()), &gp.dir.clone(), "");
     // SIGTERM removes it everywhere.
-    let pid = gp.pid.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    wait_until("daemon exit", || !pid_alive(pid));
+    gp.sigterm();
     assert!(!is_mounted(&gp.dir));
     assert!(
         !secfs_at(ns.pid(), &gp.dir),

@@ -201,6 +201,17 @@ impl Gp {
         self.mount(mode, extra);
     }
 
+    /// Stop the daemon with SIGTERM (it unmounts cleanly) and wait for it.
+    pub fn sigterm(&mut self) {
+        let pid = self.pid.take().expect("running daemon");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        wait_until("daemon exit", || !pid_alive(pid));
+    }
+
     pub fn kill9(&mut self) {
         let pid = self.pid.take().expect("running daemon");
         nix::sys::signal::kill(
