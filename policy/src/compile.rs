@@ -67,6 +67,10 @@ pub(crate) struct Rule {
 pub(crate) struct KeyRuleC {
     pub(crate) resource: Option<usize>,
     pub(crate) key: KeyChoice,
+    /// The transformation key of a data transformation rule for the same
+    /// resource set: files in `key` or in this key are read, new contents
+    /// use this one.
+    pub(crate) transform: Option<KeyChoice>,
 }
 
 #[derive(Debug)]
@@ -464,7 +468,64 @@ impl CompiledPolicy {
                 };
                 KeyChoice::Named(crate::eval::KeyId(pos as u16))
             };
-            key_rules.push(KeyRuleC { resource, key });
+            key_rules.push(KeyRuleC {
+                resource,
+                key,
+                transform: None,
+            });
+        }
+
+        // Data transformation rules: each pairs with the key rule of the
+        // same resource set (CipherTrust Manager's model).
+        let mut paired: Vec<Option<String>> = vec![None; key_order.len()];
+        for (i, t) in doc.data_transform_rules.iter().enumerate() {
+            let at = crate::document::transform_rule_at(i);
+            check_printable_name(&at, "key_id", &t.key_id)?;
+            let resource = resource_index
+                .resolve(
+                    &at,
+                    t.resource_set_id.as_deref(),
+                    false,
+                    "",
+                    "resource_set_id",
+                )?
+                .map(|r| r.index);
+            let Some(pos) = key_rules.iter().position(|k| k.resource == resource) else {
+                return Err(PolicyError::TransformWithoutKeyRule {
+                    at,
+                    resource_set: t
+                        .resource_set_id
+                        .clone()
+                        .unwrap_or_else(|| "(none)".into()),
+                });
+            };
+            if let Some(first) = &paired[pos] {
+                return Err(PolicyError::DuplicateTransformRule {
+                    at,
+                    first: first.clone(),
+                });
+            }
+            let current = &doc.key_rules[key_order[pos]].key_id;
+            if *current == t.key_id {
+                return Err(PolicyError::TransformToSameKey {
+                    at,
+                    key: t.key_id.clone(),
+                });
+            }
+            let key = if t.key_id == CLEAR_KEY {
+                KeyChoice::Clear
+            } else {
+                let p = match key_names.iter().position(|n| **n == *t.key_id) {
+                    Some(p) => p,
+                    None => {
+                        key_names.push(t.key_id.as_str().into());
+                        key_names.len() - 1
+                    }
+                };
+                KeyChoice::Named(crate::eval::KeyId(p as u16))
+            };
+            key_rules[pos].transform = Some(key);
+            paired[pos] = Some(at);
         }
 
         Ok(CompiledPolicy {

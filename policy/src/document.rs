@@ -35,6 +35,9 @@ pub struct PolicyDocument {
     pub security_rules: Vec<SecurityRule>,
     /// `key_rules`: which key encrypts which resources.
     pub key_rules: Vec<KeyRule>,
+    /// `data_transform_rules`: the key each key rule's resources are being
+    /// transformed to (CTE's data transformation policy; see `dataxform`).
+    pub data_transform_rules: Vec<TransformRule>,
     /// `resource_sets`.
     pub resource_sets: Vec<ResourceSet>,
     /// `user_sets`.
@@ -157,6 +160,21 @@ pub struct KeyRule {
     pub key_id: String,
 }
 
+/// One data transformation rule: the resources of the key rule with the
+/// same resource set are being transformed from that rule's (current) key
+/// to this rule's (transformation) key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransformRule {
+    /// `order_number`: optional, kept for the manager's ordering; pairs
+    /// are made by resource set, not by order.
+    pub order_number: Option<u32>,
+    /// `resource_set_id`: the key rule this rule belongs to has the same
+    /// one (both absent: the catch-all key rule).
+    pub resource_set_id: Option<String>,
+    /// `key_id`: the transformation key, or `clear_key` to decrypt.
+    pub key_id: String,
+}
+
 /// The `key_id` meaning "no encryption, access control only".
 pub const CLEAR_KEY: &str = "clear_key";
 
@@ -245,6 +263,7 @@ const POLICY_FIELDS: &[&str] = &[
     "authenticated_users_only",
     "security_rules",
     "key_rules",
+    "data_transform_rules",
     "resource_sets",
     "user_sets",
     "process_sets",
@@ -284,6 +303,10 @@ pub(crate) fn rule_at(index: usize, order: Option<u32>) -> String {
 /// Location of a key rule in messages.
 pub(crate) fn key_rule_at(index: usize) -> String {
     format!("key_rules[{index}]")
+}
+
+pub(crate) fn transform_rule_at(index: usize) -> String {
+    format!("data_transform_rules[{index}]")
 }
 
 /// Location of a set in messages.
@@ -340,6 +363,11 @@ impl PolicyDocument {
             .enumerate()
             .map(|(i, v)| parse_key_rule(v, i))
             .collect::<Result<_, _>>()?;
+        let data_transform_rules = list("data_transform_rules")?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| parse_transform_rule(v, i))
+            .collect::<Result<_, _>>()?;
         let resource_sets = list("resource_sets")?
             .iter()
             .enumerate()
@@ -364,6 +392,7 @@ impl PolicyDocument {
             authenticated_users_only,
             security_rules,
             key_rules,
+            data_transform_rules,
             resource_sets,
             user_sets,
             process_sets,
@@ -398,6 +427,22 @@ impl PolicyDocument {
             })
             .collect();
         top.insert("key_rules".into(), Value::Array(key_rules));
+        if !self.data_transform_rules.is_empty() {
+            let rules = self
+                .data_transform_rules
+                .iter()
+                .map(|k| {
+                    let mut m = Map::new();
+                    if let Some(n) = k.order_number {
+                        m.insert("order_number".into(), json!(n));
+                    }
+                    put_opt(&mut m, "resource_set_id", k.resource_set_id.as_deref());
+                    m.insert("key_id".into(), json!(k.key_id));
+                    Value::Object(m)
+                })
+                .collect();
+            top.insert("data_transform_rules".into(), Value::Array(rules));
+        }
         let resource_sets = self
             .resource_sets
             .iter()
@@ -620,6 +665,29 @@ fn parse_key_rule(v: &Json, index: usize) -> Result<KeyRule, PolicyError> {
         }
     }
     Ok(KeyRule {
+        order_number: o.opt_u32("order_number")?,
+        resource_set_id: o.opt_str("resource_set_id")?.map(str::to_owned),
+        key_id: o.req_str("key_id")?.to_owned(),
+    })
+}
+
+fn parse_transform_rule(v: &Json, index: usize) -> Result<TransformRule, PolicyError> {
+    let o = Obj::new(
+        v,
+        transform_rule_at(index),
+        "data_transform_rules[]",
+        KEY_RULE_FIELDS,
+    )?;
+    match o.opt_str("key_type")? {
+        None | Some("name") => {}
+        Some(other) => {
+            return Err(PolicyError::UnsupportedKeyType {
+                at: o.at.clone(),
+                value: other.to_owned(),
+            });
+        }
+    }
+    Ok(TransformRule {
         order_number: o.opt_u32("order_number")?,
         resource_set_id: o.opt_str("resource_set_id")?.map(str::to_owned),
         key_id: o.req_str("key_id")?.to_owned(),

@@ -307,6 +307,35 @@ pub enum PolicyError {
         /// The value.
         value: String,
     },
+    /// A data transformation rule whose resource set no key rule has, so
+    /// it has no current key to transform from.
+    #[error(
+        "{at}: no key rule has resource set {resource_set}: a transformation key needs a key rule with the same resource set, whose key_id is the current key"
+    )]
+    TransformWithoutKeyRule {
+        /// Where.
+        at: String,
+        /// The resource set id (`(none)`: the catch-all).
+        resource_set: String,
+    },
+    /// A data transformation rule naming the key rule's own current key.
+    #[error(
+        "{at}: the transformation key {key} is the current key of its key rule; a transformation needs another key (or clear_key to decrypt)"
+    )]
+    TransformToSameKey {
+        /// Where.
+        at: String,
+        /// The key.
+        key: String,
+    },
+    /// Two data transformation rules for the same resource set.
+    #[error("{at}: a second data transformation rule for the resource set of {first}")]
+    DuplicateTransformRule {
+        /// Where.
+        at: String,
+        /// The first rule for that resource set.
+        first: String,
+    },
     /// A key rule after one that matches every resource.
     #[error("{at}: unreachable, {catch_all} has no resource set and matches every resource")]
     UnreachableKeyRule {

@@ -458,8 +458,13 @@ impl CompiledPolicy {
     /// The key for a resource: the first key rule whose resource set
     /// contains it.
     fn select_key(&self, path: &[u8]) -> KeyChoice {
+        self.select_rule(path).0
+    }
+
+    /// The first key rule's current key and transformation key.
+    fn select_rule(&self, path: &[u8]) -> (KeyChoice, Option<KeyChoice>) {
         if self.key_rules.is_empty() {
-            return KeyChoice::Default;
+            return (KeyChoice::Default, None);
         }
         for k in self.key_rules.iter() {
             let covered = match k.resource {
@@ -467,10 +472,25 @@ impl CompiledPolicy {
                 Some(i) => self.resource_in_set(i, path),
             };
             if covered {
-                return k.key;
+                return (k.key, k.transform);
             }
         }
-        KeyChoice::Unmatched
+        (KeyChoice::Unmatched, None)
+    }
+
+    /// The key rule for a resource: its current key and, while a data
+    /// transformation rule pairs with it, the transformation key. Files
+    /// in either key are read; new contents use the transformation key.
+    pub fn key_rule_for(&self, path: &[u8]) -> (KeyChoice, Option<KeyChoice>) {
+        if !is_normalized_absolute(path) {
+            return (KeyChoice::Unmatched, None);
+        }
+        self.select_rule(path)
+    }
+
+    /// Whether any key rule has a data transformation rule.
+    pub fn transforms(&self) -> bool {
+        self.key_rules.iter().any(|k| k.transform.is_some())
     }
 
     /// The key the key rules choose for the resource `path` (relative to
@@ -495,7 +515,7 @@ impl CompiledPolicy {
     /// refuses a move this answers `false` for with `EXDEV`, so tools copy
     /// the data (re-encrypting it under the destination's key).
     pub fn same_key_rules(&self, from: &[u8], to: &[u8], dir: bool) -> bool {
-        if self.key_for(from) != self.key_for(to) {
+        if self.key_rule_for(from) != self.key_rule_for(to) {
             return false;
         }
         if !dir || from == to {

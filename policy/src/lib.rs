@@ -110,6 +110,15 @@
 //!   everything (rules after it are an error). No key rules at all: the key
 //!   named `default`. Key rules that cover nothing for a resource:
 //!   [`KeyChoice::Unmatched`] (no key; the caller must not serve plaintext).
+//! * **Data transformation rules** (`data_transform_rules`: resource set
+//!   and `key_id`, CipherTrust Manager's "Transformation Key Name") pair
+//!   with the key rule of the same resource set, whose `key_id` is then the
+//!   *current* key. While such a rule is on a GuardPoint, files in either
+//!   key are read and new contents get the transformation key
+//!   ([`CompiledPolicy::key_rule_for`]); `dataxform --rekey` moves the rest.
+//!   Errors: no key rule with that resource set, a second rule for one, the
+//!   transformation key equal to the current key (so `clear_key` as both).
+//!   Whether the keys exist is the control plane's check.
 //! * **`when`**: see [`time`] for the format.
 //! * **Requests with non-normalized paths** are denied without trying the
 //!   rules ([`Outcome::BadRequest`]), so `..` or `//` cannot dodge a
@@ -125,11 +134,8 @@
 //! * **Policy types other than `Standard`** (Live Data Transformation, IDT,
 //!   CSI, cloud object storage, HDFS): each needs its own data path
 //!   (online rekeying, in-place transformation of existing data, object or
-//!   HDFS semantics) that secfs does not implement; transforming existing
-//!   data is the job of `dataxform` (DESIGN.md), which is not built yet.
-//! * **Data transformation rules** (`data_transform_rules`, an unknown
-//!   field here): they belong to
-//!   transformation policies and `dataxform`, not to access decisions.
+//!   HDFS semantics) that secfs does not implement. Standard policies do
+//!   carry CTE's offline **data transformation**: see below.
 //! * **`partial_match`** on resources: CTE's prefix matching of resource
 //!   paths would let a rule for `/data` cover `/database`; resources here
 //!   are whole path components plus `*`/`?` patterns.
@@ -198,7 +204,7 @@ pub use audit::{AuditLine, KeyMismatchLine};
 pub use compile::{CompiledPolicy, MAX_KEY_RULES, MAX_SECURITY_RULES};
 pub use document::{
     CLEAR_KEY, Effects, KeyRule, PolicyDocument, PolicyType, ProcessEntry, ProcessSet, Resource,
-    ResourceSet, SecurityRule, UserEntry, UserSet,
+    ResourceSet, SecurityRule, TransformRule, UserEntry, UserSet,
 };
 pub use error::{HostSettingsError, PolicyError, SetKind};
 pub use eval::{

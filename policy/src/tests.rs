@@ -1601,3 +1601,72 @@ fn moves_between_key_rules_are_told_apart() {
     assert!(plain.same_key_rules(b"/a", b"/b/c", true));
     assert_eq!(plain.key_for(b"/a"), KeyChoice::Default);
 }
+
+// ---------------------------------------------------------------------------
+// Data transformation rules.
+
+#[test]
+fn transformation_rules_pair_with_the_key_rule_of_their_resource_set() {
+    let mut v = base();
+    v["key_rules"] = json!([
+        { "resource_set_id": "rs", "key_id": "clear_key" },
+        { "key_id": "k0" }
+    ]);
+    v["data_transform_rules"] = json!([ { "resource_set_id": "rs", "key_id": "k2" } ]);
+    let p = compile(&v);
+    assert!(p.transforms());
+    let (cur, to) = p.key_rule_for(b"/d/f");
+    assert_eq!(cur, KeyChoice::Clear);
+    assert_eq!(p.key_label(to.unwrap()), "k2");
+    // The catch-all rule has no transformation rule.
+    let (cur, to) = p.key_rule_for(b"/e/f");
+    assert_eq!(p.key_label(cur), "k0");
+    assert_eq!(to, None);
+    // A move between the transforming rule and the other is told apart,
+    // as is one between the same current key with and without a
+    // transformation rule.
+    assert!(!p.same_key_rules(b"/d/f", b"/e/f", false));
+    assert!(p.same_key_rules(b"/d/f", b"/d/g", false));
+    // The document reads back equal.
+    let doc = PolicyDocument::from_json(&v.to_string()).unwrap();
+    let again = PolicyDocument::from_json(&doc.to_json().to_string()).unwrap();
+    assert_eq!(doc, again);
+    assert_eq!(again.data_transform_rules.len(), 1);
+}
+
+#[test]
+fn malformed_transformation_rules_are_rejected() {
+    let e = reject(|v| {
+        v["data_transform_rules"] = json!([ { "resource_set_id": "rs", "key_id": "k1" } ])
+    });
+    assert!(matches!(e, PolicyError::TransformToSameKey { .. }), "{e}");
+    assert!(e.to_string().contains("data_transform_rules[0]"), "{e}");
+    let e = reject(|v| {
+        v["key_rules"] = json!([ { "resource_set_id": "rs", "key_id": "clear_key" } ]);
+        v["data_transform_rules"] = json!([ { "resource_set_id": "rs", "key_id": "clear_key" } ])
+    });
+    assert!(matches!(e, PolicyError::TransformToSameKey { .. }), "{e}");
+    // No key rule for the catch-all.
+    let e = reject(|v| v["data_transform_rules"] = json!([ { "key_id": "k2" } ]));
+    assert!(
+        matches!(e, PolicyError::TransformWithoutKeyRule { .. }),
+        "{e}"
+    );
+    let e = reject(|v| {
+        v["data_transform_rules"] = json!([
+            { "resource_set_id": "rs", "key_id": "k2" },
+            { "resource_set_id": "rs", "key_id": "k3" }
+        ])
+    });
+    assert!(matches!(e, PolicyError::DuplicateTransformRule { .. }), "{e}");
+    let e = reject(|v| {
+        v["data_transform_rules"] = json!([ { "resource_set_id": "nope", "key_id": "k2" } ])
+    });
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = reject(|v| {
+        v["data_transform_rules"] = json!([ { "resource_set_id": "rs", "key_id": "k2", "x": 1 } ])
+    });
+    assert!(e.to_string().contains("x"), "{e}");
+    let e = reject(|v| v["data_transform_rules"] = json!([ { "resource_set_id": "rs" } ]));
+    assert!(e.to_string().contains("key_id"), "{e}");
+}
