@@ -294,6 +294,8 @@ impl<V: VnodeOps + 'static> Filesystem for FuseBinding<V> {
             (InitFlags::FUSE_READDIRPLUS_AUTO, true),
             (InitFlags::FUSE_PARALLEL_DIROPS, true),
             (InitFlags::FUSE_CACHE_SYMLINKS, true),
+            // dataxform's ioctl is sent on a directory.
+            (InitFlags::FUSE_HAS_IOCTL_DIR, true),
             // secfs clears set-id bits and file capabilities itself on write
             // and truncate, which spares the kernel a GETXATTR round trip
             // for security.capability on every write(2). (Files that carry

@@ -27,3 +27,4 @@ pub mod reach;
 pub mod stack;
 pub mod sys;
 pub mod vfs;
+pub mod xform_ioctl;

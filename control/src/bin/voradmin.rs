@@ -1,4 +1,4 @@
-//! `voradmin`, and the same binary as `secfsd`, `vmsec`, `register_host` and `vmutil` (chosen by the
+//! `voradmin`, and the same binary as `secfsd`, `vmsec`, `register_host`, `vmutil` and `dataxform` (chosen by the
 //! name it is run under, as CTE installs them).
 
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         "vmsec" => cli::cte::vmsec(args),
         "register_host" => cli::register::register_host(args),
         "vmutil" => cli::vmutil::vmutil(args),
+        "dataxform" => cli::dataxform::dataxform(args),
         _ => cli::voradmin(args),
     };
     match r {

@@ -4,6 +4,7 @@
 //! failed, 2 usage, 3 not root, 4 vmd not running.
 
 pub mod cte;
+pub mod dataxform;
 pub mod register;
 pub mod vmutil;
 

@@ -4,7 +4,7 @@
 //! ```text
 //! secfs genkey FILE
 //! secfs mount DIR --key-file FILE [--mode xts|cbc-cs1|gcm|clear] [--foreground]
-//!                 [--policy FILE [--host-settings FILE]] [--key NAME=FILE]...
+//!                 [--policy FILE [--host-settings FILE]] [--key NAME[@VERSION][:MODE]=FILE]...
 //! secfs umount DIR [--lazy]
 //! secfs serve --vmd PATH [--ctl-dir DIR] [--blob-dir DIR] [--audit-log FILE]
 //!             [--concise-logging]
@@ -99,8 +99,9 @@ struct MountArgs {
     /// the policy has no key rules.
     #[arg(long, required_unless_present = "key")]
     key_file: Option<PathBuf>,
-    /// A key that the policy's key rules name, as NAME=FILE (repeatable).
-    #[arg(long, value_name = "NAME=FILE")]
+    /// A key that the policy's key rules name, as NAME[@VERSION][:MODE]=FILE
+    /// (repeatable; version 1 and the GuardPoint's mode unless given).
+    #[arg(long, value_name = "NAME[@VERSION][:MODE]=FILE")]
     key: Vec<String>,
     /// Policy (CipherTrust-style JSON) deciding who may do what and who
     /// sees plaintext. Without one, Unix permissions alone decide and every
@@ -194,12 +195,27 @@ fn load_keys(a: &MountArgs) -> Result<StaticKeys, String> {
         );
     }
     for spec in &a.key {
-        let (name, file) = spec
+        let bad = || format!("--key {spec}: expected NAME[@VERSION][:MODE]=FILE");
+        let (head, file) = spec
             .split_once('=')
             .filter(|(n, f)| !n.is_empty() && !f.is_empty())
-            .ok_or_else(|| format!("--key {spec}: expected NAME=FILE"))?;
+            .ok_or_else(bad)?;
+        let (head, mode) = match head.split_once(':') {
+            Some((h, m)) => (h, Some(m.parse::<Mode>().map_err(|e| format!("{}: {e}", bad()))?)),
+            None => (head, None),
+        };
+        let (name, version) = match head.split_once('@') {
+            Some((n, v)) => (n, v.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(bad)?),
+            None => (head, 1),
+        };
+        if name.is_empty() {
+            return Err(bad());
+        }
         let key = keyfile::load(Path::new(file)).map_err(|e| e.to_string())?;
-        keys.insert(name, 1, key, a.key_file.is_none());
+        keys.insert(name, version, key, a.key_file.is_none());
+        if let Some(m) = mode {
+            keys.set_mode(name, m);
+        }
     }
     Ok(keys)
 }

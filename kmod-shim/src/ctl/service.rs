@@ -202,10 +202,11 @@ impl Service {
                 name,
                 version,
                 material,
-                ..
+                mode,
             } => {
                 self.keys
                     .insert(name, *version, PolicyKey::from_bytes(*material), false);
+                self.keys.set_mode(name, *mode);
                 Ok(Vec::new())
             }
             Request::RevokeKey { name, version } => {

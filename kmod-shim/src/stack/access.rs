@@ -169,6 +169,11 @@ pub enum RuleKey {
     Named(String),
     /// `clear_key`: files are served and stored as they are.
     Clear,
+    /// A key rule under data transformation (`data_transform_rules`):
+    /// files in the current key (`.0`) or the transformation key (`.1`)
+    /// are read, each by its own key; new contents get the transformation
+    /// key. Both are `Named` or `Clear`, never equal.
+    Transform(Box<(RuleKey, RuleKey)>),
 }
 
 impl RuleKey {
@@ -178,6 +183,36 @@ impl RuleKey {
             RuleKey::Default => "default",
             RuleKey::Named(n) => n,
             RuleKey::Clear => guardfs_policy::CLEAR_KEY,
+            RuleKey::Transform(t) => t.1.label(),
+        }
+    }
+
+    /// How the key rule is named in audit records and errors: the key, or
+    /// `current->transformation` while a transformation rule pairs with it.
+    pub fn describe(&self) -> String {
+        match self {
+            RuleKey::Transform(t) => format!("{}->{}", t.0.label(), t.1.label()),
+            k => k.label().to_owned(),
+        }
+    }
+
+    /// The key rule built from a policy's choice of current key and
+    /// transformation key.
+    pub fn of_policy(
+        policy: &guardfs_policy::CompiledPolicy,
+        key: KeyChoice,
+        transform: Option<KeyChoice>,
+    ) -> RuleKey {
+        let one = |k: KeyChoice| match k {
+            KeyChoice::Named(_) => RuleKey::Named(policy.key_label(k).to_owned()),
+            KeyChoice::Clear => RuleKey::Clear,
+            KeyChoice::Default | KeyChoice::Unmatched => RuleKey::Default,
+        };
+        match transform {
+            Some(t) if !matches!(key, KeyChoice::Default | KeyChoice::Unmatched) => {
+                RuleKey::Transform(Box::new((one(key), one(t))))
+            }
+            _ => one(key),
         }
     }
 }
@@ -409,13 +444,8 @@ impl Access {
         let Some(l) = self.current() else {
             return RuleKey::Default;
         };
-        match l.policy.key_for(path) {
-            KeyChoice::Named(id) => {
-                RuleKey::Named(l.policy.key_label(KeyChoice::Named(id)).to_owned())
-            }
-            KeyChoice::Clear => RuleKey::Clear,
-            KeyChoice::Default | KeyChoice::Unmatched => RuleKey::Default,
-        }
+        let (key, transform) = l.policy.key_rule_for(path);
+        RuleKey::of_policy(&l.policy, key, transform)
     }
 
     /// Whether moving the object at `from` to `to` (a directory: with
@@ -586,9 +616,9 @@ impl Access {
         // grant is what a permit without applykey gives).
         let apply_key = d.apply_key() && !l.host.withholds_key(ident.taint);
         let key = match d.key() {
-            KeyChoice::Default => RuleKey::Default,
-            KeyChoice::Clear => RuleKey::Clear,
-            KeyChoice::Named(_) => RuleKey::Named(l.policy.key_label(d.key()).to_owned()),
+            k @ (KeyChoice::Default | KeyChoice::Clear | KeyChoice::Named(_)) => {
+                RuleKey::of_policy(&l.policy, k, l.policy.key_rule_for(path).1)
+            }
             KeyChoice::Unmatched if apply_key => {
                 warn!(
                     "secfs: no key rule covers {}; access refused",

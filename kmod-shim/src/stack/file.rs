@@ -55,7 +55,7 @@ const HEADER_PEEK: usize = 16;
 const HEADER_MODE_OFF: usize = 10;
 
 /// The class that files of `mode` have (`clear` is plain).
-fn class_of_mode(mode: Mode) -> Class {
+pub(super) fn class_of_mode(mode: Mode) -> Class {
     match mode {
         Mode::Xts => Class::Xts,
         Mode::CbcCs1 => Class::CbcCs1,
@@ -152,7 +152,7 @@ impl Crypt {
 
 /// What the lower file holds.
 #[derive(Debug, Default, Clone)]
-enum Contents {
+pub(super) enum Contents {
     #[default]
     Unloaded,
     /// Shown and written as is: the key rule is `clear_key`, or the
@@ -182,6 +182,8 @@ pub struct Io<'a> {
     /// A directory fd on `/proc/self/fd`, to reopen `fd` for writing when
     /// an interrupted truncate must be finished through a read-only open.
     pub proc_fd: BorrowedFd<'a>,
+    /// The GuardPoint's lower root (where transformation side files are).
+    pub root: BorrowedFd<'a>,
 }
 
 impl Io<'_> {
@@ -196,8 +198,67 @@ impl Io<'_> {
         match self.rule {
             RuleKey::Named(n) => Some(n.clone()),
             RuleKey::Default => self.keys.current().map(|(n, _, _)| n),
-            RuleKey::Clear => None,
+            RuleKey::Clear | RuleKey::Transform(_) => None,
         }
+    }
+
+    /// The keys whose headers this file may carry, and whether it may be
+    /// a file stored as it is (a key rule under transformation from or to
+    /// `clear_key`).
+    fn accepted(&self) -> (Vec<String>, bool) {
+        match self.rule {
+            RuleKey::Transform(t) => {
+                let mut names = Vec::new();
+                let mut clear = false;
+                for k in [&t.0, &t.1] {
+                    match k {
+                        RuleKey::Named(n) if !self.keys.is_clear(n) => names.push(n.clone()),
+                        _ => clear = true,
+                    }
+                }
+                (names, clear)
+            }
+            _ => (self.required_key().into_iter().collect(), false),
+        }
+    }
+
+    /// The key new contents are encrypted with, and their mode: `None`
+    /// where new contents are stored as they are.
+    pub(crate) fn key_for_new(&self) -> VfsResult<Option<(String, u32, Arc<guardfs_crypto::PolicyKey>, Mode)>> {
+        let gp_mode = if self.mode == Mode::Clear {
+            Mode::Xts
+        } else {
+            self.mode
+        };
+        let target = match self.rule {
+            RuleKey::Transform(t) => &t.1,
+            r => r,
+        };
+        let key = match target {
+            RuleKey::Default if self.mode == Mode::Clear => return Ok(None),
+            RuleKey::Default => self.keys.current(),
+            RuleKey::Named(n) if self.keys.is_clear(n) => return Ok(None),
+            RuleKey::Named(n) => self.keys.latest(n).map(|(v, k)| (n.clone(), v, k)),
+            RuleKey::Clear | RuleKey::Transform(_) => return Ok(None),
+        };
+        let (name, version, pk) = key.ok_or_else(|| {
+            error!(
+                "secfs: {}: the key for new files here is not available",
+                self.node.display_path()
+            );
+            Errno::EIO
+        })?;
+        // A transformation key's own mode decides (modes convert through
+        // a transformation); otherwise the GuardPoint's.
+        let mode = match self.rule {
+            RuleKey::Transform(_) => self
+                .keys
+                .mode(&name)
+                .filter(|m| *m != Mode::Clear)
+                .unwrap_or(gp_mode),
+            _ => gp_mode,
+        };
+        Ok(Some((name, version, pk, mode)))
     }
 }
 
@@ -212,6 +273,8 @@ pub fn verbatim(rule: &RuleKey, mode: Mode, keys: &dyn KeySource) -> bool {
         RuleKey::Clear => true,
         RuleKey::Default => mode == Mode::Clear,
         RuleKey::Named(n) => keys.is_clear(n),
+        // Decided per file, by its header.
+        RuleKey::Transform(_) => false,
     }
 }
 
@@ -302,6 +365,23 @@ fn with_buf<T>(
 }
 
 /// pread until `buf` is full or EOF; returns bytes read.
+/// `fd` opened for writing: itself, or reopened through `/proc/self/fd`.
+pub(super) fn writable(
+    fd: BorrowedFd<'_>,
+    proc_fd: BorrowedFd<'_>,
+) -> nix::Result<Option<std::os::fd::OwnedFd>> {
+    match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        Ok(fl) if fl & libc::O_ACCMODE != libc::O_RDONLY => Ok(None),
+        _ => nix::fcntl::openat(
+            proc_fd,
+            fd.as_raw_fd().to_string().as_str(),
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(Some),
+    }
+}
+
 pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], mut off: u64) -> VfsResult<usize> {
     let mut done = 0;
     while done < buf.len() {
@@ -335,7 +415,7 @@ pub fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], mut off: u64) -> VfsResult<()>
     Ok(())
 }
 
-fn lower_size(fd: BorrowedFd<'_>) -> VfsResult<u64> {
+pub(super) fn lower_size(fd: BorrowedFd<'_>) -> VfsResult<u64> {
     Ok(nix::sys::stat::fstat(fd)?.st_size as u64)
 }
 
@@ -675,8 +755,17 @@ impl FileState {
     }
 
     /// [`FileState::load`] with the contents already locked for writing.
-    fn load_locked(&self, io: &Io<'_>, c: &mut Contents) -> VfsResult<Load> {
+    pub(super) fn load_locked(&self, io: &Io<'_>, c: &mut Contents) -> VfsResult<Load> {
         self.set_rule(Some(io.rule.clone()));
+        // A transformation a crash interrupted is finished first, whatever
+        // the key rule says now (the record is secfs's own, never a user's).
+        if let Err(why) = crate::stack::xform::finish_for_load(io) {
+            *c = self.refuse(io.node, &why);
+            return Ok(Load::Refused {
+                found: "none".into(),
+                why,
+            });
+        }
         if io.verbatim() {
             // Whatever the bytes are, and whatever records or markers they
             // carry: nothing is interpreted, nothing is rewritten.
@@ -703,13 +792,24 @@ impl FileState {
         }
         let size = lower_size(fd)?;
         let marker = read_marker(fd);
-        let required = io.required_key();
+        // Under a key rule being transformed from or to clear_key, a file
+        // whose header does not open under one of the rule's keys is one
+        // stored as it is (the authenticated header decides, never a guess).
+        let (required, clear_ok) = io.accepted();
         if size < HEADER_LEN as u64 {
             // Empty, or cut short by a crash before its header was written
             // (the marker goes first): gets a header with the rule's key on
             // its first write, which covers whatever short bytes are there.
             if size == 0 || marker.is_some() {
-                *c = Contents::Empty;
+                *c = if marker.is_none() && io.key_for_new()?.is_none() {
+                    Contents::Plain
+                } else {
+                    Contents::Empty
+                };
+                return Ok(Load::Ready);
+            }
+            if clear_ok {
+                *c = Contents::Plain;
                 return Ok(Load::Ready);
             }
             return refuse(
@@ -721,23 +821,32 @@ impl FileState {
         let mut hdr = [0u8; HEADER_LEN];
         let n = pread_full(fd, &mut hdr, 0)?;
         let h = match Header::parse(&hdr[..n]) {
-            Ok(h) => h,
+            Ok(h) if required.contains(&h.key_name) || !clear_ok => h,
+            Ok(_) => {
+                *c = Contents::Plain;
+                return Ok(Load::Ready);
+            }
+            Err(_) if clear_ok => {
+                *c = Contents::Plain;
+                return Ok(Load::Ready);
+            }
             Err(e) => return refuse(c, "none", format!("no valid GuardFS header: {e}")),
         };
-        let Some(required) = required else {
+        if required.is_empty() {
             return refuse(
                 c,
                 &h.key_name,
                 "the key for this GuardPoint is not available".into(),
             );
-        };
-        if h.key_name != required {
+        }
+        if !required.contains(&h.key_name) {
             return refuse(
                 c,
                 &h.key_name,
                 format!(
-                    "header names key {}, the key rule requires {required}",
-                    h.key_name
+                    "header names key {}, the key rule requires {}",
+                    h.key_name,
+                    required.join(" or ")
                 ),
             );
         }
@@ -790,7 +899,7 @@ impl FileState {
         self.contents.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_contents(&self) -> std::sync::RwLockWriteGuard<'_, Contents> {
+    pub(super) fn write_contents(&self) -> std::sync::RwLockWriteGuard<'_, Contents> {
         self.contents.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -801,28 +910,14 @@ impl FileState {
 
     /// Write a fresh header (new key, new file id) over an empty file.
     fn init_header(&self, io: &Io<'_>) -> VfsResult<Contents> {
-        let (node, fd, keys) = (io.node, io.fd, io.keys);
+        let (node, fd) = (io.node, io.fd);
         // Only files the key rule has encrypted get here; in a `clear`
         // GuardPoint that is a key rule naming a key, and its files use
-        // the default mode.
-        let mode = if io.mode == Mode::Clear {
-            Mode::Xts
-        } else {
-            io.mode
+        // the default mode. clear_key: new contents stay plaintext,
+        // without a header.
+        let Some((name, version, pk, mode)) = io.key_for_new()? else {
+            return Ok(Contents::Plain);
         };
-        let key = match io.rule {
-            RuleKey::Default => keys.current(),
-            RuleKey::Named(n) => keys.latest(n).map(|(v, k)| (n.clone(), v, k)),
-            // clear_key: new contents stay plaintext, without a header.
-            RuleKey::Clear => return Ok(Contents::Plain),
-        };
-        let (name, version, pk) = key.ok_or_else(|| {
-            error!(
-                "secfs: {}: the key for new files here is not available",
-                node.display_path()
-            );
-            Errno::EIO
-        })?;
         let (h, dk) = Header::create(mode, &name, version, &pk).map_err(|e| {
             error!(
                 "secfs: {}: header creation failed: {e}",
@@ -1250,7 +1345,7 @@ impl FileState {
     }
 }
 
-fn decrypt(node: &Node, c: &Crypt, first: UnitNo, lower: &[u8], plain: &mut [u8]) -> VfsResult<()> {
+pub(super) fn decrypt(node: &Node, c: &Crypt, first: UnitNo, lower: &[u8], plain: &mut [u8]) -> VfsResult<()> {
     c.cipher.decrypt(first, lower, plain).map_err(|e| {
         error!("secfs: {}: {e} (EIO)", node.display_path());
         Errno::EIO
@@ -1274,7 +1369,7 @@ fn read_unit(
 }
 
 /// Encrypt a run of plaintext units starting at `first` into `lower`.
-fn encrypt(c: &Crypt, first: UnitNo, plain: &[u8], lower: &mut [u8]) -> VfsResult<()> {
+pub(super) fn encrypt(c: &Crypt, first: UnitNo, plain: &[u8], lower: &mut [u8]) -> VfsResult<()> {
     c.cipher.encrypt(first, plain, lower).map_err(|e| {
         error!("secfs: encryption failed: {e}");
         Errno::EIO

@@ -344,7 +344,8 @@ impl Stack {
                     RuleKey::Default => self.cfg.keys.current().map(|(n, _, _)| n),
                     _ => None,
                 };
-                let required = required.as_deref().unwrap_or(grant.key.label());
+                let described = grant.key.describe();
+                let required = required.as_deref().unwrap_or(&described);
                 self.cfg.access.refused_file(&path, required, &found, &why);
                 let empties =
                     flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -379,6 +380,15 @@ impl Stack {
                     && f.node.standing() != Standing::Revoked
                     && Arc::ptr_eq(f.node.file(), state))
             })
+    }
+
+    /// Whether any handle, in any view, is open on `state`.
+    pub(super) fn open_anywhere(&self, state: &Arc<file::FileState>) -> bool {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|h| matches!(&**h, Handle::File(f) if Arc::ptr_eq(f.node.file(), state)))
     }
 
     pub(super) fn open_node(

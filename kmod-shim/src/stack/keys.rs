@@ -27,6 +27,12 @@ pub trait KeySource: Send + Sync {
         let _ = name;
         false
     }
+    /// The content mode of the key `name`, when the key manager said
+    /// (new files under it use that mode; else the GuardPoint's).
+    fn mode(&self, name: &str) -> Option<guardfs_crypto::Mode> {
+        let _ = name;
+        None
+    }
 }
 
 /// Keys held in memory, replaceable at run time.
@@ -41,6 +47,7 @@ struct Inner {
     current: Option<(String, u32)>,
     /// Names of keys of mode `clear`.
     clear: std::collections::HashSet<String>,
+    modes: HashMap<String, guardfs_crypto::Mode>,
 }
 
 impl StaticKeys {
@@ -61,6 +68,12 @@ impl StaticKeys {
     }
 
     /// Record that `name` is a key of mode `clear` (it has no material).
+    /// Record the content mode of the key `name`.
+    pub fn set_mode(&self, name: &str, mode: guardfs_crypto::Mode) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.modes.insert(name.to_owned(), mode);
+    }
+
     pub fn insert_clear(&self, name: &str) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.clear.insert(name.to_owned());
@@ -132,6 +145,10 @@ impl KeySource for NamedKeys {
     fn is_clear(&self, name: &str) -> bool {
         self.shared.is_clear(name)
     }
+
+    fn mode(&self, name: &str) -> Option<guardfs_crypto::Mode> {
+        self.shared.mode(name)
+    }
 }
 
 impl std::fmt::Debug for StaticKeys {
@@ -170,5 +187,10 @@ impl KeySource for StaticKeys {
     fn is_clear(&self, name: &str) -> bool {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner.clear.contains(name)
+    }
+
+    fn mode(&self, name: &str) -> Option<guardfs_crypto::Mode> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.modes.get(name).copied()
     }
 }

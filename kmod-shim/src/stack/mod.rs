@@ -43,6 +43,7 @@ mod handles;
 pub mod keys;
 pub mod nodes;
 pub mod procinfo;
+pub mod xform;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -137,6 +138,9 @@ pub struct Stack {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     proc_fd: OwnedFd,
+    /// The lower root (the root node's fd, shared): where transformation
+    /// side files live.
+    root_fd: OwnedFd,
     cfg: GuardConfig,
 }
 
@@ -163,6 +167,15 @@ fn check_name(name: &OsStr) -> VfsResult<()> {
     Ok(())
 }
 
+/// The transformation side directory in the lower root is secfs's own:
+/// invisible (`hidden`) and untouchable through the GuardPoint.
+fn reserved(parent: Ino, name: &OsStr, hidden: Errno) -> VfsResult<()> {
+    if parent == Ino::ROOT && name.as_bytes() == xform::SIDE_DIR.as_bytes() {
+        return Err(hidden);
+    }
+    Ok(())
+}
+
 impl Stack {
     /// A stacking layer over the directory `lower` (an fd opened before the
     /// mount covers it; `O_PATH` is enough).
@@ -176,7 +189,9 @@ impl Stack {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             StatMode::empty(),
         )?;
+        let root_fd = lower.try_clone()?;
         Ok(Stack {
+            root_fd,
             nodes: Nodes::with_root(lower, key_of(&st)),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -433,6 +448,92 @@ impl Stack {
         Err(Errno::EIO)
     }
 
+    /// `dataxform`'s request for the entry `req.name` of the directory
+    /// `dir`: root only, and the policy must permit `key_op` with the key
+    /// on the file's path.
+    fn transform_entry(
+        &self,
+        c: &Caller,
+        dir: &Node,
+        req: &crate::xform_ioctl::Request,
+        op: xform::Op,
+    ) -> VfsResult<xform::Outcome> {
+        use crate::xform_ioctl::{PRESERVE_TIMES, SCAN};
+        if c.uid != 0 {
+            return Err(Errno::EPERM);
+        }
+        let name = OsStr::from_bytes(&req.name);
+        check_name(name)?;
+        reserved(dir.ino, name, Errno::ENOENT)?;
+        let skip = |status, why: &str| xform::Outcome {
+            status,
+            from: String::new(),
+            to: String::new(),
+            size: 0,
+            lower_bytes: 0,
+            why: why.into(),
+        };
+        let path = self.child_path(dir, name)?;
+        let st = nix::sys::stat::fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if FileKind::from_mode(st.st_mode) != FileKind::Regular {
+            return Ok(skip(xform::Status::NotRegular, "not a regular file"));
+        }
+        let grant = match self.cfg.access.generation() {
+            0 => Grant::unrestricted(),
+            _ => match self.cfg.access.check(c, &path, Action::KeyOp) {
+                Ok(g) if g.view == View::Plain => g,
+                Ok(_) => {
+                    return Ok(skip(
+                        xform::Status::Refused,
+                        "the policy permits key_op here without applykey",
+                    ));
+                }
+                Err(_) => {
+                    return Ok(skip(xform::Status::Refused, "the policy denies key_op here"));
+                }
+            },
+        };
+        // The plaintext view's node: the one whose contents state every
+        // key-holding handle shares.
+        let entry = match self.do_lookup(dir, name, &grant.key) {
+            Ok(e) => e,
+            Err(e) => {
+                return Ok(skip(
+                    xform::Status::Refused,
+                    &format!("lookup refused ({e:?}): a hard link under another key rule?"),
+                ));
+            }
+        };
+        let result = (|| {
+            let node = self.nodes.get(entry.ino)?;
+            if node.kind != FileKind::Regular {
+                return Ok(skip(xform::Status::NotRegular, "not a regular file"));
+            }
+            let fd = self.reopen(&node, OFlag::O_RDWR)?;
+            let io = self.io(&node, fd.as_fd(), &grant.key);
+            let plan = xform::Plan {
+                op,
+                scan: req.flags & SCAN != 0,
+                preserve_times: req.flags & PRESERVE_TIMES != 0,
+            };
+            let state = node.file().clone();
+            // Passthrough handles write the lower file without secfs.
+            let busy = || self.cfg.passthrough && self.open_anywhere(&state);
+            let out = state.transform(&io, self.root_fd.as_fd(), plan, busy)?;
+            if out.status == xform::Status::Done {
+                log::info!(
+                    "secfs: {}: transformed {} -> {}",
+                    node.display_path(),
+                    out.from,
+                    out.to
+                );
+            }
+            Ok(out)
+        })();
+        self.nodes.forget(entry.ino, 1);
+        result
+    }
+
     fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>, rule: &'a RuleKey) -> Io<'a> {
         Io {
             node,
@@ -441,6 +542,7 @@ impl Stack {
             mode: self.cfg.mode,
             rule,
             proc_fd: self.proc_fd.as_fd(),
+            root: self.root_fd.as_fd(),
         }
     }
 
@@ -731,6 +833,7 @@ impl Stack {
 impl VnodeOps for Stack {
     fn lookup(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<Entry> {
         check_name(name)?;
+        reserved(parent, name, Errno::ENOENT)?;
         let p = self.nodes.get(parent)?;
         self.lookup_as(c, &p, name, true)
     }
@@ -897,6 +1000,7 @@ impl VnodeOps for Stack {
         rdev: u32,
     ) -> VfsResult<Entry> {
         check_name(name)?;
+        reserved(parent, name, Errno::EPERM)?;
         let p = self.nodes.get(parent)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = StatMode::from_bits_truncate(mode & 0o7777);
@@ -932,6 +1036,7 @@ impl VnodeOps for Stack {
 
     fn mkdir(&self, c: &Caller, parent: Ino, name: &OsStr, mode: u32) -> VfsResult<Entry> {
         check_name(name)?;
+        reserved(parent, name, Errno::EPERM)?;
         let p = self.nodes.get(parent)?;
         self.check_child(c, &p, name, Action::DMkdir)?;
         self.as_caller(c, &p, || {
@@ -946,6 +1051,7 @@ impl VnodeOps for Stack {
 
     fn unlink(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
         check_name(name)?;
+        reserved(parent, name, Errno::ENOENT)?;
         let p = self.nodes.get(parent)?;
         self.check_child(c, &p, name, Action::FRm)?;
         Ok(nix::unistd::unlinkat(
@@ -957,6 +1063,7 @@ impl VnodeOps for Stack {
 
     fn rmdir(&self, c: &Caller, parent: Ino, name: &OsStr) -> VfsResult<()> {
         check_name(name)?;
+        reserved(parent, name, Errno::ENOENT)?;
         let p = self.nodes.get(parent)?;
         self.check_child(c, &p, name, Action::DRmdir)?;
         Ok(nix::unistd::unlinkat(
@@ -968,6 +1075,7 @@ impl VnodeOps for Stack {
 
     fn symlink(&self, c: &Caller, parent: Ino, name: &OsStr, target: &Path) -> VfsResult<Entry> {
         check_name(name)?;
+        reserved(parent, name, Errno::EPERM)?;
         let p = self.nodes.get(parent)?;
         self.check_child(c, &p, name, Action::FLink)?;
         self.as_caller(c, &p, || Ok(nix::unistd::symlinkat(target, p.fd(), name)?))?;
@@ -985,6 +1093,8 @@ impl VnodeOps for Stack {
     ) -> VfsResult<()> {
         check_name(name)?;
         check_name(new_name)?;
+        reserved(parent, name, Errno::ENOENT)?;
+        reserved(new_parent, new_name, Errno::EPERM)?;
         let p = self.nodes.get(parent)?;
         let np = self.nodes.get(new_parent)?;
         let f = nix::fcntl::RenameFlags::from_bits(flags.0).ok_or(Errno::EINVAL)?;
@@ -1007,6 +1117,7 @@ impl VnodeOps for Stack {
 
     fn link(&self, c: &Caller, ino: Ino, new_parent: Ino, new_name: &OsStr) -> VfsResult<Entry> {
         check_name(new_name)?;
+        reserved(new_parent, new_name, Errno::EPERM)?;
         let node = self.nodes.get(ino)?;
         let np = self.nodes.get(new_parent)?;
         self.check_node(c, &node, Action::FLink)?;
@@ -1044,6 +1155,7 @@ impl VnodeOps for Stack {
         flags: i32,
     ) -> VfsResult<(Entry, Opened)> {
         check_name(name)?;
+        reserved(parent, name, Errno::EPERM)?;
         let p = self.nodes.get(parent)?;
         let perm = StatMode::from_bits_truncate(mode & 0o7777);
         let grant = self.check_child(c, &p, name, Action::FCre)?;
@@ -1214,6 +1326,9 @@ impl VnodeOps for Stack {
             for ent in dir.iter() {
                 let ent = ent?;
                 let name = OsStr::from_bytes(ent.file_name().to_bytes()).to_owned();
+                if reserved(node.ino, &name, Errno::ENOENT).is_err() {
+                    continue;
+                }
                 let kind = match ent.file_type() {
                     Some(t) => match t {
                         nix::dir::Type::Directory => FileKind::Directory,
@@ -1440,13 +1555,48 @@ impl VnodeOps for Stack {
 
     fn ioctl(
         &self,
-        _c: &Caller,
-        _ino: Ino,
-        _fh: Fh,
-        _cmd: u32,
-        _input: &[u8],
-        _out_size: u32,
+        c: &Caller,
+        ino: Ino,
+        fh: Fh,
+        cmd: u32,
+        input: &[u8],
+        out_size: u32,
     ) -> VfsResult<(i32, Vec<u8>)> {
-        Err(Errno::ENOTTY)
+        if cmd != crate::xform_ioctl::CMD || out_size as usize != crate::xform_ioctl::SIZE {
+            return Err(Errno::ENOTTY);
+        }
+        let req = crate::xform_ioctl::Request::decode(input).map_err(|_| Errno::EINVAL)?;
+        let h = self.handle(fh)?;
+        let Handle::Dir { node, .. } = &*h else {
+            return Err(Errno::ENOTTY);
+        };
+        if node.ino != ino {
+            return Err(Errno::EINVAL);
+        }
+        let out = match req.ask {
+            crate::xform_ioctl::Ask::File(op) => self.transform_entry(c, node, &req, op)?,
+            crate::xform_ioctl::Ask::Cleanup { before } => {
+                if c.uid != 0 {
+                    return Err(Errno::EPERM);
+                }
+                if node.ino != Ino::ROOT {
+                    return Err(Errno::EINVAL);
+                }
+                let removed = xform::cleanup(self.root_fd.as_fd(), before)
+                    .map_err(|_| Errno::EIO)?;
+                xform::Outcome {
+                    status: xform::Status::Done,
+                    from: String::new(),
+                    to: String::new(),
+                    size: removed,
+                    lower_bytes: 0,
+                    why: String::new(),
+                }
+            }
+        };
+        let mut b = [0u8; crate::xform_ioctl::SIZE];
+        b.copy_from_slice(input);
+        crate::xform_ioctl::encode_outcome(&mut b, &out);
+        Ok((0, b.to_vec()))
     }
 }

@@ -1,0 +1,538 @@
+//! `dataxform`: CTE's offline data transformation, file by file through
+//! the mounted GuardPoint. It walks the GuardPoint and, for each regular
+//! file, sends secfs one ioctl on the file's directory; secfs checks that
+//! the caller is root and that the policy permits `key_op` with the key,
+//! then transforms the file crash-safely (see `TRANSFORM.md`). This command
+//! never reads or writes file contents itself, and needs no vmd.
+//!
+//! ```text
+//! dataxform --rekey --gp PATH [--print_stat] [--preserve_modified_time]
+//!           [--cleanup] [--scan] [-y] [--json]
+//! dataxform --shallow|--deep --gp PATH [same options]
+//! ```
+//!
+//! `--rekey`: every file to its key rule's transformation key (the
+//! policy's `data_transform_rules`; encrypt with `clear_key` as the current
+//! key, decrypt with it as the transformation key, convert modes with a
+//! transformation key of another mode). `--deep`: every encrypted file to
+//! the newest version of its own key with a new data key; `--shallow`:
+//! the same, rewrapping only the header. Files already where they should be
+//! are skipped (the authenticated header says so), so running the command
+//! again after a crash or an interruption finishes the job.
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use guardfs_shim::stack::xform::{Op, Outcome, Status};
+use guardfs_shim::xform_ioctl::{self, Ask, PRESERVE_TIMES, Request, SCAN};
+use nix::fcntl::OFlag;
+use serde_json::json;
+
+use super::{CmdResult, FAILED, Failure, USAGE, require_root};
+
+const USAGE_TEXT: &str = "usage: dataxform --rekey|--shallow|--deep --gp PATH [--print_stat] [--preserve_modified_time] [--cleanup] [--scan] [-y] [--json]
+  --rekey                   every file to its key rule's transformation key (data_transform_rules)
+  --deep                    every encrypted file to the newest version of its key, new data key
+  --shallow                 the same, rewrapping only the header (contents untouched)
+  --gp PATH                 the GuardPoint (mounted)
+  --scan                    report what would change and the space it needs; change nothing
+  --print_stat              print files, bytes, rate and skipped files at the end
+  --preserve_modified_time  keep each file's access and modification times
+  --cleanup                 remove leftover transformation files once every file was reached
+  -y                        do not ask for confirmation
+  --json                    one JSON object per line (files, progress, summary)
+Exit codes: 0 every file transformed or already done, 1 some skipped or failed, 2 usage, 3 not root.";
+
+/// FUSE's `f_type` (`statfs`).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// Attempts for a file in use before it is reported and skipped.
+const IN_USE_ATTEMPTS: u32 = 3;
+
+#[derive(Debug)]
+struct Opts {
+    gp: PathBuf,
+    op: Op,
+    scan: bool,
+    print_stat: bool,
+    preserve_times: bool,
+    cleanup: bool,
+    yes: bool,
+    json: bool,
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(USAGE, format!("{}\n{USAGE_TEXT}", msg.into()))
+}
+
+fn parse(args: &[String]) -> Result<Option<Opts>, Failure> {
+    let mut op = None;
+    let mut gp = None;
+    let (mut scan, mut print_stat, mut preserve_times, mut cleanup, mut yes, mut json) =
+        (false, false, false, false, false, false);
+    let mut it = args.iter().skip(1);
+    let set_op = |o: Op, op: &mut Option<Op>| -> Result<(), Failure> {
+        if op.replace(o).is_some_and(|p| p != o) {
+            return Err(usage("--rekey, --shallow and --deep exclude each other"));
+        }
+        Ok(())
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rekey" => set_op(Op::Rekey, &mut op)?,
+            "--deep" => set_op(Op::Deep, &mut op)?,
+            "--shallow" => set_op(Op::Shallow, &mut op)?,
+            "--gp" => {
+                gp = Some(PathBuf::from(
+                    it.next().ok_or_else(|| usage("--gp needs a path"))?,
+                ))
+            }
+            s if s.starts_with("--gp=") => gp = Some(PathBuf::from(&s[5..])),
+            "--scan" => scan = true,
+            "--print_stat" => print_stat = true,
+            "--preserve_modified_time" => preserve_times = true,
+            "--cleanup" => cleanup = true,
+            "-y" | "--yes" => yes = true,
+            "--json" => json = true,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(usage(format!("unknown argument {other}"))),
+        }
+    }
+    let op = op.ok_or_else(|| usage("say what to do: --rekey, --shallow or --deep"))?;
+    let gp = gp.ok_or_else(|| usage("--gp PATH is required"))?;
+    Ok(Some(Opts {
+        gp,
+        op,
+        scan,
+        print_stat,
+        preserve_times,
+        cleanup,
+        yes,
+        json,
+    }))
+}
+
+/// One regular file found by the walk.
+struct Found {
+    dir: PathBuf,
+    name: std::ffi::OsString,
+    size: u64,
+}
+
+/// The regular files under `gp` on its own file system (no symlinks
+/// followed, no other mounts entered); directories that cannot be listed
+/// are returned as problems.
+fn walk(gp: &Path) -> (Vec<Found>, Vec<(PathBuf, String)>) {
+    let dev = std::fs::metadata(gp).map(|m| m.dev()).unwrap_or(0);
+    let (mut files, mut problems) = (Vec::new(), Vec::new());
+    let mut stack = vec![gp.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                problems.push((dir, format!("cannot list: {e}")));
+                continue;
+            }
+        };
+        let mut names: Vec<_> = rd.filter_map(Result::ok).collect();
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() && m.dev() == dev {
+                stack.push(e.path());
+            } else if m.is_file() {
+                files.push(Found {
+                    dir: dir.clone(),
+                    name: e.file_name(),
+                    size: m.len(),
+                });
+            }
+        }
+    }
+    (files, problems)
+}
+
+fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        p,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?)
+}
+
+fn ask(dir: &OwnedFd, req: &Request) -> Result<Outcome, String> {
+    let mut buf = req.encode().map_err(str::to_owned)?;
+    guardfs_shim::sys::ioctl_buf(dir.as_fd(), xform_ioctl::CMD, &mut buf).map_err(|e| {
+        if e.0 == nix::libc::ENOTTY {
+            "secfs does not know the transformation request (an older secfs?)".to_owned()
+        } else if e.0 == nix::libc::EPERM {
+            "refused: only root may transform".to_owned()
+        } else {
+            format!("ioctl failed: {}", nix::errno::Errno::from_raw(e.0).desc())
+        }
+    })?;
+    xform_ioctl::decode_outcome(&buf).map_err(str::to_owned)
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Done => "transformed",
+        Status::Current => "already done",
+        Status::InUse => "in use",
+        Status::Refused => "refused",
+        Status::NoRule => "no transformation rule",
+        Status::NoSpace => "no space",
+        Status::NotRegular => "not a regular file",
+        Status::Clear => "clear",
+        Status::WouldChange => "would transform",
+        Status::NoKey => "key not available",
+    }
+}
+
+/// Whether a skip is a problem (the job is not complete).
+fn is_problem(s: Status) -> bool {
+    matches!(
+        s,
+        Status::InUse | Status::Refused | Status::NoSpace | Status::NoKey
+    )
+}
+
+#[derive(Default)]
+struct Tally {
+    examined: u64,
+    changed: u64,
+    current: u64,
+    untouched: u64,
+    bytes: u64,
+    needed: u64,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+pub fn dataxform(args: Vec<String>) -> CmdResult {
+    let Some(o) = parse(&args)? else {
+        println!("{USAGE_TEXT}");
+        return Ok(());
+    };
+    require_root()?;
+    let gp = o
+        .gp
+        .canonicalize()
+        .map_err(|e| Failure(FAILED, format!("{}: {e}", o.gp.display())))?;
+    match nix::sys::statfs::statfs(&gp) {
+        Ok(st) if st.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC => {}
+        Ok(_) => {
+            return Err(Failure(
+                FAILED,
+                format!("{} is not a guarded GuardPoint (secfs is not mounted on it)", gp.display()),
+            ));
+        }
+        Err(e) => return Err(Failure(FAILED, format!("{}: {e}", gp.display()))),
+    }
+    let log = Log::open(&gp);
+    let (files, problems) = walk(&gp);
+    let total_bytes: u64 = files.iter().map(|f| f.size).sum();
+    if !o.scan && !o.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(usage(
+                "this changes every file of the GuardPoint; add -y to run without a terminal",
+            ));
+        }
+        eprint!(
+            "Transform {} files ({} bytes) in {} ({})? Applications should not use them meanwhile. [y/N] ",
+            files.len(),
+            total_bytes,
+            gp.display(),
+            op_name(o.op)
+        );
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            return Err(Failure(FAILED, "not confirmed; nothing changed".into()));
+        }
+    }
+    log.line(&format!(
+        "start {} {} files={} bytes={}{}",
+        op_name(o.op),
+        gp.display(),
+        files.len(),
+        total_bytes,
+        if o.scan { " (scan)" } else { "" }
+    ));
+    let started = Instant::now();
+    let wall_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let bar = (!o.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(total_bytes);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut t = Tally::default();
+    for (path, why) in &problems {
+        t.skipped.push((path.clone(), why.clone()));
+    }
+    let flags = (if o.scan { SCAN } else { 0 })
+        | (if o.preserve_times { PRESERVE_TIMES } else { 0 });
+    let mut dir_fd: Option<(PathBuf, OwnedFd)> = None;
+    let mut last_progress = Instant::now();
+    let n_files = files.len();
+    for (i, f) in files.iter().enumerate() {
+        let path = f.dir.join(&f.name);
+        t.examined += 1;
+        if dir_fd.as_ref().is_none_or(|(d, _)| *d != f.dir) {
+            match open_dir(&f.dir) {
+                Ok(fd) => dir_fd = Some((f.dir.clone(), fd)),
+                Err(e) => {
+                    t.skipped.push((path, format!("cannot open its directory: {e}")));
+                    continue;
+                }
+            }
+        }
+        let Some((_, dfd)) = &dir_fd else { continue };
+        let req = Request {
+            name: f.name.as_bytes().to_vec(),
+            ask: Ask::File(o.op),
+            flags,
+        };
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            match ask(dfd, &req) {
+                Ok(out) if out.status == Status::InUse && attempt < IN_USE_ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                r => break r,
+            }
+        };
+        let out = match out {
+            Ok(out) => out,
+            Err(why) => {
+                t.skipped.push((path.clone(), why.clone()));
+                report(&o, &path, None, &why);
+                continue;
+            }
+        };
+        match out.status {
+            Status::Done | Status::WouldChange => {
+                t.changed += 1;
+                t.bytes += out.size;
+                t.needed = t.needed.max(out.lower_bytes);
+            }
+            Status::Current => t.current += 1,
+            Status::Clear | Status::NoRule | Status::NotRegular => t.untouched += 1,
+            _ => {}
+        }
+        if is_problem(out.status) {
+            let why = format!("{}: {}", status_name(out.status), out.why);
+            t.skipped.push((path.clone(), why));
+        }
+        if out.status == Status::Done {
+            log.line(&format!("{}: {} -> {}", path.display(), out.from, out.to));
+        }
+        report(&o, &path, Some(&out), "");
+        if let Some(b) = &bar {
+            b.inc(f.size);
+            b.set_message(format!("{}/{} files", i + 1, n_files));
+        } else if o.json && (last_progress.elapsed() >= Duration::from_secs(1) || i + 1 == n_files) {
+            last_progress = Instant::now();
+            emit(&json!({
+                "event": "progress",
+                "files_done": i + 1,
+                "files_total": n_files,
+                "bytes_done": files[..=i].iter().map(|f| f.size).sum::<u64>(),
+                "bytes_total": total_bytes,
+            }));
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    drop(dir_fd);
+    let secs = started.elapsed().as_secs_f64();
+    let mut cleaned = None;
+    if o.cleanup && !o.scan {
+        if t.skipped.is_empty() {
+            let req = Request {
+                name: b".".to_vec(),
+                ask: Ask::Cleanup { before: wall_start },
+                flags: 0,
+            };
+            match open_dir(&gp).map_err(|e| e.to_string()).and_then(|d| ask(&d, &req)) {
+                Ok(out) => cleaned = Some(out.size),
+                Err(why) => t.skipped.push((gp.clone(), format!("cleanup: {why}"))),
+            }
+        } else {
+            eprintln!("dataxform: --cleanup not done: some files were not reached");
+        }
+    }
+    summary(&o, &gp, &t, secs, cleaned);
+    log.line(&format!(
+        "end {} changed={} current={} untouched={} skipped={} bytes={} secs={secs:.1}",
+        gp.display(),
+        t.changed,
+        t.current,
+        t.untouched,
+        t.skipped.len(),
+        t.bytes
+    ));
+    if t.skipped.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            FAILED,
+            format!(
+                "{} file(s) or directories skipped; run the same command again to finish",
+                t.skipped.len()
+            ),
+        ))
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Rekey => "rekey",
+        Op::Deep => "deep rekey",
+        Op::Shallow => "shallow rekey",
+    }
+}
+
+fn emit(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+}
+
+fn report(o: &Opts, path: &Path, out: Option<&Outcome>, err: &str) {
+    // On a terminal, skipped files are listed in the summary.
+    if !o.json {
+        return;
+    }
+    let v = match out {
+        Some(out) => json!({
+            "event": "file",
+            "path": path.to_string_lossy(),
+            "status": status_name(out.status),
+            "from": out.from,
+            "to": out.to,
+            "size": out.size,
+            "why": out.why,
+        }),
+        None => json!({
+            "event": "file",
+            "path": path.to_string_lossy(),
+            "status": "failed",
+            "why": err,
+        }),
+    };
+    emit(&v);
+}
+
+fn summary(o: &Opts, gp: &Path, t: &Tally, secs: f64, cleaned: Option<u64>) {
+    let rate = if secs > 0.0 {
+        t.bytes as f64 / secs / 1e6
+    } else {
+        0.0
+    };
+    if o.json {
+        emit(&json!({
+            "event": "summary",
+            "guard_point": gp.to_string_lossy(),
+            "operation": op_name(o.op),
+            "scan": o.scan,
+            "files_examined": t.examined,
+            "files_transformed": if o.scan { 0 } else { t.changed },
+            "files_to_transform": if o.scan { t.changed } else { 0 },
+            "files_already_done": t.current,
+            "files_untouched": t.untouched,
+            "bytes": t.bytes,
+            "largest_file_space_needed": t.needed,
+            "seconds": secs,
+            "mb_per_s": rate,
+            "cleaned": cleaned,
+            "skipped": t.skipped.iter().map(|(p, w)| json!({"path": p.to_string_lossy(), "why": w})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    if o.scan {
+        println!(
+            "Scan of {}: {} of {} files would be transformed ({} bytes); {} already done, {} untouched.",
+            gp.display(),
+            t.changed,
+            t.examined,
+            t.bytes,
+            t.current,
+            t.untouched
+        );
+        println!(
+            "Free space needed: {} bytes (the largest file's new size; files are transformed one at a time).",
+            t.needed
+        );
+    } else if o.print_stat {
+        println!("Data transformation statistics for {}", gp.display());
+        println!("  Operation:            {}", op_name(o.op));
+        println!("  Files examined:       {}", t.examined);
+        println!("  Files transformed:    {}", t.changed);
+        println!("  Files already done:   {}", t.current);
+        println!("  Files untouched:      {}", t.untouched);
+        println!("  Files skipped:        {}", t.skipped.len());
+        println!("  Bytes transformed:    {}", t.bytes);
+        println!("  Elapsed:              {secs:.2} s");
+        println!("  Rate:                 {rate:.1} MB/s");
+        if let Some(n) = cleaned {
+            println!("  Leftovers removed:    {n}");
+        }
+    } else {
+        println!(
+            "{}: {} files transformed, {} already done, {} skipped.",
+            gp.display(),
+            t.changed,
+            t.current,
+            t.skipped.len()
+        );
+    }
+    for (p, why) in &t.skipped {
+        println!("  skipped {}: {why}", p.display());
+    }
+}
+
+/// The log in the agent's log directory (CTE: `vordxf_*.log`), when the
+/// agent is installed; lines carry no key material (names and versions).
+struct Log(Option<std::fs::File>);
+
+impl Log {
+    fn open(gp: &Path) -> Log {
+        let Ok(layout) = super::layout(None) else {
+            return Log(None);
+        };
+        let tag: String = gp
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = layout.log_dir.join(format!("vordxf{tag}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok();
+        Log(f)
+    }
+
+    fn line(&self, text: &str) {
+        if let Some(mut f) = self.0.as_ref() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let _ = writeln!(f, "{now} {text}");
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! Transforming one file's contents to another key, mode or version
+//! (`dataxform`): encrypt a clear file, rekey, decrypt, convert modes,
+//! crash-safe at every instant. See `TRANSFORM.md` at the top of the
+//! repository for the on-disk protocol and why it is safe.
+//!
+//! Owns: the side file (the new lower bytes, written and made durable
+//! first, in `.guardfs-xform/` under the GuardPoint's lower root, which
+//! secfs hides), the intent record (`trusted.guardfs.xform` on the file,
+//! set once the side file is durable), the copy back in place, and
+//! recovery of an interrupted copy back. The file keeps its inode: hard
+//! links, owner, mode, ACLs, other xattrs and open handles stay as they
+//! are, and the plaintext never changes, so no cache goes stale.
+//!
+//! Must not: decide who may transform (the stack checks `key_op`), or
+//! touch a file while anything could see it half done: all of it runs with
+//! the file's contents locked for writing.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use guardfs_crypto::{ContentCipher, HEADER_LEN, Header, Layout, Mode, PlainOff, UnitNo};
+use log::{error, info};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode as Perm;
+
+use crate::stack::file::{
+    self, Contents, Crypt, FileState, Io, Load, MODE_XATTR, class_of_mode, lower_size,
+    pread_full, pwrite_all,
+};
+use crate::stack::nodes::Class;
+use crate::sys;
+use crate::vfs::{Errno, VfsResult};
+
+/// The directory under the lower root that holds side files. Hidden from
+/// and refused to every user of the GuardPoint.
+pub const SIDE_DIR: &str = ".guardfs-xform";
+/// The intent record: present from the moment the side file is durable
+/// until the file holds the side file's bytes durably.
+pub const XFORM_XATTR: &CStr = c"trusted.guardfs.xform";
+const MAGIC: &[u8; 4] = b"GFxf";
+/// Plaintext moved per step (a whole number of units in every mode).
+const CHUNK_UNITS: usize = 256;
+
+/// What to do with one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// To the key rule's transformation key (`dataxform --rekey`).
+    Rekey,
+    /// To the newest version of the file's own key, new data key.
+    Deep,
+    /// To the newest version of the file's own key, same data key: only
+    /// the header is rewrapped.
+    Shallow,
+}
+
+/// What happened to one file (the ioctl's status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Status {
+    /// Transformed.
+    Done = 0,
+    /// Already in the target key, version and mode: left alone.
+    Current = 1,
+    /// Open through a handle that bypasses secfs (passthrough): skipped.
+    InUse = 2,
+    /// Its bytes do not fit the key rule (or are damaged): skipped.
+    Refused = 3,
+    /// `--rekey` where no data transformation rule covers the file.
+    NoRule = 4,
+    /// Not enough free space for the side file: skipped, nothing changed.
+    NoSpace = 5,
+    /// Not a regular file.
+    NotRegular = 6,
+    /// Stored as it is, and the operation keeps it so (shallow or deep
+    /// rekey of a clear file).
+    Clear = 7,
+    /// `--scan`: would be transformed (needs `lower_bytes` free).
+    WouldChange = 8,
+    /// The key needed is not available.
+    NoKey = 9,
+}
+
+/// The outcome for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Status,
+    /// The key (`name:version:mode`, `clear`, `empty`) before and after.
+    pub from: String,
+    pub to: String,
+    /// Logical size of the file.
+    pub size: u64,
+    /// Bytes the side file needs (free space asked for).
+    pub lower_bytes: u64,
+    /// Why it was skipped, for the report.
+    pub why: String,
+}
+
+impl Outcome {
+    fn skip(status: Status, from: String, why: impl Into<String>) -> Outcome {
+        Outcome {
+            status,
+            from,
+            to: String::new(),
+            size: 0,
+            lower_bytes: 0,
+            why: why.into(),
+        }
+    }
+}
+
+/// The target of a transformation.
+enum Target {
+    Clear,
+    Encrypted(Crypt),
+}
+
+/// The intent record, as stored.
+#[derive(Debug, PartialEq, Eq)]
+struct Intent {
+    /// Bytes `0..side_len` of the file are the side file's.
+    side_len: u64,
+    /// The file's lower size afterwards.
+    new_size: u64,
+    /// The mode marker afterwards (`None`: no marker, stored as is).
+    mode: Option<Mode>,
+    /// The side file's name in [`SIDE_DIR`].
+    side: String,
+}
+
+impl Intent {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32 + self.side.len());
+        v.extend_from_slice(MAGIC);
+        v.push(1);
+        v.extend_from_slice(&self.side_len.to_le_bytes());
+        v.extend_from_slice(&self.new_size.to_le_bytes());
+        v.push(self.mode.and_then(|m| m.header_code()).unwrap_or(0));
+        v.push(self.side.len() as u8);
+        v.extend_from_slice(self.side.as_bytes());
+        v
+    }
+
+    fn parse(v: &[u8]) -> Result<Intent, String> {
+        if v.len() < 23 || &v[..4] != MAGIC || v[4] != 1 {
+            return Err("unknown transformation record".into());
+        }
+        let u = |o: usize| u64::from_le_bytes(v[o..o + 8].try_into().unwrap_or([0; 8]));
+        let mode = match v[21] {
+            0 => None,
+            c => Some(Mode::from_header_code(c).ok_or("bad mode in transformation record")?),
+        };
+        let n = usize::from(v[22]);
+        let side = std::str::from_utf8(v.get(23..23 + n).ok_or("short transformation record")?)
+            .map_err(|_| "bad side file name")?;
+        if v.len() != 23 + n
+            || side.is_empty()
+            || !side.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err("bad side file name in transformation record".into());
+        }
+        let (side_len, new_size) = (u(5), u(13));
+        if side_len > new_size.max(HEADER_LEN as u64) {
+            return Err("transformation record out of range".into());
+        }
+        Ok(Intent {
+            side_len,
+            new_size,
+            mode,
+            side: side.to_owned(),
+        })
+    }
+}
+
+fn io_err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("{what}: {e:?}")
+}
+
+/// Finish a transformation a crash interrupted: if `fd` (the lower file,
+/// opened for writing) carries an intent record, copy the side file back
+/// (again), set the size and marker, make it durable, drop the record and
+/// the side file. `Ok(false)`: there was nothing to finish. An `Err`
+/// leaves everything as it is (the file is then refused).
+pub fn finish(fd: BorrowedFd<'_>, root: BorrowedFd<'_>) -> Result<bool, String> {
+    let rec = match sys::fgetxattr(fd, XFORM_XATTR) {
+        Ok(v) => v,
+        Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => return Ok(false),
+        Err(e) => return Err(io_err("reading the transformation record", e)),
+    };
+    let intent = Intent::parse(&rec)?;
+    let side = open_side(root, &intent.side, OFlag::O_RDONLY)
+        .map_err(|e| io_err("opening the side file of an interrupted transformation", e))?;
+    let have = lower_size(side.as_fd()).map_err(|e| io_err("side file", e))?;
+    if have < intent.side_len {
+        return Err(format!(
+            "side file {} holds {have} bytes, the record says {}",
+            intent.side, intent.side_len
+        ));
+    }
+    copy_back(fd, side.as_fd(), &intent)?;
+    finish_record(fd, root, &intent)?;
+    Ok(true)
+}
+
+/// [`finish`] for a file being loaded through `io` (whose fd may be
+/// read-only): one getxattr when there is nothing to finish.
+pub fn finish_for_load(io: &Io<'_>) -> Result<(), String> {
+    match sys::fgetxattr(io.fd, XFORM_XATTR) {
+        Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => return Ok(()),
+        _ => {}
+    }
+    let reopened = file::writable(io.fd, io.proc_fd)
+        .map_err(|e| io_err("opening it for writing to finish a transformation", e))?;
+    let fd = reopened.as_ref().map_or(io.fd, |f| f.as_fd());
+    if finish(fd, io.root)? {
+        info!(
+            "secfs: {}: finished an interrupted transformation",
+            io.node.display_path()
+        );
+    }
+    Ok(())
+}
+
+fn open_side(root: BorrowedFd<'_>, name: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+    let path = format!("{SIDE_DIR}/{name}");
+    nix::fcntl::openat(
+        root,
+        path.as_str(),
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Perm::from_bits_truncate(0o600),
+    )
+}
+
+/// The side directory, created (0700) if missing; a directory fd.
+fn side_dir(root: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+    match nix::sys::stat::mkdirat(root, SIDE_DIR, Perm::from_bits_truncate(0o700)) {
+        Ok(()) => {
+            // Its name in the root, durable (the root fd may be O_PATH).
+            let dot = nix::fcntl::openat(
+                root,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Perm::empty(),
+            )
+            .map_err(|e| io_err("opening the lower root", e))?;
+            nix::unistd::fsync(dot).map_err(|e| io_err("fsync of the lower root", e))?;
+        }
+        Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(io_err("creating the side directory", e)),
+    }
+    nix::fcntl::openat(
+        root,
+        SIDE_DIR,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Perm::empty(),
+    )
+    .map_err(|e| io_err("opening the side directory", e))
+}
+
+/// Bytes `0..side_len` of the side file over the file, then the size and
+/// marker; durable when it returns.
+fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < intent.side_len {
+        let want = ((intent.side_len - off) as usize).min(buf.len());
+        let n = pread_full(side, &mut buf[..want], off).map_err(|e| io_err("reading side", e))?;
+        if n < want {
+            return Err("side file shorter than its record".into());
+        }
+        pwrite_all(fd, &buf[..n], off).map_err(|e| io_err("copying back", e))?;
+        off += n as u64;
+    }
+    nix::unistd::ftruncate(fd, intent.new_size as i64).map_err(|e| io_err("resizing", e))?;
+    match intent.mode {
+        Some(m) => sys::fsetxattr(fd, MODE_XATTR, m.name().as_bytes())
+            .map_err(|e| io_err("setting the mode marker", e))?,
+        None => match sys::fremovexattr(fd, MODE_XATTR) {
+            Ok(()) => {}
+            Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => {}
+            Err(e) => return Err(io_err("removing the mode marker", e)),
+        },
+    }
+    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))
+}
+
+/// The file holds its new bytes durably: drop the record (durably, so a
+/// crash cannot redo it once the side file is gone), then the side file.
+fn finish_record(fd: BorrowedFd<'_>, root: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
+    sys::fremovexattr(fd, XFORM_XATTR).map_err(|e| io_err("removing the record", e))?;
+    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
+    let path = format!("{SIDE_DIR}/{}", intent.side);
+    let _ = nix::unistd::unlinkat(root, path.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    Ok(())
+}
+
+/// Remove side files last modified before `before` (unix seconds), then
+/// the side directory if it is empty; how many were removed. Only after a
+/// pass that reached every file of the GuardPoint: each reached file had
+/// any interrupted transformation finished first, so no record refers to
+/// an older side file.
+pub fn cleanup(root: BorrowedFd<'_>, before: u64) -> Result<u64, String> {
+    let dir = match nix::fcntl::openat(
+        root,
+        SIDE_DIR,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Perm::empty(),
+    ) {
+        Ok(d) => d,
+        Err(nix::errno::Errno::ENOENT) => return Ok(0),
+        Err(e) => return Err(io_err("opening the side directory", e)),
+    };
+    let dfd = dir.try_clone().map_err(|e| io_err("side directory", e))?;
+    let mut d = nix::dir::Dir::from_fd(dir).map_err(|e| io_err("side directory", e))?;
+    let mut removed = 0;
+    for ent in d.iter() {
+        let ent = ent.map_err(|e| io_err("listing the side directory", e))?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let Ok(st) = nix::sys::stat::fstatat(&dfd, ent.file_name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if (st.st_mtime as u64) < before
+            && nix::unistd::unlinkat(&dfd, ent.file_name(), nix::unistd::UnlinkatFlags::NoRemoveDir).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    let _ = nix::unistd::unlinkat(root, SIDE_DIR, nix::unistd::UnlinkatFlags::RemoveDir);
+    Ok(removed)
+}
+
+/// What is asked of one file.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub op: Op,
+    /// `--scan`: report, change nothing.
+    pub scan: bool,
+    /// Keep the lower file's access and modification times.
+    pub preserve_times: bool,
+}
+
+fn describe(c: &Contents) -> String {
+    match c {
+        Contents::Plain => "clear".into(),
+        Contents::Empty => "empty".into(),
+        Contents::Encrypted(c, _) => format!(
+            "{}:{}:{}",
+            c.header.key_name,
+            c.header.key_version,
+            c.header.mode.name()
+        ),
+        Contents::Refused | Contents::Unloaded => "refused".into(),
+    }
+}
+
+impl FileState {
+    /// Transform the file `io.fd` (opened for reading and writing) as
+    /// `plan` says, holding its contents for writing throughout. `busy()`
+    /// (asked with the contents held) says whether something outside
+    /// secfs can write it. `root` is the lower root (for the side file).
+    pub fn transform(
+        &self,
+        io: &Io<'_>,
+        root: BorrowedFd<'_>,
+        plan: Plan,
+        busy: impl FnOnce() -> bool,
+    ) -> VfsResult<Outcome> {
+        let mut c = self.write_contents();
+        if busy() {
+            return Ok(Outcome::skip(Status::InUse, describe(&c), "open without secfs (passthrough)"));
+        }
+        // Anything a crash left half done is finished first.
+        match finish(io.fd, root) {
+            Ok(true) => info!("secfs: {}: finished an interrupted transformation", io.node.display_path()),
+            Ok(false) => {}
+            Err(why) => {
+                error!("secfs: {}: {why}", io.node.display_path());
+                return Ok(Outcome::skip(Status::Refused, "none".into(), why));
+            }
+        }
+        if let Load::Refused { found, why } = self.load_locked(io, &mut c)? {
+            return Ok(Outcome::skip(Status::Refused, found, why));
+        }
+        let from = describe(&c);
+        let lower = lower_size(io.fd)?;
+        let (size, old) = match &*c {
+            Contents::Plain => (lower, None),
+            Contents::Empty => (0, None),
+            Contents::Encrypted(crypt, size) => (*size, Some(crypt.clone())),
+            Contents::Refused | Contents::Unloaded => {
+                return Ok(Outcome::skip(Status::Refused, from, "not readable"));
+            }
+        };
+        // The target.
+        let target = match plan.op {
+            Op::Rekey => {
+                if !matches!(io.rule, crate::stack::access::RuleKey::Transform(_)) {
+                    return Ok(Outcome::skip(
+                        Status::NoRule,
+                        from,
+                        "no data transformation rule covers this file",
+                    ));
+                }
+                match io.key_for_new() {
+                    Ok(Some(k)) => Some(k),
+                    Ok(None) => None,
+                    Err(_) => {
+                        return Ok(Outcome::skip(Status::NoKey, from, "the transformation key is not available"));
+                    }
+                }
+            }
+            Op::Deep | Op::Shallow => {
+                let Some(o) = &old else {
+                    return Ok(Outcome::skip(Status::Clear, from, "stored as it is; nothing to rekey"));
+                };
+                let name = o.header.key_name.clone();
+                let Some((v, pk)) = io.keys.latest(&name) else {
+                    return Ok(Outcome::skip(Status::NoKey, from, format!("key {name} is not available")));
+                };
+                Some((name, v, pk, o.header.mode))
+            }
+        };
+        // Already there?
+        let current = match (&target, &old) {
+            (None, None) => !matches!(&*c, Contents::Empty) || lower == 0,
+            (Some((n, v, _, m)), Some(o)) => {
+                o.header.key_name == *n
+                    && o.header.key_version == *v
+                    && o.header.mode == *m
+                    && plan.op != Op::Deep
+            }
+            _ => false,
+        };
+        // A deep rekey of a file already at the newest version is done
+        // too (how a rerun resumes): only a file behind it is re-encrypted.
+        let current = current
+            || (plan.op == Op::Deep
+                && matches!((&target, &old), (Some((n, v, _, _)), Some(o))
+                    if o.header.key_name == *n && o.header.key_version == *v));
+        if current {
+            return Ok(Outcome {
+                status: Status::Current,
+                to: from.clone(),
+                from,
+                size,
+                lower_bytes: 0,
+                why: String::new(),
+            });
+        }
+        let shallow = plan.op == Op::Shallow;
+        let (tgt, to) = match &target {
+            None => (Target::Clear, "clear".to_owned()),
+            Some((name, version, pk, mode)) => {
+                let (header, dk) = if shallow {
+                    let o = old.as_ref().ok_or(Errno::EIO)?;
+                    let opk = io.keys.get(&o.header.key_name, o.header.key_version).ok_or(Errno::EIO)?;
+                    let h = o.header.rewrap(&opk, name, *version, pk).map_err(|e| {
+                        error!("secfs: {}: rewrap failed: {e}", io.node.display_path());
+                        Errno::EIO
+                    })?;
+                    let dk = h.unwrap_key(pk).map_err(|_| Errno::EIO)?;
+                    (h, dk)
+                } else {
+                    Header::create(*mode, name, *version, pk).map_err(|e| {
+                        error!("secfs: {}: header creation failed: {e}", io.node.display_path());
+                        Errno::EIO
+                    })?
+                };
+                let cipher = ContentCipher::for_header(&header, &dk).map_err(|_| Errno::EIO)?;
+                let to = format!("{name}:{version}:{}", mode.name());
+                (Target::Encrypted(Crypt { header, cipher }), to)
+            }
+        };
+        let (new_size, side_len, mode) = match &tgt {
+            Target::Clear => (size, size, None),
+            Target::Encrypted(t) => {
+                let new_size = t.cipher.layout().lower_size(PlainOff(size)).0;
+                let side_len = if shallow { HEADER_LEN as u64 } else { new_size };
+                (new_size, side_len, Some(t.header.mode))
+            }
+        };
+        let mut out = Outcome {
+            status: Status::WouldChange,
+            from,
+            to,
+            size,
+            lower_bytes: side_len,
+            why: String::new(),
+        };
+        if plan.scan {
+            return Ok(out);
+        }
+        // Space for the side file, with a margin for metadata.
+        if let Ok(st) = nix::sys::statvfs::fstatvfs(root) {
+            let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+            if free < side_len.saturating_add(1 << 20) {
+                out.status = Status::NoSpace;
+                out.why = format!("needs {side_len} bytes, {free} free");
+                return Ok(out);
+            }
+        }
+        let times = if plan.preserve_times {
+            nix::sys::stat::fstat(io.fd).ok()
+        } else {
+            None
+        };
+        // 1. The side file, durable.
+        let dir = side_dir(root).map_err(|why| {
+            error!("secfs: {}: {why}", io.node.display_path());
+            Errno::EIO
+        })?;
+        let st = nix::sys::stat::fstat(io.fd).map_err(|_| Errno::EIO)?;
+        let name = format!("{:x}-{:x}", st.st_dev, st.st_ino);
+        let side = open_side(
+            root,
+            &name,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC,
+        )
+        .map_err(|e| Errno(e as i32))?;
+        let written = match &tgt {
+            Target::Encrypted(t) if shallow => pwrite_all(side.as_fd(), &t.header.to_bytes(), 0),
+            _ => self.write_side(io, old.as_deref(), size, &tgt, side.as_fd()),
+        };
+        let synced = written.and_then(|()| {
+            nix::unistd::fsync(side.as_fd()).map_err(|e| Errno(e as i32))?;
+            nix::unistd::fsync(dir.as_fd()).map_err(|e| Errno(e as i32))
+        });
+        if let Err(e) = synced {
+            let _ = nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            if e == Errno(libc::ENOSPC) {
+                out.status = Status::NoSpace;
+                out.why = "the disk filled up while writing the side file".into();
+                return Ok(out);
+            }
+            return Err(e);
+        }
+        // 2. The intent, durable.
+        let intent = Intent {
+            side_len,
+            new_size,
+            mode,
+            side: name,
+        };
+        sys::fsetxattr(io.fd, XFORM_XATTR, &intent.encode())?;
+        nix::unistd::fsync(io.fd).map_err(|e| Errno(e as i32))?;
+        // 3. Copy back, durable; 4. drop the record and the side file.
+        let done = copy_back(io.fd, side.as_fd(), &intent)
+            .and_then(|()| finish_record(io.fd, root, &intent));
+        if let Err(why) = done {
+            // The record stays: the next open finishes it.
+            error!("secfs: {}: transformation left to finish: {why}", io.node.display_path());
+            *c = Contents::Unloaded;
+            return Err(Errno::EIO);
+        }
+        if let Some(st) = times {
+            let at = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
+            let mt = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            let _ = nix::sys::stat::futimens(io.fd, &at, &mt);
+        }
+        *c = match tgt {
+            Target::Clear => {
+                io.node.set_class(Class::Plain);
+                Contents::Plain
+            }
+            Target::Encrypted(t) => {
+                io.node.set_class(class_of_mode(t.header.mode));
+                Contents::Encrypted(Arc::new(t), size)
+            }
+        };
+        out.status = Status::Done;
+        Ok(out)
+    }
+
+    /// Write the whole new lower file (`size` plaintext bytes, read from
+    /// the file as `old` describes) to `side`.
+    fn write_side(
+        &self,
+        io: &Io<'_>,
+        old: Option<&Crypt>,
+        size: u64,
+        tgt: &Target,
+        side: BorrowedFd<'_>,
+    ) -> VfsResult<()> {
+        let crypt = match tgt {
+            Target::Clear => None,
+            Target::Encrypted(t) => Some(t),
+        };
+        if let Some(t) = crypt {
+            pwrite_all(side, &t.header.to_bytes(), 0)?;
+        }
+        let layout = crypt.map(|t| *t.cipher.layout());
+        let step = layout.map_or(Layout::of(Mode::Xts).unit_plain_len(), |l| l.unit_plain_len())
+            * CHUNK_UNITS;
+        let mut plain = vec![0u8; step];
+        let mut lower = vec![0u8; Layout::of(Mode::Gcm).run_lower_len(step).max(step + 4096)];
+        let mut off = 0u64;
+        while off < size {
+            let n = ((size - off) as usize).min(step);
+            read_plain(io, old, size, off, &mut plain[..n])?;
+            match (crypt, layout) {
+                (Some(t), Some(l)) => {
+                    let first = l.unit_of(PlainOff(off)).0;
+                    let ll = l.run_lower_len(n);
+                    file::encrypt(t, first, &plain[..n], &mut lower[..ll])?;
+                    pwrite_all(side, &lower[..ll], l.unit_lower_start(first).0)?;
+                }
+                _ => pwrite_all(side, &plain[..n], off)?,
+            }
+            off += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Plaintext `off..off + out.len()` of a file: its lower bytes (stored as
+/// is) or decrypted with `old`.
+fn read_plain(
+    io: &Io<'_>,
+    old: Option<&Crypt>,
+    size: u64,
+    off: u64,
+    out: &mut [u8],
+) -> VfsResult<()> {
+    let Some(c) = old else {
+        let n = pread_full(io.fd, out, off)?;
+        out[n..].fill(0);
+        return Ok(());
+    };
+    let l = *c.cipher.layout();
+    let (first, _) = l.unit_of(PlainOff(off));
+    let end = off + out.len() as u64;
+    let (last, _) = l.unit_of(PlainOff(end - 1));
+    let run_start = l.unit_plain_start(first).0;
+    let run_end = l.unit_plain_start(UnitNo(last.0 + 1)).0.min(size);
+    let lower_len = l.run_lower_len((run_end - run_start) as usize);
+    let mut lower = vec![0u8; lower_len];
+    let got = pread_full(io.fd, &mut lower, l.unit_lower_start(first).0)?;
+    lower[got..].fill(0);
+    let mut plain = vec![0u8; (run_end - run_start) as usize];
+    file::decrypt(io.node, c, first, &lower, &mut plain)?;
+    let s = (off - run_start) as usize;
+    out.copy_from_slice(&plain[s..s + out.len()]);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intent_records_round_trip_and_misfits_are_refused() {
+        let i = Intent {
+            side_len: 8192,
+            new_size: 8192,
+            mode: Some(Mode::Gcm),
+            side: "801-2a".into(),
+        };
+        assert_eq!(Intent::parse(&i.encode()).unwrap(), i);
+        let c = Intent {
+            mode: None,
+            ..i
+        };
+        assert_eq!(Intent::parse(&c.encode()).unwrap(), c);
+        let mut bad = c.encode();
+        bad[0] = b'x';
+        assert!(Intent::parse(&bad).is_err());
+        let mut bad = c.encode();
+        bad.push(b'/');
+        assert!(Intent::parse(&bad).is_err());
+        let evil = Intent {
+            side: "../x".into(),
+            ..c
+        };
+        assert!(Intent::parse(&evil.encode()).is_err());
+        assert!(Intent::parse(&[]).is_err());
+    }
+}
