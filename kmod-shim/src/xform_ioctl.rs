@@ -207,6 +207,13 @@ mod tests {
         let mut bad = r.encode().unwrap();
         bad[OP] = 9;
         assert!(Request::decode(&bad).is_err());
-        assert!(Request { name: b"a/b".to_vec(), ..r }.encode().is_err());
+        assert!(
+            Request {
+                name: b"a/b".to_vec(),
+                ..r
+            }
+            .encode()
+            .is_err()
+        );
     }
 }

@@ -493,10 +493,7 @@ impl CompiledPolicy {
             let Some(pos) = key_rules.iter().position(|k| k.resource == resource) else {
                 return Err(PolicyError::TransformWithoutKeyRule {
                     at,
-                    resource_set: t
-                        .resource_set_id
-                        .clone()
-                        .unwrap_or_else(|| "(none)".into()),
+                    resource_set: t.resource_set_id.clone().unwrap_or_else(|| "(none)".into()),
                 });
             };
             if let Some(first) = &paired[pos] {

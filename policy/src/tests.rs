@@ -1658,7 +1658,10 @@ fn malformed_transformation_rules_are_rejected() {
             { "resource_set_id": "rs", "key_id": "k3" }
         ])
     });
-    assert!(matches!(e, PolicyError::DuplicateTransformRule { .. }), "{e}");
+    assert!(
+        matches!(e, PolicyError::DuplicateTransformRule { .. }),
+        "{e}"
+    );
     let e = reject(|v| {
         v["data_transform_rules"] = json!([ { "resource_set_id": "nope", "key_id": "k2" } ])
     });

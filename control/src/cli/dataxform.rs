@@ -47,8 +47,6 @@ const USAGE_TEXT: &str = "usage: dataxform --rekey|--shallow|--deep --gp PATH [-
   --json                    one JSON object per line (files, progress, summary)
 Exit codes: 0 every file transformed or already done, 1 some skipped or failed, 2 usage, 3 not root.";
 
-/// FUSE's `f_type` (`statfs`).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Attempts for a file in use before it is reported and skipped.
 const IN_USE_ATTEMPTS: u32 = 3;
 
@@ -217,16 +215,18 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         return Ok(());
     };
     require_root()?;
-    let gp = o
-        .gp
-        .canonicalize()
-        .map_err(|e| Failure(FAILED, format!("{}: {e}", o.gp.display())))?;
+    let gp =
+        o.gp.canonicalize()
+            .map_err(|e| Failure(FAILED, format!("{}: {e}", o.gp.display())))?;
     match nix::sys::statfs::statfs(&gp) {
-        Ok(st) if st.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC => {}
+        Ok(st) if st.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC => {}
         Ok(_) => {
             return Err(Failure(
                 FAILED,
-                format!("{} is not a guarded GuardPoint (secfs is not mounted on it)", gp.display()),
+                format!(
+                    "{} is not a guarded GuardPoint (secfs is not mounted on it)",
+                    gp.display()
+                ),
             ));
         }
         Err(e) => return Err(Failure(FAILED, format!("{}: {e}", gp.display()))),
@@ -280,8 +280,8 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
     for (path, why) in &problems {
         t.skipped.push((path.clone(), why.clone()));
     }
-    let flags = (if o.scan { SCAN } else { 0 })
-        | (if o.preserve_times { PRESERVE_TIMES } else { 0 });
+    let flags =
+        (if o.scan { SCAN } else { 0 }) | (if o.preserve_times { PRESERVE_TIMES } else { 0 });
     let mut dir_fd: Option<(PathBuf, OwnedFd)> = None;
     let mut last_progress = Instant::now();
     let n_files = files.len();
@@ -292,7 +292,8 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
             match open_dir(&f.dir) {
                 Ok(fd) => dir_fd = Some((f.dir.clone(), fd)),
                 Err(e) => {
-                    t.skipped.push((path, format!("cannot open its directory: {e}")));
+                    t.skipped
+                        .push((path, format!("cannot open its directory: {e}")));
                     continue;
                 }
             }
@@ -342,7 +343,8 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         if let Some(b) = &bar {
             b.inc(f.size);
             b.set_message(format!("{}/{} files", i + 1, n_files));
-        } else if o.json && (last_progress.elapsed() >= Duration::from_secs(1) || i + 1 == n_files) {
+        } else if o.json && (last_progress.elapsed() >= Duration::from_secs(1) || i + 1 == n_files)
+        {
             last_progress = Instant::now();
             emit(&json!({
                 "event": "progress",
@@ -366,7 +368,10 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
                 ask: Ask::Cleanup { before: wall_start },
                 flags: 0,
             };
-            match open_dir(&gp).map_err(|e| e.to_string()).and_then(|d| ask(&d, &req)) {
+            match open_dir(&gp)
+                .map_err(|e| e.to_string())
+                .and_then(|d| ask(&d, &req))
+            {
                 Ok(out) => cleaned = Some(out.size),
                 Err(why) => t.skipped.push((gp.clone(), format!("cleanup: {why}"))),
             }

@@ -201,7 +201,10 @@ fn load_keys(a: &MountArgs) -> Result<StaticKeys, String> {
             .filter(|(n, f)| !n.is_empty() && !f.is_empty())
             .ok_or_else(bad)?;
         let (head, mode) = match head.split_once(':') {
-            Some((h, m)) => (h, Some(m.parse::<Mode>().map_err(|e| format!("{}: {e}", bad()))?)),
+            Some((h, m)) => (
+                h,
+                Some(m.parse::<Mode>().map_err(|e| format!("{}: {e}", bad()))?),
+            ),
             None => (head, None),
         };
         let (name, version) = match head.split_once('@') {

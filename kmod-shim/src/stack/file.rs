@@ -224,7 +224,9 @@ impl Io<'_> {
 
     /// The key new contents are encrypted with, and their mode: `None`
     /// where new contents are stored as they are.
-    pub(crate) fn key_for_new(&self) -> VfsResult<Option<(String, u32, Arc<guardfs_crypto::PolicyKey>, Mode)>> {
+    pub(crate) fn key_for_new(
+        &self,
+    ) -> VfsResult<Option<NewKey>> {
         let gp_mode = if self.mode == Mode::Clear {
             Mode::Xts
         } else {
@@ -277,6 +279,9 @@ pub fn verbatim(rule: &RuleKey, mode: Mode, keys: &dyn KeySource) -> bool {
         RuleKey::Transform(_) => false,
     }
 }
+
+/// The key new contents are encrypted with: name, version, key, mode.
+pub(crate) type NewKey = (String, u32, Arc<guardfs_crypto::PolicyKey>, Mode);
 
 /// What [`FileState::load`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1345,7 +1350,13 @@ impl FileState {
     }
 }
 
-pub(super) fn decrypt(node: &Node, c: &Crypt, first: UnitNo, lower: &[u8], plain: &mut [u8]) -> VfsResult<()> {
+pub(super) fn decrypt(
+    node: &Node,
+    c: &Crypt,
+    first: UnitNo,
+    lower: &[u8],
+    plain: &mut [u8],
+) -> VfsResult<()> {
     c.cipher.decrypt(first, lower, plain).map_err(|e| {
         error!("secfs: {}: {e} (EIO)", node.display_path());
         Errno::EIO

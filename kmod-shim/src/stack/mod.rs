@@ -489,7 +489,10 @@ impl Stack {
                     ));
                 }
                 Err(_) => {
-                    return Ok(skip(xform::Status::Refused, "the policy denies key_op here"));
+                    return Ok(skip(
+                        xform::Status::Refused,
+                        "the policy denies key_op here",
+                    ));
                 }
             },
         };
@@ -1582,8 +1585,8 @@ impl VnodeOps for Stack {
                 if node.ino != Ino::ROOT {
                     return Err(Errno::EINVAL);
                 }
-                let removed = xform::cleanup(self.root_fd.as_fd(), before)
-                    .map_err(|_| Errno::EIO)?;
+                let removed =
+                    xform::cleanup(self.root_fd.as_fd(), before).map_err(|_| Errno::EIO)?;
                 xform::Outcome {
                     status: xform::Status::Done,
                     from: String::new(),

@@ -25,8 +25,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode as Perm;
 
 use crate::stack::file::{
-    self, Contents, Crypt, FileState, Io, Load, MODE_XATTR, class_of_mode, lower_size,
-    pread_full, pwrite_all,
+    self, Contents, Crypt, FileState, Io, Load, MODE_XATTR, class_of_mode, lower_size, pread_full,
+    pwrite_all,
 };
 use crate::stack::nodes::Class;
 use crate::sys;
@@ -112,7 +112,7 @@ impl Outcome {
 /// The target of a transformation.
 enum Target {
     Clear,
-    Encrypted(Crypt),
+    Encrypted(Box<Crypt>),
 }
 
 /// The intent record, as stored.
@@ -169,6 +169,22 @@ impl Intent {
             mode,
             side: side.to_owned(),
         })
+    }
+}
+
+/// Test hook: `GUARDFS_TEST_XFORM_ABORT=PHASE` in secfs's environment makes
+/// it abort (as `kill -9` would, at a chosen instant) when a
+/// transformation reaches `PHASE`: `side` (side file durable, no record),
+/// `intent` (record durable, file untouched), `copy` (part of the copy
+/// back written), `record` (copy back durable, record still there). The
+/// crash tests use it to reach each instant for certain; random kills
+/// cover the rest.
+fn crash_point(phase: &str) {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let wanted = WANTED.get_or_init(|| std::env::var("GUARDFS_TEST_XFORM_ABORT").ok());
+    if wanted.as_deref() == Some(phase) {
+        error!("secfs: aborting at transformation phase {phase} (GUARDFS_TEST_XFORM_ABORT)");
+        std::process::abort();
     }
 }
 
@@ -270,6 +286,9 @@ fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Resul
         }
         pwrite_all(fd, &buf[..n], off).map_err(|e| io_err("copying back", e))?;
         off += n as u64;
+        if off < intent.side_len || off > HEADER_LEN as u64 {
+            crash_point("copy");
+        }
     }
     nix::unistd::ftruncate(fd, intent.new_size as i64).map_err(|e| io_err("resizing", e))?;
     match intent.mode {
@@ -281,7 +300,9 @@ fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Resul
             Err(e) => return Err(io_err("removing the mode marker", e)),
         },
     }
-    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))
+    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
+    crash_point("record");
+    Ok(())
 }
 
 /// The file holds its new bytes durably: drop the record (durably, so a
@@ -319,11 +340,20 @@ pub fn cleanup(root: BorrowedFd<'_>, before: u64) -> Result<u64, String> {
         if name == b"." || name == b".." {
             continue;
         }
-        let Ok(st) = nix::sys::stat::fstatat(&dfd, ent.file_name(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        let Ok(st) = nix::sys::stat::fstatat(
+            &dfd,
+            ent.file_name(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
             continue;
         };
         if (st.st_mtime as u64) < before
-            && nix::unistd::unlinkat(&dfd, ent.file_name(), nix::unistd::UnlinkatFlags::NoRemoveDir).is_ok()
+            && nix::unistd::unlinkat(
+                &dfd,
+                ent.file_name(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )
+            .is_ok()
         {
             removed += 1;
         }
@@ -370,11 +400,18 @@ impl FileState {
     ) -> VfsResult<Outcome> {
         let mut c = self.write_contents();
         if busy() {
-            return Ok(Outcome::skip(Status::InUse, describe(&c), "open without secfs (passthrough)"));
+            return Ok(Outcome::skip(
+                Status::InUse,
+                describe(&c),
+                "open without secfs (passthrough)",
+            ));
         }
         // Anything a crash left half done is finished first.
         match finish(io.fd, root) {
-            Ok(true) => info!("secfs: {}: finished an interrupted transformation", io.node.display_path()),
+            Ok(true) => info!(
+                "secfs: {}: finished an interrupted transformation",
+                io.node.display_path()
+            ),
             Ok(false) => {}
             Err(why) => {
                 error!("secfs: {}: {why}", io.node.display_path());
@@ -408,17 +445,29 @@ impl FileState {
                     Ok(Some(k)) => Some(k),
                     Ok(None) => None,
                     Err(_) => {
-                        return Ok(Outcome::skip(Status::NoKey, from, "the transformation key is not available"));
+                        return Ok(Outcome::skip(
+                            Status::NoKey,
+                            from,
+                            "the transformation key is not available",
+                        ));
                     }
                 }
             }
             Op::Deep | Op::Shallow => {
                 let Some(o) = &old else {
-                    return Ok(Outcome::skip(Status::Clear, from, "stored as it is; nothing to rekey"));
+                    return Ok(Outcome::skip(
+                        Status::Clear,
+                        from,
+                        "stored as it is; nothing to rekey",
+                    ));
                 };
                 let name = o.header.key_name.clone();
                 let Some((v, pk)) = io.keys.latest(&name) else {
-                    return Ok(Outcome::skip(Status::NoKey, from, format!("key {name} is not available")));
+                    return Ok(Outcome::skip(
+                        Status::NoKey,
+                        from,
+                        format!("key {name} is not available"),
+                    ));
                 };
                 Some((name, v, pk, o.header.mode))
             }
@@ -456,7 +505,10 @@ impl FileState {
             Some((name, version, pk, mode)) => {
                 let (header, dk) = if shallow {
                     let o = old.as_ref().ok_or(Errno::EIO)?;
-                    let opk = io.keys.get(&o.header.key_name, o.header.key_version).ok_or(Errno::EIO)?;
+                    let opk = io
+                        .keys
+                        .get(&o.header.key_name, o.header.key_version)
+                        .ok_or(Errno::EIO)?;
                     let h = o.header.rewrap(&opk, name, *version, pk).map_err(|e| {
                         error!("secfs: {}: rewrap failed: {e}", io.node.display_path());
                         Errno::EIO
@@ -465,13 +517,16 @@ impl FileState {
                     (h, dk)
                 } else {
                     Header::create(*mode, name, *version, pk).map_err(|e| {
-                        error!("secfs: {}: header creation failed: {e}", io.node.display_path());
+                        error!(
+                            "secfs: {}: header creation failed: {e}",
+                            io.node.display_path()
+                        );
                         Errno::EIO
                     })?
                 };
                 let cipher = ContentCipher::for_header(&header, &dk).map_err(|_| Errno::EIO)?;
                 let to = format!("{name}:{version}:{}", mode.name());
-                (Target::Encrypted(Crypt { header, cipher }), to)
+                (Target::Encrypted(Box::new(Crypt { header, cipher })), to)
             }
         };
         let (new_size, side_len, mode) = match &tgt {
@@ -495,7 +550,7 @@ impl FileState {
         }
         // Space for the side file, with a margin for metadata.
         if let Ok(st) = nix::sys::statvfs::fstatvfs(root) {
-            let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
             if free < side_len.saturating_add(1 << 20) {
                 out.status = Status::NoSpace;
                 out.why = format!("needs {side_len} bytes, {free} free");
@@ -514,12 +569,8 @@ impl FileState {
         })?;
         let st = nix::sys::stat::fstat(io.fd).map_err(|_| Errno::EIO)?;
         let name = format!("{:x}-{:x}", st.st_dev, st.st_ino);
-        let side = open_side(
-            root,
-            &name,
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC,
-        )
-        .map_err(|e| Errno(e as i32))?;
+        let side = open_side(root, &name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC)
+            .map_err(|e| Errno(e as i32))?;
         let written = match &tgt {
             Target::Encrypted(t) if shallow => pwrite_all(side.as_fd(), &t.header.to_bytes(), 0),
             _ => self.write_side(io, old.as_deref(), size, &tgt, side.as_fd()),
@@ -529,7 +580,8 @@ impl FileState {
             nix::unistd::fsync(dir.as_fd()).map_err(|e| Errno(e as i32))
         });
         if let Err(e) = synced {
-            let _ = nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ =
+                nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
             if e == Errno(libc::ENOSPC) {
                 out.status = Status::NoSpace;
                 out.why = "the disk filled up while writing the side file".into();
@@ -537,6 +589,7 @@ impl FileState {
             }
             return Err(e);
         }
+        crash_point("side");
         // 2. The intent, durable.
         let intent = Intent {
             side_len,
@@ -546,12 +599,16 @@ impl FileState {
         };
         sys::fsetxattr(io.fd, XFORM_XATTR, &intent.encode())?;
         nix::unistd::fsync(io.fd).map_err(|e| Errno(e as i32))?;
+        crash_point("intent");
         // 3. Copy back, durable; 4. drop the record and the side file.
         let done = copy_back(io.fd, side.as_fd(), &intent)
             .and_then(|()| finish_record(io.fd, root, &intent));
         if let Err(why) = done {
             // The record stays: the next open finishes it.
-            error!("secfs: {}: transformation left to finish: {why}", io.node.display_path());
+            error!(
+                "secfs: {}: transformation left to finish: {why}",
+                io.node.display_path()
+            );
             *c = Contents::Unloaded;
             return Err(Errno::EIO);
         }
@@ -567,7 +624,7 @@ impl FileState {
             }
             Target::Encrypted(t) => {
                 io.node.set_class(class_of_mode(t.header.mode));
-                Contents::Encrypted(Arc::new(t), size)
+                Contents::Encrypted(Arc::new(*t), size)
             }
         };
         out.status = Status::Done;
@@ -592,8 +649,9 @@ impl FileState {
             pwrite_all(side, &t.header.to_bytes(), 0)?;
         }
         let layout = crypt.map(|t| *t.cipher.layout());
-        let step = layout.map_or(Layout::of(Mode::Xts).unit_plain_len(), |l| l.unit_plain_len())
-            * CHUNK_UNITS;
+        let step = layout.map_or(Layout::of(Mode::Xts).unit_plain_len(), |l| {
+            l.unit_plain_len()
+        }) * CHUNK_UNITS;
         let mut plain = vec![0u8; step];
         let mut lower = vec![0u8; Layout::of(Mode::Gcm).run_lower_len(step).max(step + 4096)];
         let mut off = 0u64;
@@ -659,10 +717,7 @@ mod tests {
             side: "801-2a".into(),
         };
         assert_eq!(Intent::parse(&i.encode()).unwrap(), i);
-        let c = Intent {
-            mode: None,
-            ..i
-        };
+        let c = Intent { mode: None, ..i };
         assert_eq!(Intent::parse(&c.encode()).unwrap(), c);
         let mut bad = c.encode();
         bad[0] = b'x';

@@ -1,0 +1,709 @@
+//! `dataxform` end to end: real secfs mounts (standalone, keys from key
+//! files), real files of every awkward kind, the transformation through
+//! the mount, and every file checked (contents, mode, owner, times, link
+//! count, xattrs) after each step, after a remount under the final policy,
+//! and after secfs is killed at random instants of a transformation.
+//! Needs root and /dev/fuse (CI has both).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{VORADMIN, secfs_bin, text, wait_until};
+
+/// A seeded generator (xorshift64*), so every run of a seed is the same.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn dataxform_bin(base: &Path) -> PathBuf {
+    let p = base.join("dataxform");
+    if !p.exists() {
+        std::os::unix::fs::symlink(VORADMIN, &p).unwrap();
+    }
+    p
+}
+
+/// A standalone GuardPoint: a directory, key files, a policy file.
+struct Gp {
+    base: tempfile::TempDir,
+    dir: PathBuf,
+    pid: Option<u32>,
+}
+
+impl Gp {
+    fn new() -> Gp {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (CI runs as root)"
+        );
+        let base = tempfile::Builder::new()
+            .prefix("guardfs-xform")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = base.path().join("gp");
+        fs::create_dir(&dir).unwrap();
+        for k in ["k", "k2", "kv2", "kv3"] {
+            let o = Command::new(secfs_bin())
+                .args(["genkey", base.path().join(k).to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+        }
+        Gp {
+            base,
+            dir,
+            pid: None,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.base.path().join(name).display().to_string()
+    }
+
+    /// Mount with `policy` (JSON) and `--key` specs (`NAME[@V][:MODE]=` +
+    /// a key file name in the base directory).
+    fn mount(&mut self, policy: &str, keys: &[(&str, &str)]) {
+        self.mount_env(policy, keys, &[]);
+    }
+
+    fn mount_env(&mut self, policy: &str, keys: &[(&str, &str)], env: &[(&str, &str)]) {
+        let p = self.base.path().join("policy.json");
+        fs::write(&p, policy).unwrap();
+        let mut args: Vec<String> = vec![
+            "mount".into(),
+            self.dir.display().to_string(),
+            "--mode".into(),
+            "xts".into(),
+            "--policy".into(),
+            p.display().to_string(),
+            "--log-file".into(),
+            self.base.path().join("secfs.log").display().to_string(),
+        ];
+        for (spec, file) in keys {
+            args.push("--key".into());
+            args.push(format!("{spec}={}", self.key(file)));
+        }
+        let o = Command::new(secfs_bin())
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount: {}\n{}", text(&o), self.log());
+        let out = String::from_utf8_lossy(&o.stdout);
+        let pid = out
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .expect("daemon pid");
+        self.pid = Some(pid);
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.base.path().join("secfs.log")).unwrap_or_default()
+    }
+
+    fn unmount(&mut self) {
+        let o = Command::new(secfs_bin())
+            .args(["umount", self.dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "umount: {}", text(&o));
+        if let Some(pid) = self.pid.take() {
+            wait_until("secfs exit", 20, || !alive(pid));
+        }
+    }
+
+    /// kill -9 secfs (if it still lives), then detach the dead mount.
+    fn kill9(&mut self) {
+        let pid = self.pid.take().expect("mounted");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        wait_until("secfs death", 20, || !alive(pid));
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+
+    /// The lower directory, through secfs's own fd on it.
+    fn lower(&self) -> PathBuf {
+        let pid = self.pid.expect("mounted");
+        for e in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            if fs::read_link(e.path()).is_ok_and(|t| t == self.dir) {
+                return e.path();
+            }
+        }
+        panic!("no lower fd in secfs {pid}");
+    }
+
+    fn dataxform(&self, args: &[&str]) -> Output {
+        let mut a = args.to_vec();
+        a.extend(["--gp", self.dir.to_str().unwrap()]);
+        Command::new(dataxform_bin(self.base.path()))
+            .args(&a)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Gp {
+    fn drop(&mut self) {
+        if self.pid.is_some() {
+            let _ = Command::new(secfs_bin())
+                .args(["umount", self.dir.to_str().unwrap(), "--lazy"])
+                .output();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn drop_caches() {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn policy(current: &str, transform: Option<&str>) -> String {
+    let t = transform
+        .map(|k| format!(r#", "data_transform_rules": [ {{ "key_id": "{k}" }} ]"#))
+        .unwrap_or_default();
+    format!(
+        r#"{{ "name": "xf", "security_rules": [
+      {{ "order_number": 1, "action": "key_op", "effect": "permit,applykey" }},
+      {{ "order_number": 2, "action": "all_ops", "effect": "permit,applykey" }} ],
+  "key_rules": [ {{ "key_id": "{current}" }} ]{t} }}"#
+    )
+}
+
+/// What a file must look like afterwards.
+#[derive(Debug, Clone, PartialEq)]
+struct Want {
+    data: Vec<u8>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    nlink: u64,
+    xattr: Option<Vec<u8>>,
+}
+
+/// Fill `dir` (a GuardPoint, through the mount, or a plain directory)
+/// with files of every awkward kind; returns what each must stay.
+fn populate(dir: &Path, rng: &mut Rng, many: usize) -> BTreeMap<PathBuf, Want> {
+    let mut names: Vec<(String, Vec<u8>)> = Vec::new();
+    for n in [
+        0usize,
+        1,
+        15,
+        16,
+        4067,
+        4068,
+        4069,
+        4095,
+        4096,
+        4097,
+        65536,
+        1 << 20,
+    ] {
+        names.push((format!("size-{n}"), rng.bytes(n)));
+    }
+    names.push((
+        "odd name with spaces, ünïcode\nand a newline".into(),
+        rng.bytes(777),
+    ));
+    names.push(("-dash".into(), b"dash\n".to_vec()));
+    names.push(("sub/deeper/leaf".into(), rng.bytes(9000)));
+    for i in 0..many {
+        let n = match rng.below(4) {
+            0 => rng.below(16) as usize,
+            1 => rng.below(5000) as usize,
+            2 => 4096 * rng.below(8) as usize + rng.below(3) as usize,
+            _ => rng.below(200_000) as usize,
+        };
+        names.push((format!("many/f{i:04}"), rng.bytes(n)));
+    }
+    for (name, data) in &names {
+        let p = dir.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+    }
+    // Sparse: a hole, then data.
+    let sparse = dir.join("sparse");
+    {
+        let f = fs::File::create(&sparse).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"tail after a hole", 3 << 20).unwrap();
+    }
+    // Owner, mode, xattr, a hard link across directories, a symlink.
+    let owned = dir.join("size-4097");
+    nix::unistd::chown(&owned, Some(1234.into()), Some(5678.into())).unwrap();
+    fs::set_permissions(&owned, fs::Permissions::from_mode(0o640)).unwrap();
+    xattr_set(&dir.join("size-1"), b"user.note", b"kept");
+    fs::hard_link(dir.join("size-4096"), dir.join("sub/link-to-4096")).unwrap();
+    std::os::unix::fs::symlink("size-1", dir.join("symlink")).unwrap();
+    // Old times everywhere, to see them kept.
+    let t = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+    let mut want = BTreeMap::new();
+    for e in walk(dir) {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &e,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+    for e in walk(dir) {
+        let m = fs::symlink_metadata(&e).unwrap();
+        if m.is_file() {
+            want.insert(e.strip_prefix(dir).unwrap().to_path_buf(), describe(&e));
+        }
+    }
+    want
+}
+
+fn xattr_set(p: &Path, name: &[u8], value: &[u8]) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer for the duration of the call.
+    let r = unsafe {
+        nix::libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {}", p.display());
+}
+
+fn xattr_get(p: &Path, name: &[u8]) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let r =
+        unsafe { nix::libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| {
+        buf.truncate(r as usize);
+        buf
+    })
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn describe(p: &Path) -> Want {
+    let m = fs::metadata(p).unwrap();
+    Want {
+        data: fs::read(p).unwrap(),
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        nlink: m.nlink(),
+        xattr: xattr_get(p, b"user.note"),
+    }
+}
+
+/// Every file as wanted (times only when `times`).
+fn check(dir: &Path, want: &BTreeMap<PathBuf, Want>, times: bool, when: &str) {
+    drop_caches();
+    for (rel, w) in want {
+        let mut got = describe(&dir.join(rel));
+        if !times {
+            got.mtime = w.mtime;
+        }
+        if got != *w {
+            let mut short = got.clone();
+            short.data.truncate(32);
+            let mut ws = w.clone();
+            ws.data.truncate(32);
+            panic!(
+                "{when}: {} differs (len {} vs {}):\n got {short:?}\nwant {ws:?}",
+                rel.display(),
+                got.data.len(),
+                w.data.len()
+            );
+        }
+    }
+    assert_eq!(
+        fs::read_link(dir.join("symlink")).unwrap(),
+        Path::new("size-1"),
+        "{when}: symlink"
+    );
+}
+
+/// The header's key name and version of a lower file, or `None` (clear).
+fn header_of(lower: &Path) -> Option<(String, u32, u8)> {
+    let b = fs::read(lower).ok()?;
+    if b.len() < 4096 || &b[..8] != b"GuardFS\0" {
+        return None;
+    }
+    let n = usize::from(b[11]);
+    let name = String::from_utf8_lossy(&b[16..16 + n]).into_owned();
+    let version = u32::from_le_bytes(b[12..16].try_into().unwrap());
+    Some((name, version, b[10]))
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}", text(o));
+    text(o)
+}
+
+#[test]
+fn encrypt_convert_and_decrypt_keep_every_file_as_it_was() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0001);
+    // Existing clear data, written before the directory is guarded.
+    let want = populate(&gp.dir, &mut rng, 40);
+
+    // 1. Encrypt: clear_key -> k (xts).
+    gp.mount(&policy("clear_key", Some("k")), &[("k:xts", "k")]);
+    check(&gp.dir, &want, true, "guarded, before the transformation");
+    let scan = ok(&gp.dataxform(&["--rekey", "--scan"]), "scan");
+    assert!(scan.contains("would be transformed"), "{scan}");
+    assert!(
+        header_of(&gp.lower().join("size-4096")).is_none(),
+        "scan changed a file"
+    );
+    let out = ok(
+        &gp.dataxform(&["--rekey", "-y", "--print_stat", "--preserve_modified_time"]),
+        "encrypt",
+    );
+    assert!(out.contains("Files transformed"), "{out}");
+    check(&gp.dir, &want, true, "after encrypting");
+    for rel in want.keys() {
+        let h = header_of(&gp.lower().join(rel));
+        assert_eq!(
+            h.as_ref().map(|h| (h.0.as_str(), h.2)),
+            Some(("k", 1)),
+            "{} not in k/xts",
+            rel.display()
+        );
+    }
+    // A second run finds nothing to do.
+    let again = ok(&gp.dataxform(&["--rekey", "-y", "--json"]), "rerun");
+    assert!(again.contains(r#""files_transformed":0"#), "{again}");
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k:xts", "k")]);
+    check(&gp.dir, &want, true, "remounted under k alone");
+    gp.unmount();
+
+    // 2. Convert: k (xts) -> k2 (gcm).
+    gp.mount(
+        &policy("k", Some("k2")),
+        &[("k:xts", "k"), ("k2:gcm", "k2")],
+    );
+    ok(
+        &gp.dataxform(&["--rekey", "-y", "--preserve_modified_time"]),
+        "convert",
+    );
+    check(&gp.dir, &want, true, "after converting to gcm");
+    let l = gp.lower().join("size-4096");
+    assert_eq!(header_of(&l).map(|h| h.2), Some(3), "not gcm");
+    assert_eq!(fs::metadata(&l).unwrap().len(), 8248, "gcm lower size");
+    gp.unmount();
+    gp.mount(&policy("k2", None), &[("k2:gcm", "k2")]);
+    check(&gp.dir, &want, true, "remounted under k2 alone");
+    gp.unmount();
+
+    // 3. Decrypt: k2 -> clear_key, and clean up.
+    gp.mount(&policy("k2", Some("clear_key")), &[("k2:gcm", "k2")]);
+    ok(
+        &gp.dataxform(&["--rekey", "-y", "--preserve_modified_time", "--cleanup"]),
+        "decrypt",
+    );
+    check(&gp.dir, &want, true, "after decrypting");
+    assert!(
+        !gp.lower().join(".guardfs-xform").exists(),
+        "--cleanup left the side directory"
+    );
+    gp.unmount();
+    // The plain directory holds the plaintext itself.
+    check(&gp.dir, &want, true, "unguarded, after decrypting");
+}
+
+#[test]
+fn shallow_and_deep_rekey_move_files_to_the_newest_version() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0002);
+    gp.mount(&policy("k", None), &[("k@1", "k")]);
+    let want = populate(&gp.dir, &mut rng, 10);
+    let lower_before = fs::read(gp.lower().join("size-65536")).unwrap();
+    gp.unmount();
+
+    // Shallow: v1 -> v2, only the header changes.
+    gp.mount(&policy("k", None), &[("k@1", "k"), ("k@2", "kv2")]);
+    ok(&gp.dataxform(&["--shallow", "-y"]), "shallow");
+    let lower_after = fs::read(gp.lower().join("size-65536")).unwrap();
+    assert_eq!(header_of(&gp.lower().join("size-65536")).unwrap().1, 2);
+    assert_eq!(
+        lower_before[4096..],
+        lower_after[4096..],
+        "shallow touched contents"
+    );
+    assert_ne!(lower_before[..4096], lower_after[..4096]);
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k@2", "kv2")]);
+    check(&gp.dir, &want, false, "after shallow rekey, v2 alone");
+    gp.unmount();
+
+    // Deep: v2 -> v3, new data key: every unit changes.
+    gp.mount(&policy("k", None), &[("k@2", "kv2"), ("k@3", "kv3")]);
+    ok(&gp.dataxform(&["--deep", "-y"]), "deep");
+    let deep = fs::read(gp.lower().join("size-65536")).unwrap();
+    assert_eq!(header_of(&gp.lower().join("size-65536")).unwrap().1, 3);
+    assert_ne!(
+        deep[4096..8192],
+        lower_after[4096..8192],
+        "deep kept the data key"
+    );
+    let rerun = ok(&gp.dataxform(&["--deep", "-y", "--json"]), "deep rerun");
+    assert!(rerun.contains(r#""files_transformed":0"#), "{rerun}");
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k@3", "kv3")]);
+    check(&gp.dir, &want, false, "after deep rekey, v3 alone");
+}
+
+#[test]
+fn transformation_needs_root_and_key_op_and_hides_its_files() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0003);
+    let want = populate(&gp.dir, &mut rng, 3);
+    // No key_op rule: everything refused, nothing changed.
+    let no_key_op = r#"{ "name": "xf", "security_rules": [
+        { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ],
+        "key_rules": [ { "key_id": "clear_key" } ],
+        "data_transform_rules": [ { "key_id": "k" } ] }"#;
+    gp.mount(no_key_op, &[("k", "k")]);
+    let o = gp.dataxform(&["--rekey", "-y"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("denies key_op"), "{}", text(&o));
+    assert!(header_of(&gp.lower().join("size-4096")).is_none());
+    // Not root: the ioctl is refused.
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(dataxform_bin(gp.base.path()))
+        .args(["--rekey", "-y", "--gp", gp.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    // Without a terminal, -y is required.
+    let o = gp.dataxform(&["--rekey"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    gp.unmount();
+
+    // The side directory is secfs's: invisible and untouchable.
+    gp.mount(&policy("clear_key", Some("k")), &[("k", "k")]);
+    fs::create_dir(gp.lower().join(".guardfs-xform")).unwrap();
+    fs::write(gp.lower().join(".guardfs-xform/x"), b"side").unwrap();
+    let names: Vec<_> = fs::read_dir(&gp.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(!names.iter().any(|n| n == ".guardfs-xform"), "{names:?}");
+    let side = gp.dir.join(".guardfs-xform");
+    assert_eq!(
+        fs::metadata(&side).unwrap_err().raw_os_error(),
+        Some(nix::libc::ENOENT)
+    );
+    assert_eq!(
+        fs::create_dir(&side).unwrap_err().raw_os_error(),
+        Some(nix::libc::EPERM)
+    );
+    assert_eq!(
+        fs::write(&side, b"x").unwrap_err().raw_os_error(),
+        Some(nix::libc::EPERM)
+    );
+    assert_eq!(
+        fs::rename(gp.dir.join("size-1"), &side)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(nix::libc::EPERM)
+    );
+    ok(&gp.dataxform(&["--rekey", "-y"]), "encrypt");
+    check(&gp.dir, &want, false, "after encrypting");
+}
+
+#[test]
+fn a_file_open_and_written_during_the_transformation_loses_no_write() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0004);
+    let _ = populate(&gp.dir, &mut rng, 20);
+    gp.mount(&policy("clear_key", Some("k")), &[("k", "k")]);
+    // A writer appends numbered records while the GuardPoint is encrypted.
+    let target = gp.dir.join("journal");
+    let writer = {
+        let target = target.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&target)
+                .unwrap();
+            for i in 0..3000u32 {
+                writeln!(f, "record {i:06} {}", "x".repeat((i % 97) as usize)).unwrap();
+                if i % 100 == 0 {
+                    f.sync_data().unwrap();
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        let o = gp.dataxform(&["--rekey", "-y"]);
+        assert!(o.status.code().is_some(), "{}", text(&o));
+    }
+    writer.join().unwrap();
+    ok(&gp.dataxform(&["--rekey", "-y"]), "final pass");
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k", "k")]);
+    let text = fs::read_to_string(&target).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3000);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("record {i:06} {}", "x".repeat(i % 97)));
+    }
+}
+
+/// kill -9 of secfs at random instants of a transformation, then a
+/// remount and the same command again: every file whole, in one key or
+/// the other, and finally all in the new one. `GUARDFS_XFORM_KILLS` sets
+/// the number of kill points (CI: a short run).
+#[test]
+fn killing_secfs_at_random_instants_loses_nothing() {
+    let kills: u64 = std::env::var("GUARDFS_XFORM_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0005);
+    let want = populate(&gp.dir, &mut rng, 150);
+    let pol = policy("clear_key", Some("k2"));
+    let keys = [("k2:gcm", "k2")];
+    for round in 0..kills {
+        gp.mount(&pol, &keys);
+        let mut child = Command::new(dataxform_bin(gp.base.path()))
+            .args(["--rekey", "-y", "--gp", gp.dir.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + rng.below(600)));
+        gp.kill9();
+        let _ = child.kill();
+        let _ = child.wait();
+        // After the crash: every file readable, whole, in either key.
+        gp.mount(&pol, &keys);
+        check(&gp.dir, &want, false, &format!("after kill {round}"));
+        gp.unmount();
+    }
+    gp.mount(&pol, &keys);
+    ok(
+        &gp.dataxform(&["--rekey", "-y", "--cleanup"]),
+        "finishing run",
+    );
+    for rel in want.keys() {
+        assert_eq!(
+            header_of(&gp.lower().join(rel)).map(|h| (h.0, h.2)),
+            Some(("k2".to_owned(), 3)),
+            "{}",
+            rel.display()
+        );
+    }
+    assert!(!gp.lower().join(".guardfs-xform").exists());
+    gp.unmount();
+    gp.mount(&policy("k2", None), &keys);
+    check(&gp.dir, &want, false, "under k2 alone");
+}
+
+/// secfs dies at each instant of the protocol for certain (the test hook
+/// `GUARDFS_TEST_XFORM_ABORT`): after the side file, after the record,
+/// in the middle of the copy back, before the record goes. Each time every
+/// file reads whole after a remount, and the same command finishes.
+#[test]
+fn secfs_dying_at_each_step_of_the_protocol_loses_nothing() {
+    for phase in ["side", "intent", "copy", "record"] {
+        let mut gp = Gp::new();
+        let mut rng = Rng(0x5eed_0006);
+        let want = populate(&gp.dir, &mut rng, 2);
+        let pol = policy("clear_key", Some("k"));
+        let keys = [("k:cbc-cs1", "k")];
+        gp.mount_env(&pol, &keys, &[("GUARDFS_TEST_XFORM_ABORT", phase)]);
+        let o = gp.dataxform(&["--rekey", "-y"]);
+        assert!(
+            !o.status.success(),
+            "{phase}: secfs did not die: {}",
+            text(&o)
+        );
+        assert!(
+            gp.log().contains("aborting at transformation phase"),
+            "{phase}"
+        );
+        gp.kill9();
+        gp.mount(&pol, &keys);
+        check(&gp.dir, &want, false, &format!("after dying at {phase}"));
+        let finished = gp.log().contains("finished an interrupted transformation");
+        assert_eq!(
+            finished,
+            phase != "side",
+            "{phase}: interrupted transformation finished on load: {finished}\n{}",
+            gp.log()
+        );
+        ok(
+            &gp.dataxform(&["--rekey", "-y", "--cleanup"]),
+            "finishing run",
+        );
+        assert!(
+            !gp.lower().join(".guardfs-xform").exists(),
+            "{phase}: side files left"
+        );
+        gp.unmount();
+        gp.mount(&policy("k", None), &keys);
+        check(&gp.dir, &want, false, &format!("{phase}: under k alone"));
+        gp.unmount();
+    }
+}
