@@ -224,9 +224,7 @@ impl Io<'_> {
 
     /// The key new contents are encrypted with, and their mode: `None`
     /// where new contents are stored as they are.
-    pub(crate) fn key_for_new(
-        &self,
-    ) -> VfsResult<Option<NewKey>> {
+    pub(crate) fn key_for_new(&self) -> VfsResult<Option<NewKey>> {
         let gp_mode = if self.mode == Mode::Clear {
             Mode::Xts
         } else {
