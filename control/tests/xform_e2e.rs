@@ -707,3 +707,67 @@ fn secfs_dying_at_each_step_of_the_protocol_loses_nothing() {
         gp.unmount();
     }
 }
+
+/// The agent's way: keys from vmd's local key store, the transformation
+/// policy through `voradmin policy apply`, a directory full of clear data
+/// guarded with it, `dataxform --rekey`, then the final policy.
+#[test]
+fn through_vmd_a_guarded_directory_of_clear_data_is_encrypted_in_place() {
+    let a = common::Agent::new();
+    a.start();
+    let dir = a.dir("data");
+    let mut rng = Rng(0x5eed_0007);
+    let want = populate(&dir, &mut rng, 10);
+    a.ok("voradmin", &["key", "create", "k_dx", "--mode", "gcm"]);
+    let pol = a.base.path().join("p.json");
+    // Keys the host does not know are refused with the policy.
+    fs::write(
+        &pol,
+        policy("clear_key", Some("k_nowhere")).replace("\"xf\"", "\"p_dx\""),
+    )
+    .unwrap();
+    let o = a.cmd("voradmin", &["policy", "apply", pol.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("k_nowhere"), "{}", text(&o));
+    fs::write(
+        &pol,
+        policy("clear_key", Some("k_dx")).replace("\"xf\"", "\"p_dx\""),
+    )
+    .unwrap();
+    a.ok("voradmin", &["policy", "apply", pol.to_str().unwrap()]);
+    let out = a.ok(
+        "voradmin",
+        &["guard", dir.to_str().unwrap(), "--policy", "p_dx"],
+    );
+    assert!(out.contains(": guarded"), "{out}");
+    check(&dir, &want, true, "guarded with the transformation policy");
+    let out = a.ok(
+        "dataxform",
+        &[
+            "--rekey",
+            "--gp",
+            dir.to_str().unwrap(),
+            "-y",
+            "--print_stat",
+            "--preserve_modified_time",
+        ],
+    );
+    assert!(out.contains("Files skipped:        0"), "{out}");
+    check(&dir, &want, true, "after dataxform");
+    let lower = a.lower(&dir, "size-4096");
+    assert_eq!(&lower[..8], b"GuardFS\0");
+    assert_eq!(lower[10], 3, "gcm, the key's mode");
+    // The final policy: k_dx alone.
+    fs::write(&pol, policy("k_dx", None).replace("\"xf\"", "\"p_dx\"")).unwrap();
+    a.ok("voradmin", &["policy", "apply", pol.to_str().unwrap()]);
+    check(&dir, &want, true, "under the final policy");
+    let logs: Vec<_> = fs::read_dir(a.base.path().join("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        logs.iter().any(|n| n.starts_with("vordxf")),
+        "no dataxform log: {logs:?}"
+    );
+}

@@ -351,6 +351,34 @@ impl Agent {
         Ok(())
     }
 
+    /// A policy with data transformation rules must name keys this host
+    /// knows (the local key store, or the key manager's list): `dataxform`
+    /// would otherwise find out file by file. Only checked while the key
+    /// store is open.
+    fn check_transform_keys(&self, json: &str) -> Result<(), String> {
+        let compiled = guardfs_policy::CompiledPolicy::from_json(json).map_err(err)?;
+        if !compiled.transforms() {
+            return Ok(());
+        }
+        let Some(store) = &self.keys else {
+            return Ok(());
+        };
+        let unknown: Vec<&str> = compiled
+            .key_names()
+            .filter(|n| {
+                store.get(n).is_none() && self.km.as_ref().is_none_or(|k| k.key_mode(n).is_none())
+            })
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "policy {} transforms with keys this host does not know: {} (create them with `voradmin key create NAME`)",
+            compiled.name(),
+            unknown.join(", ")
+        ))
+    }
+
     /// Write a blob (policy or host settings) to the blob directory under
     /// its digest.
     fn blob(&self, text: &str) -> Result<[u8; 32], String> {
@@ -575,6 +603,7 @@ impl Agent {
                 Ok(serde_json::to_value(info).map_err(err)?)
             }
             Request::PolicyApply { json } => {
+                self.check_transform_keys(&json)?;
                 let name = self.policies.apply(&json).map_err(err)?;
                 self.reload_policy(Some(&name))?;
                 Ok(json!({ "name": name }))

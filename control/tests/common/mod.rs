@@ -75,7 +75,7 @@ impl Agent {
         // The CTE names are the same binary under other names.
         let bin = base.path().join("bin");
         fs::create_dir(&bin).unwrap();
-        for name in ["voradmin", "secfsd", "vmsec"] {
+        for name in ["voradmin", "secfsd", "vmsec", "dataxform"] {
             std::os::unix::fs::symlink(VORADMIN, bin.join(name)).unwrap();
         }
         Agent { base, root, bin }
