@@ -44,10 +44,10 @@ for b in secfs vmd voradmin; do
     install -m 0755 "target/release/$b" "$BIN/$b.new" && mv -f "$BIN/$b.new" "$BIN/$b"
   fi
 done
-for alias in secfsd vmsec register_host vmutil; do
+for alias in secfsd vmsec register_host vmutil dataxform; do
   ln -sfn voradmin "$BIN/$alias"
 done
-for b in vmd voradmin secfsd vmsec register_host vmutil secfs; do
+for b in vmd voradmin secfsd vmsec register_host vmutil dataxform secfs; do
   ln -sfn "$BIN/$b" "/usr/local/bin/$b"
 done
 
