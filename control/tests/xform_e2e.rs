@@ -741,6 +741,33 @@ fn through_vmd_a_guarded_directory_of_clear_data_is_encrypted_in_place() {
     );
     assert!(out.contains(": guarded"), "{out}");
     check(&dir, &want, true, "guarded with the transformation policy");
+    // Progress is visible while it runs; a killed run shows as interrupted.
+    let mut child = Command::new(a.bin.join("dataxform"))
+        .args([
+            "--rekey",
+            "--gp",
+            dir.to_str().unwrap(),
+            "-y",
+            "--preserve_modified_time",
+        ])
+        .env("GUARDFS_ROOT", &a.root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("progress in voradmin xform status", 20, || {
+        a.ok("voradmin", &["xform", "status"])
+            .contains("In Progress")
+            || a.ok("voradmin", &["xform", "status"]).contains("Completed")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let st = a.ok("voradmin", &["--json", "xform", "status"]);
+    assert!(st.contains(dir.to_str().unwrap()), "{st}");
+    assert!(
+        st.contains("Interrupted") || st.contains("Completed"),
+        "{st}"
+    );
     let out = a.ok(
         "dataxform",
         &[
@@ -754,6 +781,17 @@ fn through_vmd_a_guarded_directory_of_clear_data_is_encrypted_in_place() {
     );
     assert!(out.contains("Files skipped:        0"), "{out}");
     check(&dir, &want, true, "after dataxform");
+    for (prog, args) in [
+        ("voradmin", &["xform", "status"][..]),
+        ("secfsd", &["-status", "xform"][..]),
+    ] {
+        let st = a.ok(prog, args);
+        assert!(
+            st.contains("Completed") && st.contains(dir.to_str().unwrap()),
+            "{prog}: {st}"
+        );
+        assert!(!st.contains("Completed with errors"), "{prog}: {st}");
+    }
     let lower = a.lower(&dir, "size-4096");
     assert_eq!(&lower[..8], b"GuardFS\0");
     assert_eq!(lower[10], 3, "gcm, the key's mode");

@@ -8,7 +8,7 @@ use super::{CmdResult, FAILED, Failure, USAGE, call, layout, password, require_r
 use crate::api::Request;
 
 const SECFSD_USAGE: &str =
-    "usage: secfsd -status guard [-v|-tree] | -status keys|auth|lockstat|logger|policy|pslist
+    "usage: secfsd -status guard [-v|-tree] | -status keys|auth|lockstat|logger|policy|pslist|xform
        secfsd -guard PATH | -unguard PATH | -version
        (options: --root DIR, --json)";
 
@@ -178,6 +178,12 @@ pub fn secfsd(args: Vec<String>) -> CmdResult {
                 ),
             };
             out(&v, text);
+            Ok(())
+        }
+        ["-status", "xform"] => {
+            let list = super::dataxform::statuses(&l);
+            let v = Value::Array(list.clone());
+            out(&v, super::dataxform::status_table(&list));
             Ok(())
         }
         ["-status", what, extra @ ..] => {

@@ -262,10 +262,25 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         if o.scan { " (scan)" } else { "" }
     ));
     let started = Instant::now();
-    let wall_start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let wall_start = unix_now();
+    let progress = Progress::new(&gp);
+    let record = |state: &str, files_done: usize, bytes_done: u64, t: &Tally| {
+        if o.scan {
+            return;
+        }
+        progress.write(json!({
+            "guard_point": gp.to_string_lossy(),
+            "operation": op_name(o.op),
+            "state": state,
+            "files_total": files.len(),
+            "files_done": files_done,
+            "bytes_total": total_bytes,
+            "bytes_done": bytes_done,
+            "files_transformed": t.changed,
+            "files_already_done": t.current,
+            "skipped": t.skipped.len(),
+        }));
+    };
     let bar = (!o.json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total_bytes);
         b.set_style(
@@ -284,8 +299,16 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         (if o.scan { SCAN } else { 0 }) | (if o.preserve_times { PRESERVE_TIMES } else { 0 });
     let mut dir_fd: Option<(PathBuf, OwnedFd)> = None;
     let mut last_progress = Instant::now();
+    let mut last_record = Instant::now();
     let n_files = files.len();
+    let mut bytes_done = 0u64;
+    record("In Progress", 0, 0, &t);
     for (i, f) in files.iter().enumerate() {
+        bytes_done += f.size;
+        if last_record.elapsed() >= Duration::from_secs(1) {
+            last_record = Instant::now();
+            record("In Progress", i, bytes_done - f.size, &t);
+        }
         let path = f.dir.join(&f.name);
         t.examined += 1;
         if dir_fd.as_ref().is_none_or(|(d, _)| *d != f.dir) {
@@ -350,7 +373,7 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
                 "event": "progress",
                 "files_done": i + 1,
                 "files_total": n_files,
-                "bytes_done": files[..=i].iter().map(|f| f.size).sum::<u64>(),
+                "bytes_done": bytes_done,
                 "bytes_total": total_bytes,
             }));
         }
@@ -379,6 +402,16 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
             eprintln!("dataxform: --cleanup not done: some files were not reached");
         }
     }
+    record(
+        if t.skipped.is_empty() {
+            "Completed"
+        } else {
+            "Completed with errors"
+        },
+        n_files,
+        total_bytes,
+        &t,
+    );
     summary(&o, &gp, &t, secs, cleaned);
     log.line(&format!(
         "end {} changed={} current={} untouched={} skipped={} bytes={} secs={secs:.1}",
@@ -508,6 +541,115 @@ fn summary(o: &Opts, gp: &Path, t: &Tally, secs: f64, cleaned: Option<u64>) {
     }
 }
 
+/// Progress for `voradmin xform status` and `secfsd -status xform`: one
+/// JSON file per GuardPoint in `<run_dir>/xform/`, replaced atomically
+/// about once a second and at the end. It stays after the run (and after a
+/// crash, where its pid is gone: `Interrupted`), saying how far it got.
+struct Progress {
+    path: Option<PathBuf>,
+    started: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn tag_of(gp: &Path) -> String {
+    gp.to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+impl Progress {
+    fn new(gp: &Path) -> Progress {
+        let path = super::layout(None).ok().and_then(|l| {
+            let dir = l.run_dir.join("xform");
+            std::fs::create_dir_all(&dir).ok()?;
+            Some(dir.join(format!("{}.json", tag_of(gp))))
+        });
+        Progress {
+            path,
+            started: unix_now(),
+        }
+    }
+
+    fn write(&self, v: serde_json::Value) {
+        let Some(p) = &self.path else { return };
+        let mut v = v;
+        v["pid"] = json!(std::process::id());
+        v["started"] = json!(self.started);
+        v["updated"] = json!(unix_now());
+        let _ = crate::state::write_atomic(p, v.to_string().as_bytes(), 0o600);
+    }
+}
+
+/// Every transformation's last progress record: `state` is `In Progress`,
+/// `Completed`, `Completed with errors`, or `Interrupted` (in progress,
+/// but its process is gone: run the same command again).
+pub fn statuses(layout: &crate::state::Layout) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(layout.run_dir.join("xform")) else {
+        return out;
+    };
+    let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let pid = v["pid"].as_u64().unwrap_or(0);
+        if v["state"] == "In Progress" && !Path::new(&format!("/proc/{pid}")).exists() {
+            v["state"] = json!("Interrupted");
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// The status table.
+pub fn status_table(list: &[serde_json::Value]) -> String {
+    if list.is_empty() {
+        return "No data transformations".into();
+    }
+    let w = list
+        .iter()
+        .map(|v| v["guard_point"].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    let mut lines = vec![format!(
+        "{:<w$}  {:<13}  {:<21}  {:>5}  {:>13}  {:>15}  Skipped",
+        "GuardPoint", "Operation", "Status", "Done", "Files", "Bytes"
+    )];
+    for v in list {
+        let pct = |done: &str, total: &str| {
+            let (d, t) = (
+                v[done].as_u64().unwrap_or(0),
+                v[total].as_u64().unwrap_or(0),
+            );
+            if t == 0 { 100 } else { d * 100 / t }
+        };
+        lines.push(format!(
+            "{:<w$}  {:<13}  {:<21}  {:>4}%  {:>13}  {:>15}  {}",
+            v["guard_point"].as_str().unwrap_or(""),
+            v["operation"].as_str().unwrap_or(""),
+            v["state"].as_str().unwrap_or(""),
+            pct("bytes_done", "bytes_total"),
+            format!("{}/{}", v["files_done"], v["files_total"]),
+            format!("{}/{}", v["bytes_done"], v["bytes_total"]),
+            v["skipped"],
+        ));
+    }
+    lines.join("\n")
+}
+
 /// The log in the agent's log directory (CTE: `vordxf_*.log`), when the
 /// agent is installed; lines carry no key material (names and versions).
 struct Log(Option<std::fs::File>);
@@ -517,12 +659,7 @@ impl Log {
         let Ok(layout) = super::layout(None) else {
             return Log(None);
         };
-        let tag: String = gp
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let path = layout.log_dir.join(format!("vordxf{tag}.log"));
+        let path = layout.log_dir.join(format!("vordxf{}.log", tag_of(gp)));
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

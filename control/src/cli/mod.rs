@@ -111,6 +111,16 @@ enum Cmd {
     Quickstart { dir: Option<String> },
     /// Unguard everything, stop secfs and vmd.
     Shutdown,
+    /// Data transformations (`dataxform`): their progress.
+    #[command(subcommand)]
+    Xform(XformCmd),
+}
+
+#[derive(Subcommand)]
+enum XformCmd {
+    /// Progress of every data transformation run on this host: running,
+    /// completed, completed with errors, or interrupted.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -293,6 +303,12 @@ pub fn voradmin(args: Vec<String>) -> CmdResult {
     let l = layout(cli.root.as_deref())?;
     let json = cli.json;
     match cli.cmd {
+        Cmd::Xform(XformCmd::Status) => {
+            let list = dataxform::statuses(&l);
+            print(json, &Value::Array(list.clone()), |_| {
+                dataxform::status_table(&list)
+            });
+        }
         Cmd::Key(k) => {
             let req = match k {
                 KeyCmd::Create {
