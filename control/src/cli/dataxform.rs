@@ -634,7 +634,7 @@ pub fn status_table(list: &[serde_json::Value]) -> String {
                 v[done].as_u64().unwrap_or(0),
                 v[total].as_u64().unwrap_or(0),
             );
-            if t == 0 { 100 } else { d * 100 / t }
+            (d * 100).checked_div(t).unwrap_or(100)
         };
         lines.push(format!(
             "{:<w$}  {:<13}  {:<21}  {:>4}%  {:>13}  {:>15}  {}",
