@@ -161,9 +161,12 @@ fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
-fn ask(dir: &OwnedFd, req: &Request) -> Result<Outcome, String> {
+/// One request; the outcome per name (`Err(errno)` for a name the request
+/// failed for), and the cleanup count.
+#[allow(clippy::type_complexity)]
+fn ask(dir: &OwnedFd, req: &Request) -> Result<(Vec<Result<Outcome, i32>>, u64), String> {
     let mut buf = req.encode().map_err(str::to_owned)?;
-    guardfs_shim::sys::ioctl_buf(dir.as_fd(), xform_ioctl::CMD, &mut buf).map_err(|e| {
+    guardfs_shim::sys::ioctl_buf(dir.as_fd(), xform_ioctl::CMD, &mut buf[..]).map_err(|e| {
         if e.0 == nix::libc::ENOTTY {
             "secfs does not know the transformation request (an older secfs?)".to_owned()
         } else if e.0 == nix::libc::EPERM {
@@ -172,7 +175,33 @@ fn ask(dir: &OwnedFd, req: &Request) -> Result<Outcome, String> {
             format!("ioctl failed: {}", nix::errno::Errno::from_raw(e.0).desc())
         }
     })?;
-    xform_ioctl::decode_outcome(&buf).map_err(str::to_owned)
+    xform_ioctl::decode_reply(&buf).map_err(str::to_owned)
+}
+
+/// Files of one directory sent in one request: at most this many bytes
+/// of contents (a larger file goes alone), so that no file waits long.
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// Consecutive files of `files` (sorted by directory) in batches.
+fn batches(files: &[Found]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < files.len() {
+        let mut end = start;
+        let (mut bytes, mut names) = (0u64, 0usize);
+        while end < files.len()
+            && files[end].dir == files[start].dir
+            && xform_ioctl::fits(end - start + 1, names + 1 + files[end].name.len())
+            && (end == start || bytes + files[end].size <= BATCH_BYTES)
+        {
+            bytes += files[end].size;
+            names += 1 + files[end].name.len();
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
 }
 
 fn status_name(s: Status) -> &'static str {
@@ -297,81 +326,114 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
     }
     let flags =
         (if o.scan { SCAN } else { 0 }) | (if o.preserve_times { PRESERVE_TIMES } else { 0 });
-    let mut dir_fd: Option<(PathBuf, OwnedFd)> = None;
     let mut last_progress = Instant::now();
     let mut last_record = Instant::now();
     let n_files = files.len();
     let mut bytes_done = 0u64;
     record("In Progress", 0, 0, &t);
-    for (i, f) in files.iter().enumerate() {
-        bytes_done += f.size;
+    let mut done_files = 0usize;
+    for range in batches(&files) {
         if last_record.elapsed() >= Duration::from_secs(1) {
             last_record = Instant::now();
-            record("In Progress", i, bytes_done - f.size, &t);
+            record("In Progress", done_files, bytes_done, &t);
         }
-        let path = f.dir.join(&f.name);
-        t.examined += 1;
-        if dir_fd.as_ref().is_none_or(|(d, _)| *d != f.dir) {
-            match open_dir(&f.dir) {
-                Ok(fd) => dir_fd = Some((f.dir.clone(), fd)),
-                Err(e) => {
-                    t.skipped
-                        .push((path, format!("cannot open its directory: {e}")));
-                    continue;
+        let batch = &files[range.clone()];
+        let dir = &batch[0].dir;
+        let dfd = match open_dir(dir) {
+            Ok(fd) => fd,
+            Err(e) => {
+                for f in batch {
+                    t.examined += 1;
+                    let why = format!("cannot open its directory: {e}");
+                    report(&o, &f.dir.join(&f.name), None, &why);
+                    t.skipped.push((f.dir.join(&f.name), why));
                 }
-            }
-        }
-        let Some((_, dfd)) = &dir_fd else { continue };
-        let req = Request {
-            name: f.name.as_bytes().to_vec(),
-            ask: Ask::File(o.op),
-            flags,
-        };
-        let mut attempt = 0;
-        let out = loop {
-            attempt += 1;
-            match ask(dfd, &req) {
-                Ok(out) if out.status == Status::InUse && attempt < IN_USE_ATTEMPTS => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                r => break r,
-            }
-        };
-        let out = match out {
-            Ok(out) => out,
-            Err(why) => {
-                t.skipped.push((path.clone(), why.clone()));
-                report(&o, &path, None, &why);
                 continue;
             }
         };
-        match out.status {
-            Status::Done | Status::WouldChange => {
-                t.changed += 1;
-                t.bytes += out.size;
-                t.needed = t.needed.max(out.lower_bytes);
+        // Files in use are asked for again, three attempts in all.
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut outcomes: Vec<Option<Result<Outcome, String>>> = vec![None; batch.len()];
+        for attempt in 1..=IN_USE_ATTEMPTS {
+            let req = Request {
+                ask: Ask::Files(o.op),
+                flags,
+                names: pending
+                    .iter()
+                    .map(|&k| batch[k].name.as_bytes().to_vec())
+                    .collect(),
+            };
+            let mut again = Vec::new();
+            match ask(&dfd, &req) {
+                Ok((results, _)) => {
+                    for (&k, r) in pending.iter().zip(results) {
+                        let r = r.map_err(|e| {
+                            format!("failed: {}", nix::errno::Errno::from_raw(e).desc())
+                        });
+                        if matches!(&r, Ok(out) if out.status == Status::InUse)
+                            && attempt < IN_USE_ATTEMPTS
+                        {
+                            again.push(k);
+                        }
+                        outcomes[k] = Some(r);
+                    }
+                }
+                Err(why) => {
+                    for &k in &pending {
+                        outcomes[k] = Some(Err(why.clone()));
+                    }
+                }
             }
-            Status::Current => t.current += 1,
-            Status::Clear | Status::NoRule | Status::NotRegular => t.untouched += 1,
-            _ => {}
+            if again.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            pending = again;
         }
-        if is_problem(out.status) {
-            let why = format!("{}: {}", status_name(out.status), out.why);
-            t.skipped.push((path.clone(), why));
+        for (f, out) in batch.iter().zip(outcomes) {
+            let path = f.dir.join(&f.name);
+            t.examined += 1;
+            done_files += 1;
+            bytes_done += f.size;
+            let out = match out.unwrap_or_else(|| Err("no answer".into())) {
+                Ok(out) => out,
+                Err(why) => {
+                    t.skipped.push((path.clone(), why.clone()));
+                    report(&o, &path, None, &why);
+                    continue;
+                }
+            };
+            match out.status {
+                Status::Done | Status::WouldChange => {
+                    t.changed += 1;
+                    t.bytes += out.size;
+                    t.needed = t.needed.max(out.lower_bytes);
+                }
+                Status::Current => t.current += 1,
+                Status::Clear | Status::NoRule | Status::NotRegular => t.untouched += 1,
+                _ => {}
+            }
+            if is_problem(out.status) {
+                let why = format!("{}: {}", status_name(out.status), out.why);
+                t.skipped.push((path.clone(), why));
+            }
+            if out.status == Status::Done {
+                log.line(&format!("{}: {} -> {}", path.display(), out.from, out.to));
+            }
+            report(&o, &path, Some(&out), "");
+            if let Some(b) = &bar {
+                b.inc(f.size);
+            }
         }
-        if out.status == Status::Done {
-            log.line(&format!("{}: {} -> {}", path.display(), out.from, out.to));
-        }
-        report(&o, &path, Some(&out), "");
         if let Some(b) = &bar {
-            b.inc(f.size);
-            b.set_message(format!("{}/{} files", i + 1, n_files));
-        } else if o.json && (last_progress.elapsed() >= Duration::from_secs(1) || i + 1 == n_files)
+            b.set_message(format!("{done_files}/{n_files} files"));
+        } else if o.json
+            && (last_progress.elapsed() >= Duration::from_secs(1) || done_files == n_files)
         {
             last_progress = Instant::now();
             emit(&json!({
                 "event": "progress",
-                "files_done": i + 1,
+                "files_done": done_files,
                 "files_total": n_files,
                 "bytes_done": bytes_done,
                 "bytes_total": total_bytes,
@@ -381,21 +443,20 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    drop(dir_fd);
     let secs = started.elapsed().as_secs_f64();
     let mut cleaned = None;
     if o.cleanup && !o.scan {
         if t.skipped.is_empty() {
             let req = Request {
-                name: b".".to_vec(),
                 ask: Ask::Cleanup { before: wall_start },
                 flags: 0,
+                names: Vec::new(),
             };
             match open_dir(&gp)
                 .map_err(|e| e.to_string())
                 .and_then(|d| ask(&d, &req))
             {
-                Ok(out) => cleaned = Some(out.size),
+                Ok((_, removed)) => cleaned = Some(removed),
                 Err(why) => t.skipped.push((gp.clone(), format!("cleanup: {why}"))),
             }
         } else {

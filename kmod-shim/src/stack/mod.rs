@@ -448,52 +448,96 @@ impl Stack {
         Err(Errno::EIO)
     }
 
-    /// `dataxform`'s request for the entry `req.name` of the directory
-    /// `dir`: root only, and the policy must permit `key_op` with the key
-    /// on the file's path.
-    fn transform_entry(
+    /// `dataxform`'s request for the entries `names` of the directory
+    /// `dir`, transformed as one batch (see `xform`): one result per name.
+    /// The ioctl checks that the caller is root; each file's path must be
+    /// permitted `key_op` with the key.
+    fn transform_names(
         &self,
         c: &Caller,
         dir: &Node,
-        req: &crate::xform_ioctl::Request,
-        op: xform::Op,
-    ) -> VfsResult<xform::Outcome> {
-        use crate::xform_ioctl::{PRESERVE_TIMES, SCAN};
-        if c.uid != 0 {
-            return Err(Errno::EPERM);
+        names: &[Vec<u8>],
+        plan: xform::Plan,
+    ) -> Vec<Result<xform::Outcome, i32>> {
+        let mut results: Vec<Option<Result<xform::Outcome, i32>>> = vec![None; names.len()];
+        let mut found = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match self.resolve_for_transform(c, dir, OsStr::from_bytes(name)) {
+                Ok(r) => found.push((i, r)),
+                Err(r) => results[i] = Some(r),
+            }
         }
-        let name = OsStr::from_bytes(&req.name);
-        check_name(name)?;
-        reserved(dir.ino, name, Errno::ENOENT)?;
-        let skip = |status, why: &str| xform::Outcome {
-            status,
-            from: String::new(),
-            to: String::new(),
-            size: 0,
-            lower_bytes: 0,
-            why: why.into(),
+        let items: Vec<xform::Item<'_>> = found
+            .iter()
+            .map(|(_, (node, fd, key))| xform::Item {
+                state: node.file().clone(),
+                io: self.io(node, fd.as_fd(), key),
+            })
+            .collect();
+        // Passthrough handles write the lower file without secfs.
+        let busy = |s: &Arc<file::FileState>| self.cfg.passthrough && self.open_anywhere(s);
+        let out = xform::transform_batch(&items, self.root_fd.as_fd(), plan, &busy);
+        drop(items);
+        for ((i, (node, _, _)), o) in found.iter().zip(out) {
+            if let Ok(o) = &o
+                && o.status == xform::Status::Done
+            {
+                log::info!(
+                    "secfs: {}: transformed {} -> {}",
+                    node.display_path(),
+                    o.from,
+                    o.to
+                );
+            }
+            results[*i] = Some(o.map_err(|e| e.0));
+            self.nodes.forget(node.ino, 1);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(libc::EIO)))
+            .collect()
+    }
+
+    /// The plaintext view's node of the regular file `name` in `dir` (one
+    /// lookup counted: the caller forgets it), opened for reading and
+    /// writing, with its key rule; or the outcome that skips it.
+    #[allow(clippy::type_complexity)]
+    fn resolve_for_transform(
+        &self,
+        c: &Caller,
+        dir: &Node,
+        name: &OsStr,
+    ) -> Result<(Arc<Node>, OwnedFd, RuleKey), Result<xform::Outcome, i32>> {
+        let skip = |status, why: &str| {
+            Err(Ok(xform::Outcome {
+                status,
+                from: String::new(),
+                to: String::new(),
+                size: 0,
+                lower_bytes: 0,
+                why: why.into(),
+            }))
         };
-        let path = self.child_path(dir, name)?;
-        let st = nix::sys::stat::fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if reserved(dir.ino, name, Errno::ENOENT).is_err() {
+            return Err(Err(libc::ENOENT));
+        }
+        let path = self.child_path(dir, name).map_err(|e| Err(e.0))?;
+        let st = nix::sys::stat::fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Err(e as i32))?;
         if FileKind::from_mode(st.st_mode) != FileKind::Regular {
-            return Ok(skip(xform::Status::NotRegular, "not a regular file"));
+            return skip(xform::Status::NotRegular, "not a regular file");
         }
         let grant = match self.cfg.access.generation() {
             0 => Grant::unrestricted(),
             _ => match self.cfg.access.check(c, &path, Action::KeyOp) {
                 Ok(g) if g.view == View::Plain => g,
                 Ok(_) => {
-                    return Ok(skip(
+                    return skip(
                         xform::Status::Refused,
                         "the policy permits key_op here without applykey",
-                    ));
+                    );
                 }
-                Err(_) => {
-                    return Ok(skip(
-                        xform::Status::Refused,
-                        "the policy denies key_op here",
-                    ));
-                }
+                Err(_) => return skip(xform::Status::Refused, "the policy denies key_op here"),
             },
         };
         // The plaintext view's node: the one whose contents state every
@@ -501,40 +545,26 @@ impl Stack {
         let entry = match self.do_lookup(dir, name, &grant.key) {
             Ok(e) => e,
             Err(e) => {
-                return Ok(skip(
+                return skip(
                     xform::Status::Refused,
                     &format!("lookup refused ({e:?}): a hard link under another key rule?"),
-                ));
-            }
-        };
-        let result = (|| {
-            let node = self.nodes.get(entry.ino)?;
-            if node.kind != FileKind::Regular {
-                return Ok(skip(xform::Status::NotRegular, "not a regular file"));
-            }
-            let fd = self.reopen(&node, OFlag::O_RDWR)?;
-            let io = self.io(&node, fd.as_fd(), &grant.key);
-            let plan = xform::Plan {
-                op,
-                scan: req.flags & SCAN != 0,
-                preserve_times: req.flags & PRESERVE_TIMES != 0,
-            };
-            let state = node.file().clone();
-            // Passthrough handles write the lower file without secfs.
-            let busy = || self.cfg.passthrough && self.open_anywhere(&state);
-            let out = state.transform(&io, self.root_fd.as_fd(), plan, busy)?;
-            if out.status == xform::Status::Done {
-                log::info!(
-                    "secfs: {}: transformed {} -> {}",
-                    node.display_path(),
-                    out.from,
-                    out.to
                 );
             }
-            Ok(out)
-        })();
-        self.nodes.forget(entry.ino, 1);
-        result
+        };
+        let opened = self.nodes.get(entry.ino).and_then(|node| {
+            if node.kind != FileKind::Regular {
+                return Err(Errno::EINVAL);
+            }
+            let fd = self.reopen(&node, OFlag::O_RDWR)?;
+            Ok((node, fd))
+        });
+        match opened {
+            Ok((node, fd)) => Ok((node, fd, grant.key)),
+            Err(e) => {
+                self.nodes.forget(entry.ino, 1);
+                Err(Err(e.0))
+            }
+        }
     }
 
     fn io<'a>(&'a self, node: &'a Node, fd: BorrowedFd<'a>, rule: &'a RuleKey) -> Io<'a> {
@@ -1565,10 +1595,17 @@ impl VnodeOps for Stack {
         input: &[u8],
         out_size: u32,
     ) -> VfsResult<(i32, Vec<u8>)> {
-        if cmd != crate::xform_ioctl::CMD || out_size as usize != crate::xform_ioctl::SIZE {
+        use crate::xform_ioctl::{self as xi, Ask};
+        if cmd != xi::CMD || out_size as usize != xi::SIZE {
             return Err(Errno::ENOTTY);
         }
-        let req = crate::xform_ioctl::Request::decode(input).map_err(|_| Errno::EINVAL)?;
+        let req = xi::Request::decode(input).map_err(|e| {
+            log::warn!(
+                "secfs: bad transformation request ({} bytes): {e}",
+                input.len()
+            );
+            Errno::EINVAL
+        })?;
         let h = self.handle(fh)?;
         let Handle::Dir { node, .. } = &*h else {
             return Err(Errno::ENOTTY);
@@ -1576,30 +1613,31 @@ impl VnodeOps for Stack {
         if node.ino != ino {
             return Err(Errno::EINVAL);
         }
-        let out = match req.ask {
-            crate::xform_ioctl::Ask::File(op) => self.transform_entry(c, node, &req, op)?,
-            crate::xform_ioctl::Ask::Cleanup { before } => {
-                if c.uid != 0 {
-                    return Err(Errno::EPERM);
-                }
+        // Transformations are root's (CTE's dataxform is root only).
+        if c.uid != 0 {
+            return Err(Errno::EPERM);
+        }
+        let mut b = Box::new([0u8; xi::SIZE]);
+        b.copy_from_slice(input);
+        match req.ask {
+            Ask::Files(op) => {
+                let plan = xform::Plan {
+                    op,
+                    scan: req.flags & xi::SCAN != 0,
+                    preserve_times: req.flags & xi::PRESERVE_TIMES != 0,
+                };
+                let results = self.transform_names(c, node, &req.names, plan);
+                xi::encode_reply(&mut b, &results, 0);
+            }
+            Ask::Cleanup { before } => {
                 if node.ino != Ino::ROOT {
                     return Err(Errno::EINVAL);
                 }
                 let removed =
                     xform::cleanup(self.root_fd.as_fd(), before).map_err(|_| Errno::EIO)?;
-                xform::Outcome {
-                    status: xform::Status::Done,
-                    from: String::new(),
-                    to: String::new(),
-                    size: removed,
-                    lower_bytes: 0,
-                    why: String::new(),
-                }
+                xi::encode_reply(&mut b, &[], removed);
             }
-        };
-        let mut b = [0u8; crate::xform_ioctl::SIZE];
-        b.copy_from_slice(input);
-        crate::xform_ioctl::encode_outcome(&mut b, &out);
+        }
         Ok((0, b.to_vec()))
     }
 }

@@ -214,6 +214,7 @@ pub fn finish(fd: BorrowedFd<'_>, root: BorrowedFd<'_>) -> Result<bool, String> 
         ));
     }
     copy_back(fd, side.as_fd(), &intent)?;
+    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
     finish_record(fd, root, &intent)?;
     Ok(true)
 }
@@ -274,7 +275,7 @@ fn side_dir(root: BorrowedFd<'_>) -> Result<OwnedFd, String> {
 }
 
 /// Bytes `0..side_len` of the side file over the file, then the size and
-/// marker; durable when it returns.
+/// marker (durable after the caller's fsync or barrier).
 fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
@@ -300,18 +301,39 @@ fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Resul
             Err(e) => return Err(io_err("removing the mode marker", e)),
         },
     }
-    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
-    crash_point("record");
     Ok(())
 }
 
-/// The file holds its new bytes durably: drop the record (durably, so a
+/// The file holds its new bytes durably: drop the record durably (so a
 /// crash cannot redo it once the side file is gone), then the side file.
 fn finish_record(fd: BorrowedFd<'_>, root: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
     sys::fremovexattr(fd, XFORM_XATTR).map_err(|e| io_err("removing the record", e))?;
     nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
-    let path = format!("{SIDE_DIR}/{}", intent.side);
+    unlink_side(root, &intent.side);
+    Ok(())
+}
+
+fn unlink_side(root: BorrowedFd<'_>, name: &str) {
+    let path = format!("{SIDE_DIR}/{name}");
     let _ = nix::unistd::unlinkat(root, path.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+}
+
+/// The write barrier between protocol steps: everything written so far on
+/// each file system in `fds` (one fd per file system is enough) is
+/// durable. One `syncfs` per file system for a whole batch, where a
+/// per-file `fsync` would cost one journal commit per file.
+fn barrier(fds: &[BorrowedFd<'_>]) -> Result<(), String> {
+    let mut seen = Vec::new();
+    for fd in fds {
+        let dev = nix::sys::stat::fstat(*fd)
+            .map_err(|e| io_err("fstat", e))?
+            .st_dev;
+        if seen.contains(&dev) {
+            continue;
+        }
+        seen.push(dev);
+        nix::unistd::syncfs(*fd).map_err(|e| io_err("syncfs", e))?;
+    }
     Ok(())
 }
 
@@ -386,25 +408,244 @@ fn describe(c: &Contents) -> String {
     }
 }
 
+/// What step 1 left for one file.
+enum Prepared {
+    /// Nothing more to do (skipped, already done, or a scan).
+    Done(Outcome),
+    /// Its side file is written: steps 2 to 4 remain.
+    Change(Box<Change>),
+}
+
+struct Change {
+    out: Outcome,
+    tgt: Target,
+    /// Logical size.
+    size: u64,
+    /// Times to put back (`--preserve_modified_time`).
+    times: Option<nix::sys::stat::FileStat>,
+    side: OwnedFd,
+    intent: Intent,
+}
+
+/// One file of a batch.
+pub struct Item<'a> {
+    pub state: Arc<FileState>,
+    /// The file, opened for reading and writing, and how to read it.
+    pub io: Io<'a>,
+}
+
+/// Transform a batch of files as `plan` says, crash-safely (TRANSFORM.md):
+/// every file's contents are held for writing from start to end, so no
+/// reader or writer sees a file half done; the steps of all files share
+/// four write barriers. `busy(state)`, asked with the contents held, says
+/// whether something outside secfs can write that file (it is skipped).
+/// One result per item, in order. Two items of one lower file (hard links)
+/// are transformed once; the second reports it done.
+pub fn transform_batch(
+    items: &[Item<'_>],
+    root: BorrowedFd<'_>,
+    plan: Plan,
+    busy: &dyn Fn(&Arc<FileState>) -> bool,
+) -> Vec<VfsResult<Outcome>> {
+    let n = items.len();
+    let mut results: Vec<Option<VfsResult<Outcome>>> = vec![None; n];
+    // A fixed lock order (by address) so that concurrent batches cannot
+    // deadlock; hard links of one file follow their first.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| Arc::as_ptr(&items[i].state) as usize);
+    let mut guards: Vec<(usize, std::sync::RwLockWriteGuard<'_, Contents>)> = Vec::with_capacity(n);
+    let mut dup_of = vec![None; n];
+    for &i in &order {
+        if let Some((p, _)) = guards.last()
+            && Arc::ptr_eq(&items[*p].state, &items[i].state)
+        {
+            dup_of[i] = Some(*p);
+            continue;
+        }
+        guards.push((i, items[i].state.write_contents()));
+    }
+    // Step 1: decide, write side files.
+    let mut changes: Vec<(usize, Box<Change>)> = Vec::new();
+    for (gi, (i, g)) in guards.iter_mut().enumerate() {
+        let it = &items[*i];
+        match it.state.prepare(g, &it.io, root, plan, busy(&it.state)) {
+            Ok(Prepared::Done(o)) => results[*i] = Some(Ok(o)),
+            Ok(Prepared::Change(ch)) => changes.push((gi, ch)),
+            Err(e) => results[*i] = Some(Err(e)),
+        }
+    }
+    if !changes.is_empty() {
+        // The lower root may be an O_PATH fd, which syncfs refuses.
+        let root_dir = nix::fcntl::openat(
+            root,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Perm::empty(),
+        );
+        let mut fds: Vec<BorrowedFd<'_>> = root_dir.iter().map(|d| d.as_fd()).collect();
+        fds.extend(changes.iter().map(|(gi, _)| items[guards[*gi].0].io.fd));
+        commit(items, &mut guards, &mut changes, root, &fds, &mut results);
+    }
+    drop(guards);
+    for i in 0..n {
+        if let Some(p) = dup_of[i] {
+            results[i] = Some(match &results[p] {
+                Some(Ok(o)) => Ok(Outcome {
+                    status: if o.status == Status::Done {
+                        Status::Current
+                    } else {
+                        o.status
+                    },
+                    from: o.to.clone(),
+                    ..o.clone()
+                }),
+                Some(Err(e)) => Err(*e),
+                None => Err(Errno::EIO),
+            });
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(Errno::EIO)))
+        .collect()
+}
+
+/// Steps 2 to 4 for the files of `changes`, whose contents `guards` hold.
+fn commit(
+    items: &[Item<'_>],
+    guards: &mut [(usize, std::sync::RwLockWriteGuard<'_, Contents>)],
+    changes: &mut Vec<(usize, Box<Change>)>,
+    root: BorrowedFd<'_>,
+    fds: &[BorrowedFd<'_>],
+    results: &mut [Option<VfsResult<Outcome>>],
+) {
+    let path = |gi: usize| items[guards[gi].0].io.node.display_path();
+    let fail = |gi: usize, e: Errno, results: &mut [Option<VfsResult<Outcome>>]| {
+        results[guards[gi].0] = Some(Err(e));
+    };
+    // Step 1's side files, durable; then step 2: the records.
+    if let Err(why) = barrier(fds) {
+        error!("secfs: transformation batch abandoned before any change: {why}");
+        for (gi, ch) in changes.drain(..) {
+            unlink_side(root, &ch.intent.side);
+            fail(gi, Errno::EIO, results);
+        }
+        return;
+    }
+    crash_point("side");
+    changes.retain(|(gi, ch)| {
+        let fd = items[guards[*gi].0].io.fd;
+        match sys::fsetxattr(fd, XFORM_XATTR, &ch.intent.encode()) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(
+                    "secfs: {}: cannot set the transformation record: {e:?}",
+                    path(*gi)
+                );
+                unlink_side(root, &ch.intent.side);
+                results[guards[*gi].0] = Some(Err(e));
+                false
+            }
+        }
+    });
+    // From here a file whose step fails keeps its record: the next load
+    // finishes it. Its contents are forgotten so that it is reloaded.
+    let left_to_finish = |gi: usize,
+                          why: &str,
+                          guards: &mut [(usize, std::sync::RwLockWriteGuard<'_, Contents>)],
+                          results: &mut [Option<VfsResult<Outcome>>]| {
+        error!(
+            "secfs: {}: transformation left to finish: {why}",
+            items[guards[gi].0].io.node.display_path()
+        );
+        *guards[gi].1 = Contents::Unloaded;
+        results[guards[gi].0] = Some(Err(Errno::EIO));
+    };
+    if let Err(why) = barrier(fds) {
+        for (gi, _) in changes.drain(..) {
+            left_to_finish(gi, &why, guards, results);
+        }
+        return;
+    }
+    crash_point("intent");
+    // Step 3: copy back.
+    let mut copied = Vec::new();
+    for (gi, ch) in changes.drain(..) {
+        let fd = items[guards[gi].0].io.fd;
+        match copy_back(fd, ch.side.as_fd(), &ch.intent) {
+            Ok(()) => copied.push((gi, ch)),
+            Err(why) => left_to_finish(gi, &why, guards, results),
+        }
+    }
+    if let Err(why) = barrier(fds) {
+        for (gi, _) in copied.drain(..) {
+            left_to_finish(gi, &why, guards, results);
+        }
+        return;
+    }
+    crash_point("record");
+    // Step 4: the records go, durably, then the side files.
+    let mut recorded = Vec::new();
+    for (gi, ch) in copied.drain(..) {
+        let fd = items[guards[gi].0].io.fd;
+        match sys::fremovexattr(fd, XFORM_XATTR) {
+            Ok(()) => recorded.push((gi, ch)),
+            Err(e) => left_to_finish(gi, &format!("removing the record: {e:?}"), guards, results),
+        }
+    }
+    let durable = barrier(fds);
+    for (gi, ch) in recorded {
+        let Change {
+            mut out,
+            tgt,
+            size,
+            times,
+            intent,
+            ..
+        } = *ch;
+        let it = &items[guards[gi].0];
+        if durable.is_ok() {
+            unlink_side(root, &intent.side);
+        }
+        if let Some(st) = times {
+            let at = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
+            let mt = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            let _ = nix::sys::stat::futimens(it.io.fd, &at, &mt);
+        }
+        *guards[gi].1 = match tgt {
+            Target::Clear => {
+                it.io.node.set_class(Class::Plain);
+                Contents::Plain
+            }
+            Target::Encrypted(t) => {
+                it.io.node.set_class(class_of_mode(t.header.mode));
+                Contents::Encrypted(Arc::new(*t), size)
+            }
+        };
+        out.status = Status::Done;
+        results[guards[gi].0] = Some(Ok(out));
+    }
+}
+
 impl FileState {
-    /// Transform the file `io.fd` (opened for reading and writing) as
-    /// `plan` says, holding its contents for writing throughout. `busy()`
-    /// (asked with the contents held) says whether something outside
-    /// secfs can write it. `root` is the lower root (for the side file).
-    pub fn transform(
+    /// Step 1 for one file whose contents `c` the caller holds for
+    /// writing: finish anything a crash left, decide, and write the side
+    /// file (not yet durable). `Prepared::Done` when nothing more is to be
+    /// done for it.
+    fn prepare(
         &self,
+        c: &mut Contents,
         io: &Io<'_>,
         root: BorrowedFd<'_>,
         plan: Plan,
-        busy: impl FnOnce() -> bool,
-    ) -> VfsResult<Outcome> {
-        let mut c = self.write_contents();
-        if busy() {
-            return Ok(Outcome::skip(
+        busy: bool,
+    ) -> VfsResult<Prepared> {
+        if busy {
+            return Ok(Prepared::Done(Outcome::skip(
                 Status::InUse,
-                describe(&c),
+                describe(c),
                 "open without secfs (passthrough)",
-            ));
+            )));
         }
         // Anything a crash left half done is finished first.
         match finish(io.fd, root) {
@@ -415,59 +656,67 @@ impl FileState {
             Ok(false) => {}
             Err(why) => {
                 error!("secfs: {}: {why}", io.node.display_path());
-                return Ok(Outcome::skip(Status::Refused, "none".into(), why));
+                return Ok(Prepared::Done(Outcome::skip(
+                    Status::Refused,
+                    "none".into(),
+                    why,
+                )));
             }
         }
-        if let Load::Refused { found, why } = self.load_locked(io, &mut c)? {
-            return Ok(Outcome::skip(Status::Refused, found, why));
+        if let Load::Refused { found, why } = self.load_locked(io, c)? {
+            return Ok(Prepared::Done(Outcome::skip(Status::Refused, found, why)));
         }
-        let from = describe(&c);
+        let from = describe(c);
         let lower = lower_size(io.fd)?;
         let (size, old) = match &*c {
             Contents::Plain => (lower, None),
             Contents::Empty => (0, None),
             Contents::Encrypted(crypt, size) => (*size, Some(crypt.clone())),
             Contents::Refused | Contents::Unloaded => {
-                return Ok(Outcome::skip(Status::Refused, from, "not readable"));
+                return Ok(Prepared::Done(Outcome::skip(
+                    Status::Refused,
+                    from,
+                    "not readable",
+                )));
             }
         };
         // The target.
         let target = match plan.op {
             Op::Rekey => {
                 if !matches!(io.rule, crate::stack::access::RuleKey::Transform(_)) {
-                    return Ok(Outcome::skip(
+                    return Ok(Prepared::Done(Outcome::skip(
                         Status::NoRule,
                         from,
                         "no data transformation rule covers this file",
-                    ));
+                    )));
                 }
                 match io.key_for_new() {
                     Ok(Some(k)) => Some(k),
                     Ok(None) => None,
                     Err(_) => {
-                        return Ok(Outcome::skip(
+                        return Ok(Prepared::Done(Outcome::skip(
                             Status::NoKey,
                             from,
                             "the transformation key is not available",
-                        ));
+                        )));
                     }
                 }
             }
             Op::Deep | Op::Shallow => {
                 let Some(o) = &old else {
-                    return Ok(Outcome::skip(
+                    return Ok(Prepared::Done(Outcome::skip(
                         Status::Clear,
                         from,
                         "stored as it is; nothing to rekey",
-                    ));
+                    )));
                 };
                 let name = o.header.key_name.clone();
                 let Some((v, pk)) = io.keys.latest(&name) else {
-                    return Ok(Outcome::skip(
+                    return Ok(Prepared::Done(Outcome::skip(
                         Status::NoKey,
                         from,
                         format!("key {name} is not available"),
-                    ));
+                    )));
                 };
                 Some((name, v, pk, o.header.mode))
             }
@@ -490,14 +739,14 @@ impl FileState {
                 && matches!((&target, &old), (Some((n, v, _, _)), Some(o))
                     if o.header.key_name == *n && o.header.key_version == *v));
         if current {
-            return Ok(Outcome {
+            return Ok(Prepared::Done(Outcome {
                 status: Status::Current,
                 to: from.clone(),
                 from,
                 size,
                 lower_bytes: 0,
                 why: String::new(),
-            });
+            }));
         }
         let shallow = plan.op == Op::Shallow;
         let (tgt, to) = match &target {
@@ -546,7 +795,7 @@ impl FileState {
             why: String::new(),
         };
         if plan.scan {
-            return Ok(out);
+            return Ok(Prepared::Done(out));
         }
         // Space for the side file, with a margin for metadata.
         if let Ok(st) = nix::sys::statvfs::fstatvfs(root) {
@@ -554,7 +803,7 @@ impl FileState {
             if free < side_len.saturating_add(1 << 20) {
                 out.status = Status::NoSpace;
                 out.why = format!("needs {side_len} bytes, {free} free");
-                return Ok(out);
+                return Ok(Prepared::Done(out));
             }
         }
         let times = if plan.preserve_times {
@@ -562,7 +811,7 @@ impl FileState {
         } else {
             None
         };
-        // 1. The side file, durable.
+        // 1. The side file (made durable by the caller's barrier).
         let dir = side_dir(root).map_err(|why| {
             error!("secfs: {}: {why}", io.node.display_path());
             Errno::EIO
@@ -575,60 +824,29 @@ impl FileState {
             Target::Encrypted(t) if shallow => pwrite_all(side.as_fd(), &t.header.to_bytes(), 0),
             _ => self.write_side(io, old.as_deref(), size, &tgt, side.as_fd()),
         };
-        let synced = written.and_then(|()| {
-            nix::unistd::fsync(side.as_fd()).map_err(|e| Errno(e as i32))?;
-            nix::unistd::fsync(dir.as_fd()).map_err(|e| Errno(e as i32))
-        });
-        if let Err(e) = synced {
+        if let Err(e) = written {
             let _ =
                 nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
             if e == Errno(libc::ENOSPC) {
                 out.status = Status::NoSpace;
                 out.why = "the disk filled up while writing the side file".into();
-                return Ok(out);
+                return Ok(Prepared::Done(out));
             }
             return Err(e);
         }
-        crash_point("side");
-        // 2. The intent, durable.
-        let intent = Intent {
-            side_len,
-            new_size,
-            mode,
-            side: name,
-        };
-        sys::fsetxattr(io.fd, XFORM_XATTR, &intent.encode())?;
-        nix::unistd::fsync(io.fd).map_err(|e| Errno(e as i32))?;
-        crash_point("intent");
-        // 3. Copy back, durable; 4. drop the record and the side file.
-        let done = copy_back(io.fd, side.as_fd(), &intent)
-            .and_then(|()| finish_record(io.fd, root, &intent));
-        if let Err(why) = done {
-            // The record stays: the next open finishes it.
-            error!(
-                "secfs: {}: transformation left to finish: {why}",
-                io.node.display_path()
-            );
-            *c = Contents::Unloaded;
-            return Err(Errno::EIO);
-        }
-        if let Some(st) = times {
-            let at = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
-            let mt = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
-            let _ = nix::sys::stat::futimens(io.fd, &at, &mt);
-        }
-        *c = match tgt {
-            Target::Clear => {
-                io.node.set_class(Class::Plain);
-                Contents::Plain
-            }
-            Target::Encrypted(t) => {
-                io.node.set_class(class_of_mode(t.header.mode));
-                Contents::Encrypted(Arc::new(*t), size)
-            }
-        };
-        out.status = Status::Done;
-        Ok(out)
+        Ok(Prepared::Change(Box::new(Change {
+            out,
+            tgt,
+            size,
+            times,
+            side,
+            intent: Intent {
+                side_len,
+                new_size,
+                mode,
+                side: name,
+            },
+        })))
     }
 
     /// Write the whole new lower file (`size` plaintext bytes, read from
