@@ -809,3 +809,47 @@ fn through_vmd_a_guarded_directory_of_clear_data_is_encrypted_in_place() {
         "no dataxform log: {logs:?}"
     );
 }
+
+/// The same for a shallow rekey, whose record holds the new header itself
+/// (no side file).
+#[test]
+fn secfs_dying_at_each_step_of_a_shallow_rekey_loses_nothing() {
+    for phase in ["side", "intent", "copy", "record"] {
+        let mut gp = Gp::new();
+        let mut rng = Rng(0x5eed_0008);
+        gp.mount(&policy("k", None), &[("k@1", "k")]);
+        let want = populate(&gp.dir, &mut rng, 2);
+        gp.unmount();
+        let keys = [("k@1", "k"), ("k@2", "kv2")];
+        gp.mount_env(
+            &policy("k", None),
+            &keys,
+            &[("GUARDFS_TEST_XFORM_ABORT", phase)],
+        );
+        let o = gp.dataxform(&["--shallow", "-y"]);
+        assert!(
+            !o.status.success(),
+            "{phase}: secfs did not die: {}",
+            text(&o)
+        );
+        gp.kill9();
+        gp.mount(&policy("k", None), &keys);
+        check(&gp.dir, &want, false, &format!("after dying at {phase}"));
+        ok(
+            &gp.dataxform(&["--shallow", "-y", "--cleanup"]),
+            "finishing run",
+        );
+        for rel in want.keys() {
+            assert_eq!(
+                header_of(&gp.lower().join(rel)).unwrap().1,
+                2,
+                "{phase}: {}",
+                rel.display()
+            );
+        }
+        gp.unmount();
+        gp.mount(&policy("k", None), &[("k@2", "kv2")]);
+        check(&gp.dir, &want, false, &format!("{phase}: under v2 alone"));
+        gp.unmount();
+    }
+}

@@ -115,29 +115,50 @@ enum Target {
     Encrypted(Box<Crypt>),
 }
 
+/// Where the new bytes of a file are while it is being transformed.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    /// A side file's name in [`SIDE_DIR`].
+    Side(String),
+    /// In the record itself, followed by zeros up to `side_len` (a
+    /// shallow rekey: the new header's non-zero bytes).
+    Inline(Vec<u8>),
+}
+
+/// Most bytes a record holds inline (a header's non-reserved part).
+const MAX_INLINE: usize = 256;
+
 /// The intent record, as stored.
 #[derive(Debug, PartialEq, Eq)]
 struct Intent {
-    /// Bytes `0..side_len` of the file are the side file's.
+    /// Bytes `0..side_len` of the file are the new bytes.
     side_len: u64,
     /// The file's lower size afterwards.
     new_size: u64,
     /// The mode marker afterwards (`None`: no marker, stored as is).
     mode: Option<Mode>,
-    /// The side file's name in [`SIDE_DIR`].
-    side: String,
+    source: Source,
 }
 
 impl Intent {
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(32 + self.side.len());
+        let mut v = Vec::with_capacity(32 + MAX_INLINE);
         v.extend_from_slice(MAGIC);
         v.push(1);
         v.extend_from_slice(&self.side_len.to_le_bytes());
         v.extend_from_slice(&self.new_size.to_le_bytes());
         v.push(self.mode.and_then(|m| m.header_code()).unwrap_or(0));
-        v.push(self.side.len() as u8);
-        v.extend_from_slice(self.side.as_bytes());
+        match &self.source {
+            Source::Side(name) => {
+                v.push(name.len() as u8);
+                v.extend_from_slice(name.as_bytes());
+            }
+            Source::Inline(bytes) => {
+                v.push(0);
+                v.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+                v.extend_from_slice(bytes);
+            }
+        }
         v
     }
 
@@ -150,16 +171,25 @@ impl Intent {
             0 => None,
             c => Some(Mode::from_header_code(c).ok_or("bad mode in transformation record")?),
         };
-        let n = usize::from(v[22]);
-        let side = std::str::from_utf8(v.get(23..23 + n).ok_or("short transformation record")?)
-            .map_err(|_| "bad side file name")?;
-        if v.len() != 23 + n
-            || side.is_empty()
-            || !side.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err("bad side file name in transformation record".into());
-        }
         let (side_len, new_size) = (u(5), u(13));
+        let n = usize::from(v[22]);
+        let source = if n == 0 {
+            let len = v
+                .get(23..25)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+                .ok_or("short transformation record")?;
+            if v.len() != 25 + len || len > MAX_INLINE || len as u64 > side_len {
+                return Err("bad inline bytes in transformation record".into());
+            }
+            Source::Inline(v[25..].to_vec())
+        } else {
+            let side = std::str::from_utf8(v.get(23..23 + n).ok_or("short transformation record")?)
+                .map_err(|_| "bad side file name")?;
+            if v.len() != 23 + n || !side.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err("bad side file name in transformation record".into());
+            }
+            Source::Side(side.to_owned())
+        };
         if side_len > new_size.max(HEADER_LEN as u64) {
             return Err("transformation record out of range".into());
         }
@@ -167,8 +197,15 @@ impl Intent {
             side_len,
             new_size,
             mode,
-            side: side.to_owned(),
+            source,
         })
+    }
+
+    fn side(&self) -> Option<&str> {
+        match &self.source {
+            Source::Side(n) => Some(n),
+            Source::Inline(_) => None,
+        }
     }
 }
 
@@ -204,16 +241,22 @@ pub fn finish(fd: BorrowedFd<'_>, root: BorrowedFd<'_>) -> Result<bool, String> 
         Err(e) => return Err(io_err("reading the transformation record", e)),
     };
     let intent = Intent::parse(&rec)?;
-    let side = open_side(root, &intent.side, OFlag::O_RDONLY)
-        .map_err(|e| io_err("opening the side file of an interrupted transformation", e))?;
-    let have = lower_size(side.as_fd()).map_err(|e| io_err("side file", e))?;
-    if have < intent.side_len {
-        return Err(format!(
-            "side file {} holds {have} bytes, the record says {}",
-            intent.side, intent.side_len
-        ));
-    }
-    copy_back(fd, side.as_fd(), &intent)?;
+    let side = match intent.side() {
+        Some(name) => {
+            let side = open_side(root, name, OFlag::O_RDONLY)
+                .map_err(|e| io_err("opening the side file of an interrupted transformation", e))?;
+            let have = lower_size(side.as_fd()).map_err(|e| io_err("side file", e))?;
+            if have < intent.side_len {
+                return Err(format!(
+                    "side file {name} holds {have} bytes, the record says {}",
+                    intent.side_len
+                ));
+            }
+            Some(side)
+        }
+        None => None,
+    };
+    copy_back(fd, side.as_ref().map(|s| s.as_fd()), &intent)?;
     nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
     finish_record(fd, root, &intent)?;
     Ok(true)
@@ -276,20 +319,36 @@ fn side_dir(root: BorrowedFd<'_>) -> Result<OwnedFd, String> {
 
 /// Bytes `0..side_len` of the side file over the file, then the size and
 /// marker (durable after the caller's fsync or barrier).
-fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
-    let mut buf = vec![0u8; 1 << 20];
+fn copy_back(
+    fd: BorrowedFd<'_>,
+    side: Option<BorrowedFd<'_>>,
+    intent: &Intent,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; (1 << 20).min(intent.side_len as usize)];
     let mut off = 0u64;
     while off < intent.side_len {
         let want = ((intent.side_len - off) as usize).min(buf.len());
-        let n = pread_full(side, &mut buf[..want], off).map_err(|e| io_err("reading side", e))?;
+        let n = match (&intent.source, side) {
+            (Source::Side(_), Some(side)) => {
+                pread_full(side, &mut buf[..want], off).map_err(|e| io_err("reading side", e))?
+            }
+            (Source::Inline(bytes), _) => {
+                buf[..want].fill(0);
+                let o = off as usize;
+                if o < bytes.len() {
+                    let k = (bytes.len() - o).min(want);
+                    buf[..k].copy_from_slice(&bytes[o..o + k]);
+                }
+                want
+            }
+            (Source::Side(_), None) => return Err("side file not open".into()),
+        };
         if n < want {
             return Err("side file shorter than its record".into());
         }
         pwrite_all(fd, &buf[..n], off).map_err(|e| io_err("copying back", e))?;
         off += n as u64;
-        if off < intent.side_len || off > HEADER_LEN as u64 {
-            crash_point("copy");
-        }
+        crash_point("copy");
     }
     nix::unistd::ftruncate(fd, intent.new_size as i64).map_err(|e| io_err("resizing", e))?;
     match intent.mode {
@@ -309,11 +368,16 @@ fn copy_back(fd: BorrowedFd<'_>, side: BorrowedFd<'_>, intent: &Intent) -> Resul
 fn finish_record(fd: BorrowedFd<'_>, root: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
     sys::fremovexattr(fd, XFORM_XATTR).map_err(|e| io_err("removing the record", e))?;
     nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
-    unlink_side(root, &intent.side);
+    if let Some(name) = intent.side() {
+        unlink_side(root, name);
+    }
     Ok(())
 }
 
 fn unlink_side(root: BorrowedFd<'_>, name: &str) {
+    if name.is_empty() {
+        return;
+    }
     let path = format!("{SIDE_DIR}/{name}");
     let _ = nix::unistd::unlinkat(root, path.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
 }
@@ -423,7 +487,8 @@ struct Change {
     size: u64,
     /// Times to put back (`--preserve_modified_time`).
     times: Option<nix::sys::stat::FileStat>,
-    side: OwnedFd,
+    /// The side file (none when the record holds the bytes).
+    side: Option<OwnedFd>,
     intent: Intent,
 }
 
@@ -466,9 +531,13 @@ pub fn transform_batch(
     }
     // Step 1: decide, write side files.
     let mut changes: Vec<(usize, Box<Change>)> = Vec::new();
+    let mut dir = None;
     for (gi, (i, g)) in guards.iter_mut().enumerate() {
         let it = &items[*i];
-        match it.state.prepare(g, &it.io, root, plan, busy(&it.state)) {
+        match it
+            .state
+            .prepare(g, &it.io, root, &mut dir, plan, busy(&it.state))
+        {
             Ok(Prepared::Done(o)) => results[*i] = Some(Ok(o)),
             Ok(Prepared::Change(ch)) => changes.push((gi, ch)),
             Err(e) => results[*i] = Some(Err(e)),
@@ -527,7 +596,7 @@ fn commit(
     if let Err(why) = barrier(fds) {
         error!("secfs: transformation batch abandoned before any change: {why}");
         for (gi, ch) in changes.drain(..) {
-            unlink_side(root, &ch.intent.side);
+            unlink_side(root, ch.intent.side().unwrap_or_default());
             fail(gi, Errno::EIO, results);
         }
         return;
@@ -542,7 +611,7 @@ fn commit(
                     "secfs: {}: cannot set the transformation record: {e:?}",
                     path(*gi)
                 );
-                unlink_side(root, &ch.intent.side);
+                unlink_side(root, ch.intent.side().unwrap_or_default());
                 results[guards[*gi].0] = Some(Err(e));
                 false
             }
@@ -572,7 +641,7 @@ fn commit(
     let mut copied = Vec::new();
     for (gi, ch) in changes.drain(..) {
         let fd = items[guards[gi].0].io.fd;
-        match copy_back(fd, ch.side.as_fd(), &ch.intent) {
+        match copy_back(fd, ch.side.as_ref().map(|s| s.as_fd()), &ch.intent) {
             Ok(()) => copied.push((gi, ch)),
             Err(why) => left_to_finish(gi, &why, guards, results),
         }
@@ -605,7 +674,7 @@ fn commit(
         } = *ch;
         let it = &items[guards[gi].0];
         if durable.is_ok() {
-            unlink_side(root, &intent.side);
+            unlink_side(root, intent.side().unwrap_or_default());
         }
         if let Some(st) = times {
             let at = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
@@ -637,6 +706,7 @@ impl FileState {
         c: &mut Contents,
         io: &Io<'_>,
         root: BorrowedFd<'_>,
+        dir: &mut Option<OwnedFd>,
         plan: Plan,
         busy: bool,
     ) -> VfsResult<Prepared> {
@@ -811,22 +881,45 @@ impl FileState {
         } else {
             None
         };
-        // 1. The side file (made durable by the caller's barrier).
-        let dir = side_dir(root).map_err(|why| {
-            error!("secfs: {}: {why}", io.node.display_path());
-            Errno::EIO
-        })?;
+        // 1. The new bytes: in the record itself for a shallow rekey (the
+        // header's non-reserved bytes), else a side file (made durable by
+        // the caller's barrier).
+        if let (true, Target::Encrypted(t)) = (shallow, &tgt) {
+            let inline = t.header.to_bytes()[..MAX_INLINE].to_vec();
+            return Ok(Prepared::Change(Box::new(Change {
+                out,
+                tgt,
+                size,
+                times,
+                side: None,
+                intent: Intent {
+                    side_len: HEADER_LEN as u64,
+                    new_size,
+                    mode,
+                    source: Source::Inline(inline),
+                },
+            })));
+        }
+        if dir.is_none() {
+            *dir = Some(side_dir(root).map_err(|why| {
+                error!("secfs: {}: {why}", io.node.display_path());
+                Errno::EIO
+            })?);
+        }
+        let dir = dir.as_ref().ok_or(Errno::EIO)?;
         let st = nix::sys::stat::fstat(io.fd).map_err(|_| Errno::EIO)?;
         let name = format!("{:x}-{:x}", st.st_dev, st.st_ino);
-        let side = open_side(root, &name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC)
-            .map_err(|e| Errno(e as i32))?;
-        let written = match &tgt {
-            Target::Encrypted(t) if shallow => pwrite_all(side.as_fd(), &t.header.to_bytes(), 0),
-            _ => self.write_side(io, old.as_deref(), size, &tgt, side.as_fd()),
-        };
+        let side = nix::fcntl::openat(
+            dir,
+            name.as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Perm::from_bits_truncate(0o600),
+        )
+        .map_err(|e| Errno(e as i32))?;
+        let written = self.write_side(io, old.as_deref(), size, &tgt, side.as_fd());
         if let Err(e) = written {
             let _ =
-                nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                nix::unistd::unlinkat(dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
             if e == Errno(libc::ENOSPC) {
                 out.status = Status::NoSpace;
                 out.why = "the disk filled up while writing the side file".into();
@@ -839,12 +932,12 @@ impl FileState {
             tgt,
             size,
             times,
-            side,
+            side: Some(side),
             intent: Intent {
                 side_len,
                 new_size,
                 mode,
-                side: name,
+                source: Source::Side(name),
             },
         })))
     }
@@ -932,7 +1025,7 @@ mod tests {
             side_len: 8192,
             new_size: 8192,
             mode: Some(Mode::Gcm),
-            side: "801-2a".into(),
+            source: Source::Side("801-2a".into()),
         };
         assert_eq!(Intent::parse(&i.encode()).unwrap(), i);
         let c = Intent { mode: None, ..i };
@@ -944,10 +1037,25 @@ mod tests {
         bad.push(b'/');
         assert!(Intent::parse(&bad).is_err());
         let evil = Intent {
-            side: "../x".into(),
+            source: Source::Side("../x".into()),
             ..c
         };
         assert!(Intent::parse(&evil.encode()).is_err());
+        let inline = Intent {
+            side_len: 4096,
+            new_size: 9000,
+            mode: Some(Mode::Xts),
+            source: Source::Inline(vec![7; 212]),
+        };
+        assert_eq!(Intent::parse(&inline.encode()).unwrap(), inline);
+        let mut long = inline.encode();
+        long.push(0);
+        assert!(Intent::parse(&long).is_err());
+        let too_big = Intent {
+            source: Source::Inline(vec![7; MAX_INLINE + 1]),
+            ..inline
+        };
+        assert!(Intent::parse(&too_big.encode()).is_err());
         assert!(Intent::parse(&[]).is_err());
     }
 }
