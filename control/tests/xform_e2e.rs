@@ -86,6 +86,17 @@ impl Gp {
     }
 
     fn mount_env(&mut self, policy: &str, keys: &[(&str, &str)], env: &[(&str, &str)]) {
+        self.mount_via(policy, keys, env, &[]);
+    }
+
+    /// Mount through a wrapper command (`prlimit ... --`), if any.
+    fn mount_via(
+        &mut self,
+        policy: &str,
+        keys: &[(&str, &str)],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) {
         let p = self.base.path().join("policy.json");
         fs::write(&p, policy).unwrap();
         let mut args: Vec<String> = vec![
@@ -102,11 +113,15 @@ impl Gp {
             args.push("--key".into());
             args.push(format!("{spec}={}", self.key(file)));
         }
-        let o = Command::new(secfs_bin())
-            .args(&args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(secfs_bin());
+                c
+            }
+            None => Command::new(secfs_bin()),
+        };
+        let o = cmd.args(&args).envs(env.iter().copied()).output().unwrap();
         assert!(o.status.success(), "mount: {}\n{}", text(&o), self.log());
         let out = String::from_utf8_lossy(&o.stdout);
         let pid = out
@@ -851,5 +866,58 @@ fn secfs_dying_at_each_step_of_a_shallow_rekey_loses_nothing() {
         gp.mount(&policy("k", None), &[("k@2", "kv2")]);
         check(&gp.dir, &want, false, &format!("{phase}: under v2 alone"));
         gp.unmount();
+    }
+}
+
+/// More files than the usual open-files limit (1024): secfs holds an fd
+/// per inode the kernel knows, and a batch more, so it raises its own
+/// limit. Started under a 1024 limit, every file is still transformed.
+#[test]
+fn more_files_than_the_default_open_files_limit_are_transformed() {
+    let mut gp = Gp::new();
+    for d in 0..3 {
+        let dir = gp.dir.join(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for i in 0..600 {
+            fs::write(dir.join(format!("f{i}")), format!("file {d}/{i}\n")).unwrap();
+        }
+    }
+    // Soft limit 1024 (the usual default), hard limit as it is here.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= 4096,
+        "the hard open-files limit here is only {hard}"
+    );
+    let nofile = format!("--nofile=1024:{hard}");
+    gp.mount_via(
+        &policy("clear_key", Some("k")),
+        &[("k", "k")],
+        &[],
+        &["prlimit", &nofile, "--"],
+    );
+    let limits = fs::read_to_string(format!("/proc/{}/limits", gp.pid.unwrap())).unwrap();
+    assert!(
+        !limits.contains("Max open files            1024"),
+        "{limits}"
+    );
+    // Every inode known to the kernel at once.
+    let o = Command::new("ls").arg("-lR").arg(&gp.dir).output().unwrap();
+    assert!(o.status.success());
+    let out = ok(&gp.dataxform(&["--rekey", "-y", "--json"]), "rekey");
+    assert!(
+        out.contains(r#""files_transformed":1800"#),
+        "{}",
+        &out[out.len().saturating_sub(600)..]
+    );
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k", "k")]);
+    for d in 0..3 {
+        for i in (0..600).step_by(37) {
+            assert_eq!(
+                fs::read_to_string(gp.dir.join(format!("d{d}/f{i}"))).unwrap(),
+                format!("file {d}/{i}\n")
+            );
+        }
     }
 }

@@ -527,7 +527,32 @@ pub fn unmount(dir: &Path, lazy: bool) -> Result<(), MountError> {
 
 /// Keep keys out of swap and core dumps: lock memory and mark the process
 /// not dumpable.
+/// secfs keeps an `O_PATH` fd per inode the kernel holds (see
+/// `stack::nodes`), and dataxform batches hold more: raise the open-file
+/// limit from the default 1024 to what the kernel allows a root process
+/// (`fs.nr_open`), or at least to the hard limit. Logged.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = nr_open.max(hard);
+    let got = match setrlimit(Resource::RLIMIT_NOFILE, want, want) {
+        Ok(()) => want,
+        Err(_) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+    };
+    log::info!("secfs: open files limit {got} (was {soft})");
+}
+
 pub fn protect_process_memory() {
+    raise_open_files_limit();
     crate::harden::protect_process_memory("secfs");
 }
 

@@ -209,6 +209,12 @@ impl Intent {
     }
 }
 
+/// For the fuzz target: parse an intent record and encode it back.
+#[doc(hidden)]
+pub fn fuzz_intent(v: &[u8]) -> Result<Vec<u8>, String> {
+    Intent::parse(v).map(|i| i.encode())
+}
+
 /// Test hook: `GUARDFS_TEST_XFORM_ABORT=PHASE` in secfs's environment makes
 /// it abort (as `kill -9` would, at a chosen instant) when a
 /// transformation reaches `PHASE`: `side` (side file durable, no record),
