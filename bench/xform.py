@@ -99,12 +99,15 @@ class Bench:
                 "--log-file", os.path.join(self.base, "secfs.log")]
         for spec, file in keys:
             args += ["--key", f"{spec}={os.path.join(self.keys, file)}"]
-        sh(*args)
+        out = sh(*args).stdout
+        self.pid = int(out.split("daemon pid ")[1].split(",")[0].split(")")[0])
 
     def umount(self, gp):
         sh(self.a.secfs, "umount", gp)
-        for _ in range(200):
-            if not os.path.ismount(gp):
+        # The daemon holds the lower directory until it exits; the next
+        # mount would find it busy.
+        for _ in range(400):
+            if not os.path.ismount(gp) and not os.path.exists(f"/proc/{self.pid}"):
                 return
             time.sleep(0.05)
 
