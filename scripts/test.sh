@@ -46,4 +46,7 @@ cargo bench -p guardfs-bench --locked -- --test
 step "bench smoke (bench/compare.sh --smoke: every configuration, a few seconds each)"
 ./bench/compare.sh --smoke
 
+step "bench smoke (bench/xform.sh --smoke: dataxform against cp -a, tiny trees)"
+./bench/xform.sh --smoke --dir /var/tmp/guardfs-ci-xform-bench
+
 step "all tests passed"
