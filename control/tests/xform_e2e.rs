@@ -547,6 +547,17 @@ fn transformation_needs_root_and_key_op_and_hides_its_files() {
     // Without a terminal, -y is required.
     let o = gp.dataxform(&["--rekey"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // One transformation per GuardPoint at a time.
+    {
+        let dir = fs::File::open(&gp.dir).unwrap();
+        let held = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let o = gp.dataxform(&["--rekey", "-y"]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("another dataxform"), "{}", text(&o));
+        drop(held);
+    }
     gp.unmount();
 
     // The side directory is secfs's: invisible and untouchable.
@@ -920,4 +931,33 @@ fn more_files_than_the_default_open_files_limit_are_transformed() {
             );
         }
     }
+}
+
+/// A file cut short in the middle of its copy back (its new header already
+/// in place, its size still the old one) shows its right size from the
+/// first `stat`, before any open: the interrupted transformation is
+/// finished when the size is first shown, not only when it is opened.
+#[test]
+fn a_file_cut_short_mid_copy_shows_its_size_from_the_first_stat() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0009);
+    let data = rng.bytes((2 << 20) + 123);
+    fs::write(gp.dir.join("big"), &data).unwrap();
+    let pol = policy("clear_key", Some("k"));
+    let keys = [("k:cbc-cs1", "k")];
+    gp.mount_env(&pol, &keys, &[("GUARDFS_TEST_XFORM_ABORT", "copy")]);
+    let o = gp.dataxform(&["--rekey", "-y"]);
+    assert!(!o.status.success(), "secfs did not die: {}", text(&o));
+    gp.kill9();
+    gp.mount(&pol, &keys);
+    drop_caches();
+    assert_eq!(
+        fs::metadata(gp.dir.join("big")).unwrap().len(),
+        data.len() as u64
+    );
+    assert!(gp.log().contains("finished an interrupted transformation"));
+    assert!(
+        fs::read(gp.dir.join("big")).unwrap() == data,
+        "contents differ"
+    );
 }

@@ -161,6 +161,26 @@ fn open_dir(p: &Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
+/// An exclusive, non-blocking flock on the GuardPoint's root directory,
+/// held while it lives.
+fn lock_guard_point(gp: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Failure> {
+    let dir =
+        std::fs::File::open(gp).map_err(|e| Failure(FAILED, format!("{}: {e}", gp.display())))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            Failure(
+                FAILED,
+                format!(
+                    "another dataxform is running on {}; one transformation per GuardPoint at a time",
+                    gp.display()
+                ),
+            )
+        } else {
+            Failure(FAILED, format!("{}: cannot lock: {e}", gp.display()))
+        }
+    })
+}
+
 /// One request; the outcome per name (`Err(errno)` for a name the request
 /// failed for), and the cleanup count.
 #[allow(clippy::type_complexity)]
@@ -260,6 +280,13 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         }
         Err(e) => return Err(Failure(FAILED, format!("{}: {e}", gp.display()))),
     }
+    // One transformation per GuardPoint at a time (as CTE UserSpace has
+    // it): an exclusive flock on the GuardPoint's root for the whole run.
+    let _one_at_a_time = if o.scan {
+        None
+    } else {
+        Some(lock_guard_point(&gp)?)
+    };
     let log = Log::open(&gp);
     let (files, problems) = walk(&gp);
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();

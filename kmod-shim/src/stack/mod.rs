@@ -261,6 +261,43 @@ impl Stack {
         c
     }
 
+    /// Finish a transformation of `node` that a crash interrupted, if its
+    /// lower file carries a transformation record; whether one was. Holds
+    /// the file's contents meanwhile: a batch that is running holds them
+    /// too, so its own records are never taken for a crash's.
+    fn finish_interrupted_transformation(&self, node: &Node) -> bool {
+        let probe = self
+            .xattrs(node.fd())
+            .getxattr(OsStr::from_bytes(xform::XFORM_XATTR.to_bytes()));
+        if probe.is_err() {
+            return false;
+        }
+        let Ok(fd) = self.reopen(node, OFlag::O_RDWR) else {
+            return false;
+        };
+        let state = node.file();
+        let mut c = state.write_contents();
+        match xform::finish(fd.as_fd(), self.root_fd.as_fd()) {
+            Ok(done) => {
+                if done {
+                    // Whatever was loaded describes the old bytes.
+                    *c = file::Contents::Unloaded;
+                    node.set_class(Class::Unknown);
+                    log::info!(
+                        "secfs: {}: finished an interrupted transformation",
+                        node.display_path()
+                    );
+                }
+                done
+            }
+            Err(why) => {
+                // Reported (and the file refused) when it is opened.
+                log::error!("secfs: {}: {why}", node.display_path());
+                false
+            }
+        }
+    }
+
     /// Finish a truncate of `node` that a crash interrupted, if its lower
     /// file carries a tail record (see `file::TAIL_XATTR`); whether one was.
     fn finish_interrupted_truncate(&self, node: &Node) -> bool {
@@ -305,9 +342,21 @@ impl Stack {
     /// served as they are or decrypted, and so the size).
     fn attr_of(&self, node: &Node, st: &FileStat, rule: &RuleKey) -> Attr {
         let kind = FileKind::from_mode(st.st_mode);
-        let mut size = st.st_size as u64;
         let restat;
         let mut st = st;
+        // The first time a file's size is shown, a transformation a crash
+        // interrupted is finished, so that neither its half-copied bytes
+        // nor a size from before it shows (the kernel keeps that size).
+        if kind == FileKind::Regular
+            && node.first_settle()
+            && self.finish_interrupted_transformation(node)
+            && let Ok(s) = self.stat_node(node)
+        {
+            restat = s;
+            st = &restat;
+        }
+        let restat2;
+        let mut size = st.st_size as u64;
         if kind == FileKind::Regular && !file::verbatim(rule, self.cfg.mode, &*self.cfg.keys) {
             let first = node.class() == Class::Unknown;
             let class = self.class_of(node);
@@ -320,8 +369,8 @@ impl Stack {
                 && self.finish_interrupted_truncate(node)
                 && let Ok(s) = self.stat_node(node)
             {
-                restat = s;
-                st = &restat;
+                restat2 = s;
+                st = &restat2;
                 size = st.st_size as u64;
             }
             if node.view == View::Plain {

@@ -76,6 +76,9 @@ pub struct Node {
     class: AtomicU8,
     /// A [`Standing`].
     standing: AtomicU8,
+    /// Whether a transformation a crash interrupted was looked for (and
+    /// finished) before this node's size was first shown.
+    settled: std::sync::atomic::AtomicBool,
     /// Contents state of a regular file, created on first use (or shared
     /// with the retired node of the same lower object).
     file: OnceLock<Arc<FileState>>,
@@ -98,6 +101,7 @@ impl Node {
             view,
             class: AtomicU8::new(class as u8),
             standing: AtomicU8::new(Standing::Live as u8),
+            settled: std::sync::atomic::AtomicBool::new(false),
             file: OnceLock::new(),
         }
     }
@@ -108,6 +112,11 @@ impl Node {
             1 => Standing::Retired,
             _ => Standing::Revoked,
         }
+    }
+
+    /// True the first time it is called for this node.
+    pub fn first_settle(&self) -> bool {
+        !self.settled.swap(true, Ordering::AcqRel)
     }
 
     /// Refuse every handle on this (retired) node from now on.

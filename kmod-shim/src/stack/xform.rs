@@ -125,6 +125,41 @@ enum Source {
     Inline(Vec<u8>),
 }
 
+/// Side files a batch in this process is using right now: `cleanup`
+/// leaves them alone, whoever asks (two `dataxform` runs on one
+/// GuardPoint, or a cleanup racing a batch).
+static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A side file's name registered in [`IN_FLIGHT`] while this lives.
+struct InFlight(String);
+
+impl InFlight {
+    fn new(name: &str) -> InFlight {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_owned());
+        InFlight(name.to_owned())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut v = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = v.iter().position(|n| *n == self.0) {
+            v.swap_remove(i);
+        }
+    }
+}
+
+fn in_flight(name: &[u8]) -> bool {
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|n| n.as_bytes() == name)
+}
+
 /// Most bytes a record holds inline (a header's non-reserved part).
 const MAX_INLINE: usize = 256;
 
@@ -429,7 +464,7 @@ pub fn cleanup(root: BorrowedFd<'_>, before: u64) -> Result<u64, String> {
     for ent in d.iter() {
         let ent = ent.map_err(|e| io_err("listing the side directory", e))?;
         let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
+        if name == b"." || name == b".." || in_flight(name) {
             continue;
         }
         let Ok(st) = nix::sys::stat::fstatat(
@@ -496,6 +531,8 @@ struct Change {
     /// The side file (none when the record holds the bytes).
     side: Option<OwnedFd>,
     intent: Intent,
+    /// Keeps `cleanup` away from the side file until the batch is done.
+    _in_flight: Option<InFlight>,
 }
 
 /// One file of a batch.
@@ -904,6 +941,7 @@ impl FileState {
                     mode,
                     source: Source::Inline(inline),
                 },
+                _in_flight: None,
             })));
         }
         if dir.is_none() {
@@ -915,6 +953,7 @@ impl FileState {
         let dir = dir.as_ref().ok_or(Errno::EIO)?;
         let st = nix::sys::stat::fstat(io.fd).map_err(|_| Errno::EIO)?;
         let name = format!("{:x}-{:x}", st.st_dev, st.st_ino);
+        let in_flight = InFlight::new(&name);
         let side = nix::fcntl::openat(
             dir,
             name.as_str(),
@@ -945,6 +984,7 @@ impl FileState {
                 mode,
                 source: Source::Side(name),
             },
+            _in_flight: Some(in_flight),
         })))
     }
 
@@ -1024,6 +1064,26 @@ fn read_plain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cleanup_leaves_side_files_in_flight_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::File::open(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join(SIDE_DIR)).unwrap();
+        for n in ["801-1", "801-2"] {
+            std::fs::write(dir.path().join(SIDE_DIR).join(n), b"x").unwrap();
+        }
+        let busy = InFlight::new("801-2");
+        let far = u64::MAX;
+        assert_eq!(cleanup(root.as_fd(), far).unwrap(), 1);
+        assert!(dir.path().join(SIDE_DIR).join("801-2").exists());
+        drop(busy);
+        assert_eq!(cleanup(root.as_fd(), far).unwrap(), 1);
+        assert!(
+            !dir.path().join(SIDE_DIR).exists(),
+            "empty side directory left"
+        );
+    }
 
     #[test]
     fn intent_records_round_trip_and_misfits_are_refused() {
