@@ -416,30 +416,14 @@ impl PolicyDocument {
         let key_rules: Vec<Value> = self
             .key_rules
             .iter()
-            .map(|k| {
-                let mut m = Map::new();
-                if let Some(n) = k.order_number {
-                    m.insert("order_number".into(), json!(n));
-                }
-                put_opt(&mut m, "resource_set_id", k.resource_set_id.as_deref());
-                m.insert("key_id".into(), json!(k.key_id));
-                Value::Object(m)
-            })
+            .map(|k| key_rule_json(k.order_number, k.resource_set_id.as_deref(), &k.key_id))
             .collect();
         top.insert("key_rules".into(), Value::Array(key_rules));
         if !self.data_transform_rules.is_empty() {
             let rules = self
                 .data_transform_rules
                 .iter()
-                .map(|k| {
-                    let mut m = Map::new();
-                    if let Some(n) = k.order_number {
-                        m.insert("order_number".into(), json!(n));
-                    }
-                    put_opt(&mut m, "resource_set_id", k.resource_set_id.as_deref());
-                    m.insert("key_id".into(), json!(k.key_id));
-                    Value::Object(m)
-                })
+                .map(|k| key_rule_json(k.order_number, k.resource_set_id.as_deref(), &k.key_id))
                 .collect();
             top.insert("data_transform_rules".into(), Value::Array(rules));
         }
@@ -507,6 +491,17 @@ impl PolicyDocument {
         top.insert("process_sets".into(), Value::Array(process_sets));
         Value::Object(top)
     }
+}
+
+/// A key rule or data transformation rule (the same three fields).
+fn key_rule_json(order: Option<u32>, resource_set: Option<&str>, key_id: &str) -> Value {
+    let mut m = Map::new();
+    if let Some(n) = order {
+        m.insert("order_number".into(), json!(n));
+    }
+    put_opt(&mut m, "resource_set_id", resource_set);
+    m.insert("key_id".into(), json!(key_id));
+    Value::Object(m)
 }
 
 fn put_opt(m: &mut Map<String, Value>, key: &str, value: Option<&str>) {
