@@ -649,7 +649,13 @@ fn parse_when(v: &Json, rule: &str) -> Result<TimeWindow, PolicyError> {
 }
 
 fn parse_key_rule(v: &Json, index: usize) -> Result<KeyRule, PolicyError> {
-    let o = Obj::new(v, key_rule_at(index), "key_rules[]", KEY_RULE_FIELDS)?;
+    parse_rule_fields(v, key_rule_at(index), "key_rules[]")
+}
+
+/// A key rule's fields (`order_number`, `resource_set_id`, `key_id`,
+/// `key_type`), at `at` in the list `list`.
+fn parse_rule_fields(v: &Json, at: String, list: &str) -> Result<KeyRule, PolicyError> {
+    let o = Obj::new(v, at, list, KEY_RULE_FIELDS)?;
     match o.opt_str("key_type")? {
         None | Some("name") => {}
         Some(other) => {
@@ -667,25 +673,12 @@ fn parse_key_rule(v: &Json, index: usize) -> Result<KeyRule, PolicyError> {
 }
 
 fn parse_transform_rule(v: &Json, index: usize) -> Result<TransformRule, PolicyError> {
-    let o = Obj::new(
-        v,
-        transform_rule_at(index),
-        "data_transform_rules[]",
-        KEY_RULE_FIELDS,
-    )?;
-    match o.opt_str("key_type")? {
-        None | Some("name") => {}
-        Some(other) => {
-            return Err(PolicyError::UnsupportedKeyType {
-                at: o.at.clone(),
-                value: other.to_owned(),
-            });
-        }
-    }
+    // The same three fields as a key rule, located in their own list.
+    let k = parse_rule_fields(v, transform_rule_at(index), "data_transform_rules[]")?;
     Ok(TransformRule {
-        order_number: o.opt_u32("order_number")?,
-        resource_set_id: o.opt_str("resource_set_id")?.map(str::to_owned),
-        key_id: o.req_str("key_id")?.to_owned(),
+        order_number: k.order_number,
+        resource_set_id: k.resource_set_id,
+        key_id: k.key_id,
     })
 }
 
