@@ -961,3 +961,75 @@ fn a_file_cut_short_mid_copy_shows_its_size_from_the_first_stat() {
         "contents differ"
     );
 }
+
+/// Bytes that lie during a transformation (ATTACKS.md 2, 3): under a rule
+/// from clear_key, a clear file starting with header magic (or with a
+/// header for a third key) is served as stored, never decrypted; under a
+/// rule between two named keys, a header for a third key is refused
+/// (EIO); a rename between the transforming rule and another one is EXDEV.
+#[test]
+fn lying_bytes_and_moves_during_a_transformation() {
+    let mut gp = Gp::new();
+    // A file encrypted under k2 (a third key), to plant below.
+    gp.mount(&policy("k2", None), &[("k2", "k2")]);
+    fs::write(gp.dir.join("third"), b"under k2").unwrap();
+    let planted = fs::read(gp.lower().join("third")).unwrap();
+    gp.unmount();
+    let mut magic = b"GuardFS\0".to_vec();
+    magic.extend(std::iter::repeat_n(7u8, 5000));
+    fs::write(gp.dir.join("magic"), &magic).unwrap();
+    fs::write(gp.dir.join("third"), &planted).unwrap();
+    fs::create_dir(gp.dir.join("other")).unwrap();
+    fs::write(gp.dir.join("moved"), b"clear").unwrap();
+    // Transforming rule for everything but /other, which keeps clear_key.
+    let pol = r#"{ "name": "xf", "security_rules": [
+        { "order_number": 1, "action": "key_op", "effect": "permit,applykey" },
+        { "order_number": 2, "action": "all_ops", "effect": "permit,applykey" } ],
+      "resource_sets": [ { "id": "other", "resources": [
+        { "directory": "/other", "include_subfolders": true } ] } ],
+      "key_rules": [ { "resource_set_id": "other", "key_id": "clear_key" },
+                     { "key_id": "clear_key" } ],
+      "data_transform_rules": [ { "key_id": "k" } ] }"#;
+    gp.mount(pol, &[("k", "k"), ("k2", "k2")]);
+    assert_eq!(fs::read(gp.dir.join("magic")).unwrap(), magic);
+    assert_eq!(
+        fs::read(gp.dir.join("third")).unwrap(),
+        planted,
+        "k2 header decrypted"
+    );
+    let e = fs::rename(gp.dir.join("moved"), gp.dir.join("other/moved")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EXDEV));
+    gp.unmount();
+    // Between two named keys, a third key's header is refused.
+    gp.mount(
+        &policy("k", Some("kv2")),
+        &[("k", "k"), ("kv2", "kv2"), ("k2", "k2")],
+    );
+    let e = fs::read(gp.dir.join("third")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO));
+}
+
+/// A full disk (ATTACKS.md 7): a file whose new bytes do not fit is
+/// skipped and reported, unchanged and readable; nothing half done.
+#[test]
+fn a_full_disk_skips_the_file_and_changes_nothing() {
+    let mut gp = Gp::new();
+    let m = nix::mount::mount(
+        Some("tmpfs"),
+        &gp.dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m"),
+    );
+    m.unwrap();
+    let data = Rng(0x5eed_000a).bytes(3 << 20);
+    fs::write(gp.dir.join("big"), &data).unwrap();
+    gp.mount(&policy("clear_key", Some("k")), &[("k", "k")]);
+    let o = gp.dataxform(&["--rekey", "-y", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no space"), "{}", text(&o));
+    assert_eq!(fs::read(gp.dir.join("big")).unwrap(), data);
+    assert!(header_of(&gp.lower().join("big")).is_none(), "file changed");
+    gp.unmount();
+    let _ = nix::mount::umount(&gp.dir);
+}

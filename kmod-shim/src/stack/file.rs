@@ -824,15 +824,15 @@ impl FileState {
         let mut hdr = [0u8; HEADER_LEN];
         let n = pread_full(fd, &mut hdr, 0)?;
         let h = match Header::parse(&hdr[..n]) {
-            Ok(h) if required.contains(&h.key_name) || !clear_ok => h,
-            Ok(_) => {
+            Ok(h) if !clear_ok || required.contains(&h.key_name) => h,
+            // Stored as it is, whatever its first bytes look like: sized
+            // as such from now on (not by the header it seems to carry).
+            Ok(_) | Err(_) if clear_ok => {
+                node.set_class(Class::Plain);
                 *c = Contents::Plain;
                 return Ok(Load::Ready);
             }
-            Err(_) if clear_ok => {
-                *c = Contents::Plain;
-                return Ok(Load::Ready);
-            }
+            Ok(h) => h,
             Err(e) => return refuse(c, "none", format!("no valid GuardFS header: {e}")),
         };
         if required.is_empty() {

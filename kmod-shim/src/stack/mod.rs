@@ -358,6 +358,16 @@ impl Stack {
         let restat2;
         let mut size = st.st_size as u64;
         if kind == FileKind::Regular && !file::verbatim(rule, self.cfg.mode, &*self.cfg.keys) {
+            // Under a transformation rule, whether a file is encrypted is
+            // decided by its authenticated header, not by its marker or
+            // magic: decide it (load) before its size is first shown.
+            if matches!(rule, RuleKey::Transform(_))
+                && node.class() == Class::Unknown
+                && node.view == View::Plain
+                && let Ok(fd) = self.reopen(node, OFlag::O_RDONLY)
+            {
+                let _ = node.file().load(&self.io(node, fd.as_fd(), rule));
+            }
             let first = node.class() == Class::Unknown;
             let class = self.class_of(node);
             // The first time a file's size is shown, in either view, a
