@@ -1033,3 +1033,377 @@ fn a_full_disk_skips_the_file_and_changes_nothing() {
     gp.unmount();
     let _ = nix::mount::umount(&gp.dir);
 }
+
+/// The rekey record on a lower file, if any.
+fn rekey_record(lower: &Path) -> Option<Vec<u8>> {
+    xattr_get(lower, b"trusted.guardfs.rekey")
+}
+
+/// Large files (rekeyed online) next to the awkward small ones: two of
+/// 3 MiB and a sparse one with data only at both ends.
+fn populate_large(dir: &Path, rng: &mut Rng, want: &mut BTreeMap<PathBuf, Want>) {
+    for name in ["large-1", "large-2"] {
+        fs::write(dir.join(name), rng.bytes(3 << 20)).unwrap();
+        want.insert(PathBuf::from(name), describe(&dir.join(name)));
+    }
+    let p = dir.join("large-sparse");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(&p).unwrap();
+        f.write_all_at(&rng.bytes(5000), 0).unwrap();
+        f.write_all_at(&rng.bytes(7000), (4 << 20) + 123).unwrap();
+    }
+    want.insert(PathBuf::from("large-sparse"), describe(&p));
+}
+
+/// A writer that keeps a model of its file: random writes at any offset
+/// and length (straddling units), an fdatasync now and then, and a read of
+/// a random range after every few writes compared with the model (a stale
+/// or torn read fails at once). Runs until `stop`; returns the model.
+fn model_writer(
+    path: PathBuf,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u8>, u64)> {
+    std::thread::spawn(move || {
+        use std::os::unix::fs::FileExt;
+        let mut rng = Rng(seed);
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut model = fs::read(&path).unwrap();
+        let mut ops = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let off = rng.below(model.len() as u64 + 5000) as usize;
+            let len = 1 + rng.below(12_000) as usize;
+            let data = rng.bytes(len);
+            f.write_all_at(&data, off as u64).unwrap();
+            if model.len() < off + len {
+                model.resize(off + len, 0);
+            }
+            model[off..off + len].copy_from_slice(&data);
+            ops += 1;
+            if ops.is_multiple_of(16) {
+                f.sync_data().unwrap();
+            }
+            if ops.is_multiple_of(4) {
+                let a = rng.below(model.len() as u64) as usize;
+                let n = (1 + rng.below(20_000) as usize).min(model.len() - a);
+                let mut got = vec![0u8; n];
+                f.read_exact_at(&mut got, a as u64).unwrap();
+                assert!(
+                    got == model[a..a + n],
+                    "{}: read {a}+{n} differs from what was written (op {ops})",
+                    path.display()
+                );
+            }
+        }
+        (model, ops)
+    })
+}
+
+/// Deep rekey online while fsx runs on one file and a model-checking
+/// writer on another (both open the whole time), with steps of 3 units so
+/// that the point the rekey reached moves through the middle of fsx's
+/// reads, writes, mapped I/O and truncates. Every file ends in the new
+/// version, fsx finds no wrong byte, the writer never reads a stale byte,
+/// and nothing waits for the whole file.
+#[test]
+fn an_online_deep_rekey_keeps_fsx_and_a_writer_right() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0010);
+    gp.mount(&policy("k", None), &[("k@1", "k")]);
+    let mut want = populate(&gp.dir, &mut rng, 12);
+    populate_large(&gp.dir, &mut rng, &mut want);
+    fs::write(gp.dir.join("a-fsx"), b"").unwrap();
+    fs::write(gp.dir.join("db"), rng.bytes(1 << 20)).unwrap();
+    gp.unmount();
+
+    gp.mount_env(
+        &policy("k", None),
+        &[("k@1", "k"), ("k@2", "kv2")],
+        &[("GUARDFS_TEST_REKEY_STEP_UNITS", "3")],
+    );
+    let fsx_dir = gp.base.path().join("fsx");
+    fs::create_dir(&fsx_dir).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration/fsx.toml");
+    let fsx_bin = std::env::var("FSX").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cargo/bin/fsx")
+    });
+    let fsx = Command::new(&fsx_bin)
+        .args([
+            "-f",
+            config.to_str().unwrap(),
+            "-N",
+            "30000",
+            "-S",
+            "7",
+            "-P",
+        ])
+        .arg(&fsx_dir)
+        .arg(gp.dir.join("a-fsx"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("fsx ({fsx_bin}): {e}: cargo install fsx"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = model_writer(gp.dir.join("db"), 0x5eed_0011, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ok(
+        &gp.dataxform(&["--deep", "-y", "--json", "--max_rate", "1"]),
+        "online deep rekey",
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (model, ops) = writer.join().unwrap();
+    let fsx_out = fsx.wait_with_output().unwrap();
+    assert!(
+        fsx_out.status.success(),
+        "fsx failed during the online rekey: {}\n{}",
+        text(&fsx_out),
+        gp.log()
+    );
+    assert!(ops > 20, "the writer barely ran ({ops} writes)");
+    assert!(out.contains(r#""event":"summary""#), "{out}");
+    let log = gp.log();
+    for name in ["a-fsx", "db", "large-1", "large-sparse"] {
+        assert!(
+            log.contains(&format!("{name}: rekeyed online")),
+            "{name} not rekeyed online:\n{log}"
+        );
+    }
+    assert_eq!(
+        fs::read(gp.dir.join("db")).unwrap(),
+        model,
+        "db after the rekey"
+    );
+    check(&gp.dir, &want, false, "after the online rekey");
+    for e in fs::read_dir(gp.lower()).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() && fs::metadata(&p).unwrap().len() >= 4096 {
+            assert_eq!(
+                header_of(&p).map(|h| h.1),
+                Some(2),
+                "{} not at version 2",
+                p.display()
+            );
+            assert!(rekey_record(&p).is_none(), "{}: record left", p.display());
+        }
+    }
+    // Holes stayed holes.
+    let sparse = fs::metadata(gp.lower().join("large-sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 1 << 20,
+        "the sparse file was filled in: {} blocks",
+        sparse.blocks()
+    );
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k@2", "kv2")]);
+    check(&gp.dir, &want, false, "version 2 alone");
+    assert_eq!(
+        fs::read(gp.dir.join("db")).unwrap(),
+        model,
+        "db, version 2 alone"
+    );
+}
+
+/// secfs dies at each instant of an online rekey step for certain: with
+/// the step's journal durable, after the in-place write, after the mark
+/// moved, and after the new header went in place. Each time every file
+/// reads whole after a remount (the step redone where the journal says),
+/// and the same command finishes, leaving no record or journal.
+#[test]
+fn secfs_dying_at_each_step_of_an_online_rekey_loses_nothing() {
+    for phase in ["rk-journal", "rk-write", "rk-record", "rk-header"] {
+        let mut gp = Gp::new();
+        let mut rng = Rng(0x5eed_0012);
+        gp.mount(&policy("k", None), &[("k@1:gcm", "k")]);
+        let mut want = populate(&gp.dir, &mut rng, 2);
+        populate_large(&gp.dir, &mut rng, &mut want);
+        gp.unmount();
+        let keys = [("k@1:gcm", "k"), ("k@2:gcm", "kv2")];
+        gp.mount_env(
+            &policy("k", None),
+            &keys,
+            &[("GUARDFS_TEST_XFORM_ABORT", phase)],
+        );
+        let o = gp.dataxform(&["--deep", "-y"]);
+        assert!(!o.status.success(), "{phase}: secfs did not die");
+        assert!(
+            gp.log().contains("aborting at transformation phase"),
+            "{phase}: {}",
+            gp.log()
+        );
+        gp.kill9();
+        gp.mount(&policy("k", None), &keys);
+        let recorded = fs::read_dir(gp.lower())
+            .unwrap()
+            .flatten()
+            .filter(|e| rekey_record(&e.path()).is_some())
+            .count();
+        assert_eq!(recorded, 1, "{phase}: one file mid-rekey");
+        check(&gp.dir, &want, false, &format!("after dying at {phase}"));
+        let log = gp.log();
+        let redone = log.contains("redid an interrupted rekey step");
+        assert_eq!(
+            redone,
+            matches!(phase, "rk-journal" | "rk-write"),
+            "{phase}: step redone: {redone}\n{log}"
+        );
+        assert_eq!(
+            log.contains("finished an interrupted rekey"),
+            phase == "rk-header",
+            "{phase}\n{log}"
+        );
+        ok(
+            &gp.dataxform(&["--deep", "-y", "--cleanup"]),
+            "finishing run",
+        );
+        for e in fs::read_dir(gp.lower()).unwrap().flatten() {
+            assert!(rekey_record(&e.path()).is_none(), "{phase}: record left");
+        }
+        assert!(
+            !gp.lower().join(".guardfs-xform").exists(),
+            "{phase}: journal left"
+        );
+        gp.unmount();
+        gp.mount(&policy("k", None), &[("k@2:gcm", "kv2")]);
+        check(&gp.dir, &want, false, &format!("{phase}: version 2 alone"));
+        gp.unmount();
+    }
+}
+
+/// kill -9 of secfs at random instants of online rekeys (small steps, so
+/// most kills land mid-file), a remount and a check after each, then the
+/// same command finishes.
+#[test]
+fn killing_secfs_during_online_rekeys_loses_nothing() {
+    let kills: u64 = std::env::var("GUARDFS_XFORM_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0013);
+    gp.mount(&policy("k", None), &[("k:xts", "k")]);
+    let mut want = populate(&gp.dir, &mut rng, 4);
+    populate_large(&gp.dir, &mut rng, &mut want);
+    gp.unmount();
+    let pol = policy("k", Some("k2"));
+    let keys = [("k:xts", "k"), ("k2:xts", "k2")];
+    let env = [("GUARDFS_TEST_REKEY_STEP_UNITS", "16")];
+    for round in 0..kills {
+        gp.mount_env(&pol, &keys, &env);
+        let mut child = Command::new(dataxform_bin(gp.base.path()))
+            .args(["--rekey", "-y", "--max_rate", "4", "--gp"])
+            .arg(&gp.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50 + rng.below(700)));
+        gp.kill9();
+        let _ = child.kill();
+        let _ = child.wait();
+        gp.mount(&pol, &keys);
+        check(&gp.dir, &want, false, &format!("after kill {round}"));
+        gp.unmount();
+    }
+    gp.mount(&pol, &keys);
+    ok(
+        &gp.dataxform(&["--rekey", "-y", "--cleanup"]),
+        "finishing run",
+    );
+    for rel in want.keys() {
+        let p = gp.lower().join(rel);
+        if fs::metadata(&p).unwrap().len() >= 4096 {
+            assert_eq!(
+                header_of(&p).map(|h| h.0),
+                Some("k2".into()),
+                "{}",
+                rel.display()
+            );
+        }
+    }
+    gp.unmount();
+    gp.mount(&policy("k2", None), &[("k2:xts", "k2")]);
+    check(&gp.dir, &want, false, "under k2 alone");
+}
+
+/// `--max_rate` holds the run to its rate; `--suspend` pauses it (the
+/// status says `Suspended` and no byte moves), `--resume` lets it finish.
+#[test]
+fn an_online_rekey_is_throttled_suspended_and_resumed() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0014);
+    gp.mount(&policy("k", None), &[("k@1", "k")]);
+    fs::write(gp.dir.join("big"), rng.bytes(6 << 20)).unwrap();
+    let want = fs::read(gp.dir.join("big")).unwrap();
+    gp.unmount();
+    gp.mount(&policy("k", None), &[("k@1", "k"), ("k@2", "kv2")]);
+    let child = Command::new(dataxform_bin(gp.base.path()))
+        .args(["--deep", "-y", "--json", "--max_rate", "2", "--gp"])
+        .arg(&gp.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = || {
+        text(
+            &Command::new(VORADMIN)
+                .args(["xform", "status"])
+                .output()
+                .unwrap(),
+        )
+    };
+    let gp_name = gp.dir.display().to_string();
+    let row = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with(&gp_name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait_until("the run in progress", 20, || {
+        row(&status()).contains("In Progress")
+    });
+    let nothing = gp.dataxform(&["--resume"]);
+    assert!(!nothing.status.success(), "resumed what was not suspended");
+    ok(&gp.dataxform(&["--suspend"]), "suspend");
+    wait_until("Suspended", 20, || row(&status()).contains("Suspended"));
+    let before = row(&status());
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = row(&status());
+    let bytes = |r: &str| {
+        r.split_whitespace()
+            .nth(r.split_whitespace().count() - 2)
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        bytes(&before),
+        bytes(&during),
+        "bytes moved while suspended:\n{before}\n{during}"
+    );
+    ok(&gp.dataxform(&["--resume"]), "resume");
+    let out = child.wait_with_output().unwrap();
+    let o = ok(&out, "the throttled run");
+    assert!(
+        o.contains(r#""event":"suspended""#) && o.contains(r#""event":"resumed""#),
+        "{o}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        o.lines()
+            .find(|l| l.contains(r#""event":"summary""#))
+            .unwrap(),
+    )
+    .unwrap();
+    // The limiter sleeps until the bytes fit the rate, so the rate over
+    // the run never exceeds it by more than the first request's bytes.
+    let rate = summary["mb_per_s"].as_f64().unwrap();
+    assert!(rate <= 2.0 * 1.25, "rate {rate} MB/s over --max_rate 2");
+    assert!(row(&status()).contains("Completed"), "{}", status());
+    assert_eq!(fs::read(gp.dir.join("big")).unwrap(), want);
+    assert_eq!(header_of(&gp.lower().join("big")).map(|h| h.1), Some(2));
+}

@@ -4,8 +4,9 @@
 //! reply out; encoding and decoding live here so that secfs and
 //! `dataxform` cannot disagree.
 //!
-//! Request: `op` u8, `flags` u8, `count` u16, `before` u64 (cleanup only),
-//! 4 reserved bytes, then `count` names as `len` u8 + bytes.
+//! Request: `op` u8, `flags` u8, `count` u16, `before` u64 (cleanup: unix
+//! seconds; online step: the byte budget), 4 reserved bytes, then `count`
+//! names as `len` u8 + bytes.
 //! Reply: the same 16-byte head (`before` = side files removed, for a
 //! cleanup), then `count` records of 24 bytes (`status` u8, `from`, `to`,
 //! `why` string indexes u8 (255: none), `errno` i32 (status 255: the
@@ -33,6 +34,9 @@ const MAX_STR: usize = 240;
 pub const SCAN: u8 = 1;
 /// `flags`: keep the file's access and modification times.
 pub const PRESERVE_TIMES: u8 = 2;
+/// `flags`: the caller rekeys large or open files online (they come back
+/// as `Status::Online`, to be stepped with [`Ask::Step`]).
+pub const ONLINE: u8 = 4;
 
 /// What a request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,9 @@ pub enum Ask {
     /// remove side files older than `before` (unix seconds) and their
     /// directory.
     Cleanup { before: u64 },
+    /// One online rekey step (about `budget` plaintext bytes) of the one
+    /// named file: `Rekey` or `Deep`.
+    Step { op: Op, budget: u64 },
 }
 
 /// A request, decoded.
@@ -60,6 +67,12 @@ fn op_code(ask: Ask) -> u8 {
         Ask::Files(Op::Deep) => 2,
         Ask::Files(Op::Shallow) => 3,
         Ask::Cleanup { .. } => 4,
+        Ask::Step { op: Op::Rekey, .. } => 5,
+        Ask::Step { op: Op::Deep, .. } => 6,
+        // Not a request: refused by `encode`.
+        Ask::Step {
+            op: Op::Shallow, ..
+        } => 0,
     }
 }
 
@@ -91,12 +104,20 @@ impl Request {
         if matches!(self.ask, Ask::Cleanup { .. }) != self.names.is_empty() {
             return Err("a cleanup names no files; a transformation names some");
         }
+        if matches!(self.ask, Ask::Step { .. }) && self.names.len() != 1 {
+            return Err("an online step names one file");
+        }
+        if op_code(self.ask) == 0 {
+            return Err("a shallow rekey has no online steps");
+        }
         let mut b = Box::new([0u8; SIZE]);
         b[0] = op_code(self.ask);
         b[1] = self.flags;
         b[2..4].copy_from_slice(&(self.names.len() as u16).to_le_bytes());
-        if let Ask::Cleanup { before } = self.ask {
-            b[4..12].copy_from_slice(&before.to_le_bytes());
+        match self.ask {
+            Ask::Cleanup { before } => b[4..12].copy_from_slice(&before.to_le_bytes()),
+            Ask::Step { budget, .. } => b[4..12].copy_from_slice(&budget.to_le_bytes()),
+            Ask::Files(_) => {}
         }
         let mut at = HEAD;
         for n in &self.names {
@@ -121,10 +142,17 @@ impl Request {
             4 => Ask::Cleanup {
                 before: u64::from_le_bytes(x),
             },
+            5 | 6 => Ask::Step {
+                op: if b[0] == 5 { Op::Rekey } else { Op::Deep },
+                budget: u64::from_le_bytes(x),
+            },
             _ => return Err("unknown operation"),
         };
-        if b[1] & !(SCAN | PRESERVE_TIMES) != 0 {
+        if b[1] & !(SCAN | PRESERVE_TIMES | ONLINE) != 0 {
             return Err("unknown flags");
+        }
+        if matches!(ask, Ask::Step { .. }) && count != 1 {
+            return Err("an online step names one file");
         }
         if count > MAX_FILES || matches!(ask, Ask::Cleanup { .. }) != (count == 0) {
             return Err("bad file count");
@@ -164,6 +192,7 @@ fn status_of(c: u8) -> Option<Status> {
         7 => Status::Clear,
         8 => Status::WouldChange,
         9 => Status::NoKey,
+        10 => Status::Online,
         _ => return None,
     })
 }

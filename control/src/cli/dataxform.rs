@@ -28,13 +28,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guardfs_shim::stack::xform::{Op, Outcome, Status};
-use guardfs_shim::xform_ioctl::{self, Ask, PRESERVE_TIMES, Request, SCAN};
+use guardfs_shim::xform_ioctl::{self, Ask, ONLINE, PRESERVE_TIMES, Request, SCAN};
 use nix::fcntl::OFlag;
 use serde_json::json;
 
 use super::{CmdResult, FAILED, Failure, USAGE, require_root};
 
 const USAGE_TEXT: &str = "usage: dataxform --rekey|--shallow|--deep --gp PATH [--print_stat] [--preserve_modified_time] [--cleanup] [--scan] [-y] [--json]
+                 [--offline] [--max_rate MB/s] [--cpu PERCENT]
+       dataxform --suspend|--resume --gp PATH
   --rekey                   every file to its key rule's transformation key (data_transform_rules)
   --deep                    every encrypted file to the newest version of its key, new data key
   --shallow                 the same, rewrapping only the header (contents untouched)
@@ -45,6 +47,12 @@ const USAGE_TEXT: &str = "usage: dataxform --rekey|--shallow|--deep --gp PATH [-
   --cleanup                 remove leftover transformation files once every file was reached
   -y                        do not ask for confirmation
   --json                    one JSON object per line (files, progress, summary)
+  --offline                 no online rekey: every file is held for its whole transformation
+  --max_rate MB/s           at most this many MB per second
+  --cpu PERCENT             at most this share of one CPU (1..100)
+  --suspend / --resume      pause / continue the transformation running on the GuardPoint
+Large files and files open in applications are rekeyed online when the mode stays (--deep,
+or --rekey to a key of the same mode): a step of 1 MiB at a time, applications go on.
 Exit codes: 0 every file transformed or already done, 1 some skipped or failed, 2 usage, 3 not root.";
 
 /// Attempts for a file in use before it is reported and skipped.
@@ -60,14 +68,29 @@ struct Opts {
     cleanup: bool,
     yes: bool,
     json: bool,
+    /// Every file through the batch (no online rekey).
+    offline: bool,
+    /// `--max_rate`: MB/s.
+    max_rate: Option<f64>,
+    /// `--cpu`: percent of one CPU.
+    cpu: Option<u32>,
+}
+
+/// `--suspend` / `--resume`: act on the run going on, transform nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Suspend,
+    Resume,
 }
 
 fn usage(msg: impl Into<String>) -> Failure {
     Failure(USAGE, format!("{}\n{USAGE_TEXT}", msg.into()))
 }
 
-fn parse(args: &[String]) -> Result<Option<Opts>, Failure> {
+fn parse(args: &[String]) -> Result<Option<(Opts, Option<Control>)>, Failure> {
     let mut op = None;
+    let mut control = None;
+    let (mut offline, mut max_rate, mut cpu) = (false, None, None);
     let mut gp = None;
     let (mut scan, mut print_stat, mut preserve_times, mut cleanup, mut yes, mut json) =
         (false, false, false, false, false, false);
@@ -95,22 +118,58 @@ fn parse(args: &[String]) -> Result<Option<Opts>, Failure> {
             "--cleanup" => cleanup = true,
             "-y" | "--yes" => yes = true,
             "--json" => json = true,
+            "--offline" => offline = true,
+            "--max_rate" => {
+                let v = it.next().ok_or_else(|| usage("--max_rate needs MB/s"))?;
+                max_rate = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or_else(|| usage(format!("--max_rate {v}: not a positive number")))?,
+                );
+            }
+            "--cpu" => {
+                let v = it.next().ok_or_else(|| usage("--cpu needs a percentage"))?;
+                cpu = Some(
+                    v.trim_end_matches('%')
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|p| (1..=100).contains(p))
+                        .ok_or_else(|| usage(format!("--cpu {v}: not a percentage 1..100")))?,
+                );
+            }
+            "--suspend" => control = Some(Control::Suspend),
+            "--resume" => control = Some(Control::Resume),
             "-h" | "--help" => return Ok(None),
             other => return Err(usage(format!("unknown argument {other}"))),
         }
     }
-    let op = op.ok_or_else(|| usage("say what to do: --rekey, --shallow or --deep"))?;
     let gp = gp.ok_or_else(|| usage("--gp PATH is required"))?;
-    Ok(Some(Opts {
-        gp,
-        op,
-        scan,
-        print_stat,
-        preserve_times,
-        cleanup,
-        yes,
-        json,
-    }))
+    if control.is_some() && op.is_some() {
+        return Err(usage(
+            "--suspend and --resume act on the run going on; give no operation",
+        ));
+    }
+    let op = match control {
+        Some(_) => Op::Deep,
+        None => op.ok_or_else(|| usage("say what to do: --rekey, --shallow or --deep"))?,
+    };
+    Ok(Some((
+        Opts {
+            gp,
+            op,
+            scan,
+            print_stat,
+            preserve_times,
+            cleanup,
+            yes,
+            json,
+            offline,
+            max_rate,
+            cpu,
+        },
+        control,
+    )))
 }
 
 /// One regular file found by the walk.
@@ -236,6 +295,7 @@ fn status_name(s: Status) -> &'static str {
         Status::Clear => "clear",
         Status::WouldChange => "would transform",
         Status::NoKey => "key not available",
+        Status::Online => "rekeying online",
     }
 }
 
@@ -259,7 +319,7 @@ struct Tally {
 }
 
 pub fn dataxform(args: Vec<String>) -> CmdResult {
-    let Some(o) = parse(&args)? else {
+    let Some((o, control)) = parse(&args)? else {
         println!("{USAGE_TEXT}");
         return Ok(());
     };
@@ -267,6 +327,9 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
     let gp =
         o.gp.canonicalize()
             .map_err(|e| Failure(FAILED, format!("{}: {e}", o.gp.display())))?;
+    if let Some(c) = control {
+        return suspend_or_resume(&gp, c);
+    }
     match nix::sys::statfs::statfs(&gp) {
         Ok(st) if st.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC => {}
         Ok(_) => {
@@ -351,121 +414,60 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
     for (path, why) in &problems {
         t.skipped.push((path.clone(), why.clone()));
     }
-    let flags =
-        (if o.scan { SCAN } else { 0 }) | (if o.preserve_times { PRESERVE_TIMES } else { 0 });
-    let mut last_progress = Instant::now();
-    let mut last_record = Instant::now();
-    let n_files = files.len();
-    let mut bytes_done = 0u64;
+    let flags = (if o.scan { SCAN } else { 0 })
+        | (if o.preserve_times { PRESERVE_TIMES } else { 0 })
+        | (if o.offline { 0 } else { ONLINE });
+    let mut run = Run {
+        o: &o,
+        log: &log,
+        bar: bar.as_ref(),
+        record: &record,
+        pacer: Pacer::new(&o),
+        suspend: suspend_path(&gp),
+        quiet: false,
+        done_files: 0,
+        bytes_done: 0,
+        last_record: Instant::now(),
+        last_progress: Instant::now(),
+        n_files: files.len(),
+        total_bytes,
+    };
     record("In Progress", 0, 0, &t);
-    let mut done_files = 0usize;
-    for range in batches(&files) {
-        if last_record.elapsed() >= Duration::from_secs(1) {
-            last_record = Instant::now();
-            record("In Progress", done_files, bytes_done, &t);
+    run.pass(&files, flags, &mut t);
+    // A key rotated while the run went on leaves files behind the newest
+    // version: look again (the header says), and relaunch while any is.
+    for relaunch in 1..=MAX_RELAUNCHES {
+        if o.scan || !t.skipped.is_empty() {
+            break;
         }
-        let batch = &files[range.clone()];
-        let dir = &batch[0].dir;
-        let dfd = match open_dir(dir) {
-            Ok(fd) => fd,
-            Err(e) => {
-                for f in batch {
-                    t.examined += 1;
-                    let why = format!("cannot open its directory: {e}");
-                    report(&o, &f.dir.join(&f.name), None, &why);
-                    t.skipped.push((f.dir.join(&f.name), why));
-                }
-                continue;
-            }
-        };
-        // Files in use are asked for again, three attempts in all.
-        let mut pending: Vec<usize> = (0..batch.len()).collect();
-        let mut outcomes: Vec<Option<Result<Outcome, String>>> = vec![None; batch.len()];
-        for attempt in 1..=IN_USE_ATTEMPTS {
-            let req = Request {
-                ask: Ask::Files(o.op),
-                flags,
-                names: pending
-                    .iter()
-                    .map(|&k| batch[k].name.as_bytes().to_vec())
-                    .collect(),
-            };
-            let mut again = Vec::new();
-            match ask(&dfd, &req) {
-                Ok((results, _)) => {
-                    for (&k, r) in pending.iter().zip(results) {
-                        let r = r.map_err(|e| {
-                            format!("failed: {}", nix::errno::Errno::from_raw(e).desc())
-                        });
-                        if matches!(&r, Ok(out) if out.status == Status::InUse)
-                            && attempt < IN_USE_ATTEMPTS
-                        {
-                            again.push(k);
-                        }
-                        outcomes[k] = Some(r);
-                    }
-                }
-                Err(why) => {
-                    for &k in &pending {
-                        outcomes[k] = Some(Err(why.clone()));
-                    }
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            pending = again;
+        let mut check = Tally::default();
+        run.quiet = true;
+        run.pass(&files, flags | SCAN, &mut check);
+        run.quiet = false;
+        if check.changed == 0 {
+            break;
         }
-        for (f, out) in batch.iter().zip(outcomes) {
-            let path = f.dir.join(&f.name);
-            t.examined += 1;
-            done_files += 1;
-            bytes_done += f.size;
-            let out = match out.unwrap_or_else(|| Err("no answer".into())) {
-                Ok(out) => out,
-                Err(why) => {
-                    t.skipped.push((path.clone(), why.clone()));
-                    report(&o, &path, None, &why);
-                    continue;
-                }
-            };
-            match out.status {
-                Status::Done | Status::WouldChange => {
-                    t.changed += 1;
-                    t.bytes += out.size;
-                    t.needed = t.needed.max(out.lower_bytes);
-                }
-                Status::Current => t.current += 1,
-                Status::Clear | Status::NoRule | Status::NotRegular => t.untouched += 1,
-                _ => {}
-            }
-            if is_problem(out.status) {
-                let why = format!("{}: {}", status_name(out.status), out.why);
-                t.skipped.push((path.clone(), why));
-            }
-            if out.status == Status::Done {
-                log.line(&format!("{}: {} -> {}", path.display(), out.from, out.to));
-            }
-            report(&o, &path, Some(&out), "");
-            if let Some(b) = &bar {
-                b.inc(f.size);
-            }
+        log.line(&format!(
+            "{} files are behind their target (a key rotated during the run): pass {}",
+            check.changed,
+            relaunch + 1
+        ));
+        if !o.json {
+            eprintln!(
+                "dataxform: {} files are behind their target (a key rotated during the run): another pass",
+                check.changed
+            );
         }
-        if let Some(b) = &bar {
-            b.set_message(format!("{done_files}/{n_files} files"));
-        } else if o.json
-            && (last_progress.elapsed() >= Duration::from_secs(1) || done_files == n_files)
-        {
-            last_progress = Instant::now();
-            emit(&json!({
-                "event": "progress",
-                "files_done": done_files,
-                "files_total": n_files,
-                "bytes_done": bytes_done,
-                "bytes_total": total_bytes,
-            }));
+        let mut again = Tally::default();
+        run.done_files = 0;
+        run.bytes_done = 0;
+        if let Some(b) = run.bar {
+            b.set_position(0);
         }
+        run.pass(&files, flags, &mut again);
+        t.changed += again.changed;
+        t.bytes += again.bytes;
+        t.skipped.extend(again.skipped);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -496,10 +498,13 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         } else {
             "Completed with errors"
         },
-        n_files,
+        files.len(),
         total_bytes,
         &t,
     );
+    if let Some(p) = suspend_path(&gp) {
+        let _ = std::fs::remove_file(p);
+    }
     summary(&o, &gp, &t, secs, cleaned);
     log.line(&format!(
         "end {} changed={} current={} untouched={} skipped={} bytes={} secs={secs:.1}",
@@ -521,6 +526,333 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
             ),
         ))
     }
+}
+
+/// Key rotations a run follows before it stops with files behind.
+const MAX_RELAUNCHES: u32 = 3;
+/// Plaintext bytes per online step request (secfs re-encrypts them a
+/// step at a time, each step under its own lock).
+const STEP_BUDGET: u64 = 8 << 20;
+
+/// Throttling (`--max_rate`, `--cpu`).
+struct Pacer {
+    /// Bytes per second.
+    rate: Option<f64>,
+    /// Share of one CPU (0..1]: the run sleeps `took * (1/share - 1)`
+    /// after each request.
+    share: Option<f64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    fn new(o: &Opts) -> Pacer {
+        Pacer {
+            rate: o.max_rate.map(|mb| mb * 1e6),
+            share: o.cpu.map(|p| f64::from(p) / 100.0),
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// The budget of one online step request.
+    fn budget(&self) -> u64 {
+        match self.rate {
+            // About a quarter second's worth, at least one step.
+            Some(r) => ((r / 4.0) as u64).clamp(64 << 10, STEP_BUDGET),
+            None => STEP_BUDGET,
+        }
+    }
+
+    /// After a request that moved `bytes` in `took`.
+    fn after(&mut self, bytes: u64, took: Duration) {
+        self.bytes += bytes;
+        if let Some(r) = self.rate {
+            let due = Duration::from_secs_f64(self.bytes as f64 / r);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+        if let Some(share) = self.share
+            && share < 1.0
+        {
+            std::thread::sleep(took.mul_f64(1.0 / share - 1.0));
+        }
+    }
+}
+
+/// One run's state across its passes.
+struct Run<'a> {
+    o: &'a Opts,
+    log: &'a Log,
+    bar: Option<&'a indicatif::ProgressBar>,
+    record: &'a dyn Fn(&str, usize, u64, &Tally),
+    pacer: Pacer,
+    /// While this file exists the run pauses (`dataxform --suspend`).
+    suspend: Option<PathBuf>,
+    /// A verification scan: no reports, progress or log lines.
+    quiet: bool,
+    done_files: usize,
+    bytes_done: u64,
+    last_record: Instant,
+    last_progress: Instant,
+    n_files: usize,
+    total_bytes: u64,
+}
+
+impl Run<'_> {
+    /// Pause while suspended (the status says so meanwhile).
+    fn wait_if_suspended(&mut self, t: &Tally) {
+        let Some(p) = &self.suspend else { return };
+        if !p.exists() {
+            return;
+        }
+        self.log.line("suspended");
+        if !self.o.json {
+            eprintln!("dataxform: suspended (dataxform --resume --gp ... to go on)");
+        } else {
+            emit(&json!({"event": "suspended"}));
+        }
+        while p.exists() {
+            (self.record)("Suspended", self.done_files, self.bytes_done, t);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.log.line("resumed");
+        if self.o.json {
+            emit(&json!({"event": "resumed"}));
+        }
+        (self.record)("In Progress", self.done_files, self.bytes_done, t);
+    }
+
+    /// Step the online rekey of `name` in `dir` to its end.
+    fn online(&mut self, dfd: &OwnedFd, name: &[u8], t: &Tally) -> Result<Outcome, String> {
+        let op = if self.o.op == Op::Rekey {
+            Op::Rekey
+        } else {
+            Op::Deep
+        };
+        let mut seen = 0u64;
+        loop {
+            self.wait_if_suspended(t);
+            let began = Instant::now();
+            let req = Request {
+                ask: Ask::Step {
+                    op,
+                    budget: self.pacer.budget(),
+                },
+                flags: 0,
+                names: vec![name.to_vec()],
+            };
+            let (results, _) = ask(dfd, &req)?;
+            let out = results
+                .into_iter()
+                .next()
+                .ok_or("no answer")?
+                .map_err(|e| format!("failed: {}", nix::errno::Errno::from_raw(e).desc()))?;
+            let moved = out.lower_bytes.saturating_sub(seen);
+            seen = seen.max(out.lower_bytes);
+            self.bytes_done += moved;
+            if let Some(b) = self.bar {
+                b.inc(moved);
+            }
+            self.pacer.after(moved, began.elapsed());
+            if self.last_record.elapsed() >= Duration::from_secs(1) {
+                self.last_record = Instant::now();
+                (self.record)("In Progress", self.done_files, self.bytes_done, t);
+            }
+            if out.status != Status::Online {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One pass over `files`.
+    fn pass(&mut self, files: &[Found], flags: u8, t: &mut Tally) {
+        let o = self.o;
+        for range in batches(files) {
+            self.wait_if_suspended(t);
+            if !self.quiet && self.last_record.elapsed() >= Duration::from_secs(1) {
+                self.last_record = Instant::now();
+                (self.record)("In Progress", self.done_files, self.bytes_done, t);
+            }
+            let batch = &files[range.clone()];
+            let dir = &batch[0].dir;
+            let dfd = match open_dir(dir) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    for f in batch {
+                        t.examined += 1;
+                        let why = format!("cannot open its directory: {e}");
+                        if !self.quiet {
+                            report(o, &f.dir.join(&f.name), None, &why);
+                        }
+                        t.skipped.push((f.dir.join(&f.name), why));
+                    }
+                    continue;
+                }
+            };
+            let began = Instant::now();
+            // Files in use are asked for again, three attempts in all.
+            let mut pending: Vec<usize> = (0..batch.len()).collect();
+            let mut outcomes: Vec<Option<Result<Outcome, String>>> = vec![None; batch.len()];
+            for attempt in 1..=IN_USE_ATTEMPTS {
+                let req = Request {
+                    ask: Ask::Files(o.op),
+                    flags,
+                    names: pending
+                        .iter()
+                        .map(|&k| batch[k].name.as_bytes().to_vec())
+                        .collect(),
+                };
+                let mut again = Vec::new();
+                match ask(&dfd, &req) {
+                    Ok((results, _)) => {
+                        for (&k, r) in pending.iter().zip(results) {
+                            let r = r.map_err(|e| {
+                                format!("failed: {}", nix::errno::Errno::from_raw(e).desc())
+                            });
+                            if matches!(&r, Ok(out) if out.status == Status::InUse)
+                                && attempt < IN_USE_ATTEMPTS
+                            {
+                                again.push(k);
+                            }
+                            outcomes[k] = Some(r);
+                        }
+                    }
+                    Err(why) => {
+                        for &k in &pending {
+                            outcomes[k] = Some(Err(why.clone()));
+                        }
+                    }
+                }
+                if again.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                pending = again;
+            }
+            let batch_bytes: u64 = batch.iter().map(|f| f.size).sum();
+            self.pacer.after(batch_bytes, began.elapsed());
+            for (f, out) in batch.iter().zip(outcomes) {
+                let path = f.dir.join(&f.name);
+                let mut out = out.unwrap_or_else(|| Err("no answer".into()));
+                let before = self.bytes_done;
+                if matches!(&out, Ok(x) if x.status == Status::Online) {
+                    out = self.online(&dfd, f.name.as_bytes(), t);
+                }
+                t.examined += 1;
+                if !self.quiet {
+                    self.done_files += 1;
+                    let rest = f.size.saturating_sub(self.bytes_done - before);
+                    self.bytes_done += rest;
+                    if let Some(b) = self.bar {
+                        b.inc(rest);
+                    }
+                }
+                let out = match out {
+                    Ok(out) => out,
+                    Err(why) => {
+                        t.skipped.push((path.clone(), why.clone()));
+                        if !self.quiet {
+                            report(o, &path, None, &why);
+                        }
+                        continue;
+                    }
+                };
+                match out.status {
+                    Status::Done | Status::WouldChange => {
+                        t.changed += 1;
+                        t.bytes += out.size;
+                        t.needed = t.needed.max(out.lower_bytes);
+                    }
+                    Status::Current => t.current += 1,
+                    Status::Clear | Status::NoRule | Status::NotRegular => t.untouched += 1,
+                    _ => {}
+                }
+                if is_problem(out.status) {
+                    let why = format!("{}: {}", status_name(out.status), out.why);
+                    t.skipped.push((path.clone(), why));
+                }
+                if self.quiet {
+                    continue;
+                }
+                if out.status == Status::Done {
+                    self.log
+                        .line(&format!("{}: {} -> {}", path.display(), out.from, out.to));
+                }
+                report(o, &path, Some(&out), "");
+            }
+            if self.quiet {
+                continue;
+            }
+            if let Some(b) = self.bar {
+                b.set_message(format!("{}/{} files", self.done_files, self.n_files));
+            } else if o.json
+                && (self.last_progress.elapsed() >= Duration::from_secs(1)
+                    || self.done_files == self.n_files)
+            {
+                self.last_progress = Instant::now();
+                emit(&json!({
+                    "event": "progress",
+                    "files_done": self.done_files,
+                    "files_total": self.n_files,
+                    "bytes_done": self.bytes_done,
+                    "bytes_total": self.total_bytes,
+                }));
+            }
+        }
+    }
+}
+
+/// `dataxform --suspend|--resume --gp PATH`.
+fn suspend_or_resume(gp: &Path, c: Control) -> CmdResult {
+    let path = suspend_path(gp)
+        .ok_or_else(|| Failure(FAILED, "the agent's run directory is not available".into()))?;
+    let running = super::layout(None)
+        .map(|l| {
+            statuses(&l).iter().any(|v| {
+                v["guard_point"].as_str() == Some(&*gp.to_string_lossy())
+                    && matches!(v["state"].as_str(), Some("In Progress" | "Suspended"))
+            })
+        })
+        .unwrap_or(false);
+    match c {
+        Control::Suspend => {
+            if !running {
+                return Err(Failure(
+                    FAILED,
+                    format!("no data transformation is running on {}", gp.display()),
+                ));
+            }
+            crate::state::write_atomic(&path, b"suspended\n", 0o600)
+                .map_err(|e| Failure(FAILED, format!("{}: {e}", path.display())))?;
+            println!(
+                "The data transformation on {} pauses after its current step.",
+                gp.display()
+            );
+        }
+        Control::Resume => {
+            if std::fs::remove_file(&path).is_err() {
+                return Err(Failure(
+                    FAILED,
+                    format!("no suspended data transformation on {}", gp.display()),
+                ));
+            }
+            println!("The data transformation on {} goes on.", gp.display());
+        }
+    }
+    Ok(())
+}
+
+/// The file whose presence suspends the run on `gp`.
+fn suspend_path(gp: &Path) -> Option<PathBuf> {
+    let l = super::layout(None).ok()?;
+    Some(
+        l.run_dir
+            .join("xform")
+            .join(format!("{}.suspend", tag_of(gp))),
+    )
 }
 
 fn op_name(op: Op) -> &'static str {
@@ -693,7 +1025,9 @@ pub fn statuses(layout: &crate::state::Layout) -> Vec<serde_json::Value> {
             continue;
         };
         let pid = v["pid"].as_u64().unwrap_or(0);
-        if v["state"] == "In Progress" && !Path::new(&format!("/proc/{pid}")).exists() {
+        if matches!(v["state"].as_str(), Some("In Progress" | "Suspended"))
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
             v["state"] = json!("Interrupted");
         }
         out.push(v);

@@ -142,11 +142,57 @@ pub const TAIL_XATTR: &CStr = c"trusted.guardfs.tail";
 pub struct Crypt {
     pub header: Header,
     pub cipher: ContentCipher,
+    /// While an online rekey of the file runs (`rekey.rs`): the header and
+    /// cipher it moves to, and how far it got.
+    pub next: std::sync::OnceLock<Next>,
+}
+
+/// The new side of an online rekey: units below `done` are encrypted with
+/// `cipher` (under `header`), the others still with the file's own.
+#[derive(Debug)]
+pub struct Next {
+    pub header: Header,
+    pub cipher: ContentCipher,
+    /// Units `0..done` are in the new key. Changed only while the unit
+    /// range it moves over is locked exclusively, so a reader or writer
+    /// holding any range reads a value that is right for its units.
+    pub done: std::sync::atomic::AtomicU64,
 }
 
 impl Crypt {
-    fn layout(&self) -> &Layout {
+    pub fn new(header: Header, cipher: ContentCipher) -> Crypt {
+        Crypt {
+            header,
+            cipher,
+            next: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(super) fn layout(&self) -> &Layout {
         self.cipher.layout()
+    }
+
+    /// The cipher for unit `u`, and for how many units from `u` on it
+    /// stays the one (`u64::MAX`: all).
+    fn cipher_at(&self, u: UnitNo) -> (&ContentCipher, u64) {
+        match self.next.get() {
+            Some(n) => {
+                let done = n.done.load(std::sync::atomic::Ordering::Acquire);
+                if u.0 < done {
+                    (&n.cipher, done - u.0)
+                } else {
+                    (&self.cipher, u64::MAX)
+                }
+            }
+            None => (&self.cipher, u64::MAX),
+        }
+    }
+
+    /// Whether `name` version `version` is one of the keys the contents
+    /// are read with.
+    fn uses_key(&self, name: &str, version: u32) -> bool {
+        let is = |h: &Header| h.key_name == name && h.key_version == version;
+        is(&self.header) || self.next.get().is_some_and(|n| is(&n.header))
     }
 }
 
@@ -302,7 +348,7 @@ pub struct FileState {
     /// The key rule the contents were loaded under (`None`: not loaded).
     /// Written only while `contents` is held for writing.
     rule: Mutex<Option<RuleKey>>,
-    ranges: RangeLocks,
+    pub(super) ranges: RangeLocks,
     /// The file has no security.capability xattr (checked since the last
     /// time one could have been set); writes need not look again.
     no_caps: std::sync::atomic::AtomicBool,
@@ -793,6 +839,13 @@ impl FileState {
             ),
             Err(why) => return refuse(c, "none", why),
         }
+        // An online rekey a crash interrupted: its step redone (or the
+        // new header put in place if every unit is new) before anything
+        // is read.
+        let pending = match crate::stack::rekey::recover(io) {
+            Ok(p) => p,
+            Err(why) => return refuse(c, "none", why),
+        };
         let size = lower_size(fd)?;
         let marker = read_marker(fd);
         // Under a key rule being transformed from or to clear_key, a file
@@ -877,7 +930,13 @@ impl FileState {
             }
         }
         node.set_class(class_of_mode(h.mode));
-        *c = Contents::Encrypted(Arc::new(Crypt { header: h, cipher }), plain);
+        let crypt = Crypt::new(h, cipher);
+        if let Some(p) = pending
+            && let Err(why) = crate::stack::rekey::attach(io, &crypt, p, &required)
+        {
+            return refuse(c, &crypt.header.key_name, why);
+        }
+        *c = Contents::Encrypted(Arc::new(crypt), plain);
         Ok(Load::Ready)
     }
 
@@ -886,9 +945,7 @@ impl FileState {
     /// open handles fail with EIO and a new open needs the key again.
     pub fn forget_key(&self, name: &str, version: u32) {
         let mut c = self.write_contents();
-        if matches!(&*c, Contents::Encrypted(crypt, _)
-            if crypt.header.key_name == name && crypt.header.key_version == version)
-        {
+        if matches!(&*c, Contents::Encrypted(crypt, _) if crypt.uses_key(name, version)) {
             *c = Contents::Refused;
         }
     }
@@ -898,7 +955,7 @@ impl FileState {
         Contents::Refused
     }
 
-    fn read_contents(&self) -> std::sync::RwLockReadGuard<'_, Contents> {
+    pub(super) fn read_contents(&self) -> std::sync::RwLockReadGuard<'_, Contents> {
         self.contents.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -937,10 +994,7 @@ impl FileState {
         // header long.
         pwrite_all(fd, &h.to_bytes(), 0)?;
         node.set_class(class_of_mode(mode));
-        Ok(Contents::Encrypted(
-            Arc::new(Crypt { header: h, cipher }),
-            0,
-        ))
+        Ok(Contents::Encrypted(Arc::new(Crypt::new(h, cipher)), 0))
     }
 
     /// Give a just-created empty file what its key rule asks for now: a
@@ -1355,10 +1409,23 @@ pub(super) fn decrypt(
     lower: &[u8],
     plain: &mut [u8],
 ) -> VfsResult<()> {
-    c.cipher.decrypt(first, lower, plain).map_err(|e| {
+    let fail = |e: guardfs_crypto::ContentError| {
         error!("secfs: {}: {e} (EIO)", node.display_path());
         Errno::EIO
-    })
+    };
+    let p = c.layout().unit_plain_len();
+    let (mut u, mut lower, mut plain) = (first, lower, plain);
+    loop {
+        // During an online rekey a run may straddle the point it reached.
+        let (cipher, n) = c.cipher_at(u);
+        if n >= plain.len().div_ceil(p) as u64 {
+            return cipher.decrypt(u, lower, plain).map_err(fail);
+        }
+        let (pa, pb) = plain.split_at_mut(n as usize * p);
+        let (la, lb) = lower.split_at(n as usize * 4096);
+        cipher.decrypt(u, la, pa).map_err(fail)?;
+        (u, lower, plain) = (UnitNo(u.0 + n), lb, pb);
+    }
 }
 
 /// Read and decrypt unit `u`; `plain.len()` is its length in the file.
@@ -1379,10 +1446,22 @@ fn read_unit(
 
 /// Encrypt a run of plaintext units starting at `first` into `lower`.
 pub(super) fn encrypt(c: &Crypt, first: UnitNo, plain: &[u8], lower: &mut [u8]) -> VfsResult<()> {
-    c.cipher.encrypt(first, plain, lower).map_err(|e| {
+    let fail = |e: guardfs_crypto::ContentError| {
         error!("secfs: encryption failed: {e}");
         Errno::EIO
-    })
+    };
+    let p = c.layout().unit_plain_len();
+    let (mut u, mut plain, mut lower) = (first, plain, lower);
+    loop {
+        let (cipher, n) = c.cipher_at(u);
+        if n >= plain.len().div_ceil(p) as u64 {
+            return cipher.encrypt(u, plain, lower).map_err(fail);
+        }
+        let (pa, pb) = plain.split_at(n as usize * p);
+        let (la, lb) = lower.split_at_mut(n as usize * 4096);
+        cipher.encrypt(u, pa, la).map_err(fail)?;
+        (u, plain, lower) = (UnitNo(u.0 + n), pb, lb);
+    }
 }
 
 /// Encrypt a run of plaintext units starting at `first` and write it.

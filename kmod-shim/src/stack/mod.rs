@@ -43,6 +43,7 @@ mod handles;
 pub mod keys;
 pub mod nodes;
 pub mod procinfo;
+pub mod rekey;
 pub mod xform;
 
 use std::collections::HashMap;
@@ -530,6 +531,7 @@ impl Stack {
             .iter()
             .map(|(_, (node, fd, key))| xform::Item {
                 state: node.file().clone(),
+                open: self.open_anywhere(node.file()),
                 io: self.io(node, fd.as_fd(), key),
             })
             .collect();
@@ -555,6 +557,47 @@ impl Stack {
             .into_iter()
             .map(|r| r.unwrap_or(Err(libc::EIO)))
             .collect()
+    }
+
+    /// `dataxform`'s online rekey step for the entry `name` of `dir` (the
+    /// same checks as [`Self::transform_names`]).
+    fn rekey_step(
+        &self,
+        c: &Caller,
+        dir: &Node,
+        name: &[u8],
+        op: xform::Op,
+        budget: u64,
+    ) -> Result<xform::Outcome, i32> {
+        let (node, fd, key) = match self.resolve_for_transform(c, dir, OsStr::from_bytes(name)) {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let out = if self.cfg.passthrough && self.open_anywhere(node.file()) {
+            Ok(xform::Outcome {
+                status: xform::Status::InUse,
+                from: String::new(),
+                to: String::new(),
+                size: 0,
+                lower_bytes: 0,
+                why: "open without secfs (passthrough)".into(),
+            })
+        } else {
+            let io = self.io(&node, fd.as_fd(), &key);
+            xform::online_step(node.file(), &io, op, budget).map_err(|e| e.0)
+        };
+        if let Ok(o) = &out
+            && o.status == xform::Status::Done
+        {
+            log::info!(
+                "secfs: {}: rekeyed online {} -> {}",
+                node.display_path(),
+                o.from,
+                o.to
+            );
+        }
+        self.nodes.forget(node.ino, 1);
+        out
     }
 
     /// The plaintext view's node of the regular file `name` in `dir` (one
@@ -1684,9 +1727,15 @@ impl VnodeOps for Stack {
                     op,
                     scan: req.flags & xi::SCAN != 0,
                     preserve_times: req.flags & xi::PRESERVE_TIMES != 0,
+                    online: req.flags & xi::ONLINE != 0,
                 };
                 let results = self.transform_names(c, node, &req.names, plan);
                 xi::encode_reply(&mut b, &results, 0);
+            }
+            Ask::Step { op, budget } => {
+                let name = req.names.first().ok_or(Errno::EINVAL)?;
+                let result = self.rekey_step(c, node, name, op, budget);
+                xi::encode_reply(&mut b, &[result], 0);
             }
             Ask::Cleanup { before } => {
                 if node.ino != Ino::ROOT {

@@ -79,6 +79,10 @@ pub enum Status {
     WouldChange = 8,
     /// The key needed is not available.
     NoKey = 9,
+    /// Rekeyed online, step by step ([`online_step`]): the file is large
+    /// or open, or an online rekey of it is under way. In a step's reply:
+    /// not finished yet (`lower_bytes` = plaintext bytes already new).
+    Online = 10,
 }
 
 /// The outcome for one file.
@@ -131,10 +135,10 @@ enum Source {
 static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// A side file's name registered in [`IN_FLIGHT`] while this lives.
-struct InFlight(String);
+pub(super) struct InFlight(String);
 
 impl InFlight {
-    fn new(name: &str) -> InFlight {
+    pub(super) fn new(name: &str) -> InFlight {
         IN_FLIGHT
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -257,7 +261,7 @@ pub fn fuzz_intent(v: &[u8]) -> Result<Vec<u8>, String> {
 /// back written), `record` (copy back durable, record still there). The
 /// crash tests use it to reach each instant for certain; random kills
 /// cover the rest.
-fn crash_point(phase: &str) {
+pub(super) fn crash_point(phase: &str) {
     static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let wanted = WANTED.get_or_init(|| std::env::var("GUARDFS_TEST_XFORM_ABORT").ok());
     if wanted.as_deref() == Some(phase) {
@@ -266,7 +270,7 @@ fn crash_point(phase: &str) {
     }
 }
 
-fn io_err(what: &str, e: impl std::fmt::Debug) -> String {
+pub(super) fn io_err(what: &str, e: impl std::fmt::Debug) -> String {
     format!("{what}: {e:?}")
 }
 
@@ -322,7 +326,7 @@ pub fn finish_for_load(io: &Io<'_>) -> Result<(), String> {
     Ok(())
 }
 
-fn open_side(root: BorrowedFd<'_>, name: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+pub(super) fn open_side(root: BorrowedFd<'_>, name: &str, flags: OFlag) -> nix::Result<OwnedFd> {
     let path = format!("{SIDE_DIR}/{name}");
     nix::fcntl::openat(
         root,
@@ -333,7 +337,7 @@ fn open_side(root: BorrowedFd<'_>, name: &str, flags: OFlag) -> nix::Result<Owne
 }
 
 /// The side directory, created (0700) if missing; a directory fd.
-fn side_dir(root: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+pub(super) fn side_dir(root: BorrowedFd<'_>) -> Result<OwnedFd, String> {
     match nix::sys::stat::mkdirat(root, SIDE_DIR, Perm::from_bits_truncate(0o700)) {
         Ok(()) => {
             // Its name in the root, durable (the root fd may be O_PATH).
@@ -497,7 +501,14 @@ pub struct Plan {
     pub scan: bool,
     /// Keep the lower file's access and modification times.
     pub preserve_times: bool,
+    /// The caller can rekey files online ([`Status::Online`]); without
+    /// it every file goes through the batch.
+    pub online: bool,
 }
+
+/// Files larger than this are rekeyed online (when the mode stays): the
+/// batch would hold them for the whole copy.
+pub const ONLINE_ABOVE: u64 = crate::stack::rekey::STEP_UNITS * 4096;
 
 fn describe(c: &Contents) -> String {
     match c {
@@ -511,6 +522,14 @@ fn describe(c: &Contents) -> String {
         ),
         Contents::Refused | Contents::Unloaded => "refused".into(),
     }
+}
+
+/// Who is using a file: written without secfs (`busy`: skipped), open
+/// through secfs (`open`: rekeyed online where it can be).
+#[derive(Debug, Clone, Copy)]
+struct Using {
+    busy: bool,
+    open: bool,
 }
 
 /// What step 1 left for one file.
@@ -538,6 +557,8 @@ struct Change {
 /// One file of a batch.
 pub struct Item<'a> {
     pub state: Arc<FileState>,
+    /// Open through secfs right now (rekeyed online where it can be).
+    pub open: bool,
     /// The file, opened for reading and writing, and how to read it.
     pub io: Io<'a>,
 }
@@ -577,10 +598,17 @@ pub fn transform_batch(
     let mut dir = None;
     for (gi, (i, g)) in guards.iter_mut().enumerate() {
         let it = &items[*i];
-        match it
-            .state
-            .prepare(g, &it.io, root, &mut dir, plan, busy(&it.state))
-        {
+        match it.state.prepare(
+            g,
+            &it.io,
+            root,
+            &mut dir,
+            plan,
+            Using {
+                busy: busy(&it.state),
+                open: it.open,
+            },
+        ) {
             Ok(Prepared::Done(o)) => results[*i] = Some(Ok(o)),
             Ok(Prepared::Change(ch)) => changes.push((gi, ch)),
             Err(e) => results[*i] = Some(Err(e)),
@@ -739,6 +767,122 @@ fn commit(
     }
 }
 
+/// The key, version and mode `op` takes a file to (`None`: stored as it
+/// is), from what the file holds now (`old`: `None` for a clear or empty
+/// file); or why the file is skipped.
+#[allow(clippy::type_complexity)]
+fn target_of(
+    op: Op,
+    io: &Io<'_>,
+    old: Option<&Crypt>,
+) -> Result<Option<file::NewKey>, (Status, String)> {
+    match op {
+        Op::Rekey => {
+            if !matches!(io.rule, crate::stack::access::RuleKey::Transform(_)) {
+                return Err((
+                    Status::NoRule,
+                    "no data transformation rule covers this file".into(),
+                ));
+            }
+            io.key_for_new().map_err(|_| {
+                (
+                    Status::NoKey,
+                    "the transformation key is not available".into(),
+                )
+            })
+        }
+        Op::Deep | Op::Shallow => {
+            let Some(o) = old else {
+                return Err((Status::Clear, "stored as it is; nothing to rekey".into()));
+            };
+            let name = o.header.key_name.clone();
+            let Some((v, pk)) = io.keys.latest(&name) else {
+                return Err((Status::NoKey, format!("key {name} is not available")));
+            };
+            Ok(Some((name, v, pk, o.header.mode)))
+        }
+    }
+}
+
+/// One call of an online rekey of the file `io` names (`op`: `Rekey` or
+/// `Deep`): start it if none is under way (after finishing anything a
+/// crash left), then re-encrypt about `budget` plaintext bytes. `Done`
+/// once the file is wholly in the new key; `Online` with `lower_bytes` =
+/// bytes done while it is not. A file whose target changes its mode is
+/// refused here (the batch converts it).
+pub fn online_step(state: &FileState, io: &Io<'_>, op: Op, budget: u64) -> VfsResult<Outcome> {
+    let (from, to) = {
+        let mut c = state.write_contents();
+        let under_way = matches!(&*c, Contents::Encrypted(k, _) if k.next.get().is_some());
+        if !under_way {
+            if let Err(why) = finish(io.fd, io.root) {
+                return Ok(Outcome::skip(Status::Refused, "none".into(), why));
+            }
+            if let Load::Refused { found, why } = state.load_locked(io, &mut c)? {
+                return Ok(Outcome::skip(Status::Refused, found, why));
+            }
+        }
+        let from = describe(&c);
+        let (old, size) = match &*c {
+            Contents::Encrypted(k, size) => (k.clone(), *size),
+            _ => return Ok(Outcome::skip(Status::Clear, from, "not encrypted")),
+        };
+        let to = match old.next.get() {
+            Some(n) => n.header.clone(),
+            None => {
+                let target = match target_of(op, io, Some(&old)) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        return Ok(Outcome::skip(
+                            Status::Refused,
+                            from,
+                            "to clear: not an online rekey",
+                        ));
+                    }
+                    Err((status, why)) => return Ok(Outcome::skip(status, from, why)),
+                };
+                if target.0 == old.header.key_name
+                    && target.1 == old.header.key_version
+                    && target.3 == old.header.mode
+                {
+                    return Ok(Outcome {
+                        status: Status::Current,
+                        to: from.clone(),
+                        from,
+                        size,
+                        lower_bytes: 0,
+                        why: String::new(),
+                    });
+                }
+                if target.3 != old.header.mode {
+                    return Ok(Outcome::skip(
+                        Status::Refused,
+                        from,
+                        "the mode changes: not an online rekey",
+                    ));
+                }
+                crate::stack::rekey::start(&mut c, io, &target)?;
+                old.next.get().map(|n| n.header.clone()).ok_or(Errno::EIO)?
+            }
+        };
+        let to = format!("{}:{}:{}", to.key_name, to.key_version, to.mode.name());
+        (from, to)
+    };
+    let p = state.rekey_step(io, budget)?;
+    Ok(Outcome {
+        status: if p.finished {
+            Status::Done
+        } else {
+            Status::Online
+        },
+        from,
+        to,
+        size: p.size,
+        lower_bytes: p.done,
+        why: String::new(),
+    })
+}
+
 impl FileState {
     /// Step 1 for one file whose contents `c` the caller holds for
     /// writing: finish anything a crash left, decide, and write the side
@@ -751,8 +895,9 @@ impl FileState {
         root: BorrowedFd<'_>,
         dir: &mut Option<OwnedFd>,
         plan: Plan,
-        busy: bool,
+        using: Using,
     ) -> VfsResult<Prepared> {
+        let Using { busy, open } = using;
         if busy {
             return Ok(Prepared::Done(Outcome::skip(
                 Status::InUse,
@@ -794,46 +939,34 @@ impl FileState {
             }
         };
         // The target.
-        let target = match plan.op {
-            Op::Rekey => {
-                if !matches!(io.rule, crate::stack::access::RuleKey::Transform(_)) {
-                    return Ok(Prepared::Done(Outcome::skip(
-                        Status::NoRule,
-                        from,
-                        "no data transformation rule covers this file",
-                    )));
-                }
-                match io.key_for_new() {
-                    Ok(Some(k)) => Some(k),
-                    Ok(None) => None,
-                    Err(_) => {
-                        return Ok(Prepared::Done(Outcome::skip(
-                            Status::NoKey,
-                            from,
-                            "the transformation key is not available",
-                        )));
-                    }
-                }
-            }
-            Op::Deep | Op::Shallow => {
-                let Some(o) = &old else {
-                    return Ok(Prepared::Done(Outcome::skip(
-                        Status::Clear,
-                        from,
-                        "stored as it is; nothing to rekey",
-                    )));
-                };
-                let name = o.header.key_name.clone();
-                let Some((v, pk)) = io.keys.latest(&name) else {
-                    return Ok(Prepared::Done(Outcome::skip(
-                        Status::NoKey,
-                        from,
-                        format!("key {name} is not available"),
-                    )));
-                };
-                Some((name, v, pk, o.header.mode))
-            }
+        let target = match target_of(plan.op, io, old.as_deref()) {
+            Ok(t) => t,
+            Err((status, why)) => return Ok(Prepared::Done(Outcome::skip(status, from, why))),
         };
+        // An online rekey under way is finished online, whatever is asked.
+        if let Some(o) = &old
+            && let Some(n) = o.next.get()
+        {
+            let to = format!(
+                "{}:{}:{}",
+                n.header.key_name,
+                n.header.key_version,
+                n.header.mode.name()
+            );
+            let status = if plan.scan {
+                Status::WouldChange
+            } else {
+                Status::Online
+            };
+            return Ok(Prepared::Done(Outcome {
+                status,
+                from,
+                to,
+                size,
+                lower_bytes: 0,
+                why: "an online rekey is under way".into(),
+            }));
+        }
         // Already there?
         let current = match (&target, &old) {
             (None, None) => !matches!(&*c, Contents::Empty) || lower == 0,
@@ -862,6 +995,24 @@ impl FileState {
             }));
         }
         let shallow = plan.op == Op::Shallow;
+        // A large or open file keeping its mode is rekeyed online: no lock
+        // longer than one step (rekey.rs).
+        if let (Some((name, version, _, mode)), Some(o)) = (&target, &old)
+            && plan.online
+            && !plan.scan
+            && !shallow
+            && *mode == o.header.mode
+            && (open || size > ONLINE_ABOVE)
+        {
+            return Ok(Prepared::Done(Outcome {
+                status: Status::Online,
+                from,
+                to: format!("{name}:{version}:{}", mode.name()),
+                size,
+                lower_bytes: 0,
+                why: String::new(),
+            }));
+        }
         let (tgt, to) = match &target {
             None => (Target::Clear, "clear".to_owned()),
             Some((name, version, pk, mode)) => {
@@ -888,7 +1039,7 @@ impl FileState {
                 };
                 let cipher = ContentCipher::for_header(&header, &dk).map_err(|_| Errno::EIO)?;
                 let to = format!("{name}:{version}:{}", mode.name());
-                (Target::Encrypted(Box::new(Crypt { header, cipher })), to)
+                (Target::Encrypted(Box::new(Crypt::new(header, cipher))), to)
             }
         };
         let (new_size, side_len, mode) = match &tgt {
