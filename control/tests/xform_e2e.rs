@@ -1407,3 +1407,77 @@ fn an_online_rekey_is_throttled_suspended_and_resumed() {
     assert_eq!(fs::read(gp.dir.join("big")).unwrap(), want);
     assert_eq!(header_of(&gp.lower().join("big")).map(|h| h.1), Some(2));
 }
+
+/// Through vmd: a key rotation arriving while a deep rekey runs relaunches
+/// it, so that it ends with every file at the newest version (the files
+/// done before the rotation are rekeyed again).
+#[test]
+fn a_rotation_during_a_deep_rekey_relaunches_it_to_the_newest_version() {
+    let a = common::Agent::new();
+    a.start();
+    let dir = a.dir("rot");
+    a.ok("voradmin", &["key", "create", "k_rl", "--mode", "xts"]);
+    let pol = a.base.path().join("p_rl.json");
+    fs::write(&pol, policy("k_rl", None).replace("\"xf\"", "\"p_rl\"")).unwrap();
+    a.ok("voradmin", &["policy", "apply", pol.to_str().unwrap()]);
+    a.ok(
+        "voradmin",
+        &["guard", dir.to_str().unwrap(), "--policy", "p_rl"],
+    );
+    let mut rng = Rng(0x5eed_0015);
+    let names: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    let mut want = Vec::new();
+    for n in &names {
+        let data = rng.bytes(1_500_000);
+        fs::write(dir.join(n), &data).unwrap();
+        want.push(data);
+    }
+    a.ok("voradmin", &["key", "rotate", "k_rl"]);
+    let v2 = a.key_version(&dir.join("f0")) + 1;
+    let child = Command::new(a.bin.join("dataxform"))
+        .args(["--deep", "--gp", dir.to_str().unwrap(), "-y", "--json"])
+        .args(["--max_rate", "2"])
+        .env("GUARDFS_ROOT", &a.root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first file is done, rotate again.
+    let t0 = std::time::Instant::now();
+    while a.key_version(&dir.join("f0")) != v2 {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the first file was not rekeyed: {}\n{}",
+                text(&out),
+                a.ok(
+                    "voradmin",
+                    &[
+                        "--json",
+                        "secfs",
+                        "iv",
+                        "get",
+                        dir.join("f0").to_str().unwrap()
+                    ]
+                )
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.ok("voradmin", &["key", "rotate", "k_rl"]);
+    let out = child.wait_with_output().unwrap();
+    let o = ok(&out, "deep rekey across a rotation");
+    assert!(o.contains(r#""event":"relaunch""#), "{o}");
+    for (n, data) in names.iter().zip(&want) {
+        assert_eq!(
+            a.key_version(&dir.join(n)),
+            v2 + 1,
+            "{n} not at the newest version"
+        );
+        assert_eq!(&fs::read(dir.join(n)).unwrap(), data, "{n}");
+    }
+}

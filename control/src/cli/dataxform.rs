@@ -452,7 +452,9 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
             check.changed,
             relaunch + 1
         ));
-        if !o.json {
+        if o.json {
+            emit(&json!({"event": "relaunch", "behind": check.changed, "pass": relaunch + 1}));
+        } else {
             eprintln!(
                 "dataxform: {} files are behind their target (a key rotated during the run): another pass",
                 check.changed
@@ -732,8 +734,15 @@ impl Run<'_> {
                 std::thread::sleep(Duration::from_millis(500));
                 pending = again;
             }
-            let batch_bytes: u64 = batch.iter().map(|f| f.size).sum();
-            self.pacer.after(batch_bytes, began.elapsed());
+            // Paced by what the batch rewrote (online files pace themselves).
+            let rewritten: u64 = outcomes
+                .iter()
+                .filter_map(|r| match r {
+                    Some(Ok(out)) if out.status == Status::Done => Some(out.size),
+                    _ => None,
+                })
+                .sum();
+            self.pacer.after(rewritten, began.elapsed());
             for (f, out) in batch.iter().zip(outcomes) {
                 let path = f.dir.join(&f.name);
                 let mut out = out.unwrap_or_else(|| Err("no answer".into()));
