@@ -79,6 +79,8 @@ pub(crate) struct ResourceC {
     pub(crate) pattern: Box<[u8]>,
     pub(crate) match_all: bool,
     pub(crate) recursive: bool,
+    /// Only paths inside a directory of this name (below `directory`).
+    pub(crate) within_named: Option<Box<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -587,11 +589,28 @@ fn compile_resource(at: &str, r: &Resource) -> Result<ResourceC, PolicyError> {
         None | Some("") => b"*".as_slice().into(),
         Some(p) => check_pattern(at, "file", p)?,
     };
+    let within_named = match r.within_directory_named.as_deref() {
+        None => None,
+        Some(n) => {
+            // An exact name: `*` and `?` are name characters here.
+            let name = check_pattern(at, "within_directory_named", n)?;
+            if !r.include_subfolders {
+                return Err(PolicyError::InvalidPattern {
+                    at: at.to_owned(),
+                    field: "within_directory_named",
+                    pattern: n.to_owned(),
+                    reason: "it needs `include_subfolders`: true (the directory is below `directory`)",
+                });
+            }
+            Some(name)
+        }
+    };
     Ok(ResourceC {
         directory,
-        match_all: matches_everything(&pattern),
+        match_all: matches_everything(&pattern) && within_named.is_none(),
         pattern,
         recursive: r.include_subfolders,
+        within_named,
     })
 }
 

@@ -201,6 +201,11 @@ pub struct Resource {
     pub file: Option<String>,
     /// `include_subfolders`: also match files in subdirectories.
     pub include_subfolders: bool,
+    /// `within_directory_named` (GuardFS; CTE UserSpace's "ignore
+    /// directory"): match only paths inside a directory of exactly this
+    /// name (case-sensitive, no wildcards) at any depth below `directory`.
+    /// Needs `include_subfolders`.
+    pub within_directory_named: Option<String>,
 }
 
 /// A user set.
@@ -286,7 +291,12 @@ const RULE_FIELDS: &[&str] = &[
 const KEY_RULE_FIELDS: &[&str] = &["order_number", "resource_set_id", "key_id", "key_type"];
 const WHEN_FIELDS: &[&str] = &["days", "start", "end"];
 const RESOURCE_SET_FIELDS: &[&str] = &["id", "name", "description", "resources"];
-const RESOURCE_FIELDS: &[&str] = &["directory", "file", "include_subfolders"];
+const RESOURCE_FIELDS: &[&str] = &[
+    "directory",
+    "file",
+    "include_subfolders",
+    "within_directory_named",
+];
 const USER_SET_FIELDS: &[&str] = &["id", "name", "description", "users"];
 const USER_FIELDS: &[&str] = &["uname", "uid", "gname", "gid"];
 const PROCESS_SET_FIELDS: &[&str] = &["id", "name", "description", "processes"];
@@ -439,6 +449,11 @@ impl PolicyDocument {
                         m.insert("directory".into(), json!(r.directory));
                         put_opt(&mut m, "file", r.file.as_deref());
                         m.insert("include_subfolders".into(), json!(r.include_subfolders));
+                        put_opt(
+                            &mut m,
+                            "within_directory_named",
+                            r.within_directory_named.as_deref(),
+                        );
                         Value::Object(m)
                     })
                     .collect();
@@ -732,6 +747,7 @@ fn parse_resource_set(v: &Json, index: usize) -> Result<ResourceSet, PolicyError
                 directory: o.req_str("directory")?.to_owned(),
                 file: o.opt_str("file")?.map(str::to_owned),
                 include_subfolders: o.opt_bool("include_subfolders")?.unwrap_or(false),
+                within_directory_named: o.opt_str("within_directory_named")?.map(str::to_owned),
             })
         })
         .collect::<Result<_, PolicyError>>()?;

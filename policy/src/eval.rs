@@ -609,11 +609,32 @@ enum Below<'a> {
     /// The entry's directory lies strictly below `x`: which paths match
     /// depends on `x` itself.
     Placed(&'a [u8]),
+    /// `x` is within the entry's recursive directory but not inside a
+    /// directory of the entry's name: paths below match by their own
+    /// names (location-independent).
+    ByName,
+}
+
+/// Whether a component of `path` strictly below `dir` (the last one
+/// included) is `name`.
+fn inside_named(path: &[u8], dir: &[u8], name: &[u8]) -> bool {
+    let rel = if dir == b"/" {
+        path
+    } else {
+        &path[dir.len().min(path.len())..]
+    };
+    rel.split(|&b| b == b'/').any(|c| c == name)
 }
 
 fn below<'a>(e: &ResourceC, x: &'a [u8]) -> Below<'a> {
     if is_within(x, &e.directory) {
-        if e.recursive {
+        if let Some(n) = &e.within_named {
+            if inside_named(x, &e.directory, n) {
+                Below::All
+            } else {
+                Below::ByName
+            }
+        } else if e.recursive {
             Below::All
         } else if x == &*e.directory {
             Below::Children
@@ -644,7 +665,11 @@ fn resource_matches(e: &ResourceC, path: &[u8]) -> bool {
             } else {
                 parent == &*e.directory
             };
-            dir_ok && (e.match_all || glob_match(&e.pattern, name))
+            dir_ok
+                && (e.match_all || glob_match(&e.pattern, name))
+                && e.within_named
+                    .as_deref()
+                    .is_none_or(|n| inside_named(parent, &e.directory, n))
         }
     }
 }

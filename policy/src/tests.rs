@@ -1548,6 +1548,76 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
+// `within_directory_named` (CTE UserSpace's "ignore directory").
+
+#[test]
+fn directories_named_in_a_resource_match_at_any_depth_and_renames_to_or_from_them_differ() {
+    let p = compile(&json!({
+        "name": "ignore",
+        "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit,applykey" } ],
+        "key_rules": [
+            { "resource_set_id": "skip", "key_id": "clear_key" },
+            { "key_id": "k" }
+        ],
+        "resource_sets": [
+            { "id": "skip", "resources": [
+                { "directory": "/", "include_subfolders": true, "within_directory_named": "tmp" },
+                { "directory": "/", "include_subfolders": true, "within_directory_named": "*" }
+            ] }
+        ]
+    }));
+    let key = |path: &str| p.key_label(p.key_for(path.as_bytes())).to_owned();
+    assert_eq!(key("/a"), "k");
+    assert_eq!(key("/tmp/a"), "clear_key");
+    assert_eq!(
+        key("/x/y/tmp/z/a"),
+        "clear_key",
+        "at any depth, everything below"
+    );
+    assert_eq!(
+        key("/tmp"),
+        "k",
+        "the directory entry itself is not inside it"
+    );
+    assert_eq!(key("/Tmp/a"), "k", "case-sensitive");
+    assert_eq!(key("/tmpx/a"), "k", "exact names only");
+    assert_eq!(key("/x/tmp.d/a"), "k");
+    assert_eq!(
+        key("/*/a"),
+        "clear_key",
+        "a wildcard character is a name here"
+    );
+    assert_eq!(key("/ab/a"), "k");
+    let same = |a: &str, b: &str, dir: bool| p.same_key_rules(a.as_bytes(), b.as_bytes(), dir);
+    assert!(
+        !same("/d", "/tmp", true),
+        "a directory renamed to the ignored name"
+    );
+    assert!(
+        !same("/x/tmp", "/x/d", true),
+        "renamed from the ignored name"
+    );
+    assert!(same("/a/d", "/b/d", true), "neither ignored");
+    assert!(
+        same("/tmp/d", "/x/tmp/e", true),
+        "both inside an ignored directory"
+    );
+    assert!(!same("/tmp/f", "/f", false), "a file moved out of it");
+    // Only recursive entries may name a directory; the name is one name.
+    for (dir, sub, name) in [("/", false, "tmp"), ("/", true, "a/b"), ("/", true, "")] {
+        let r = CompiledPolicy::from_json(&json!({
+            "name": "bad",
+            "security_rules": [ { "order_number": 1, "action": "all_ops", "effect": "permit" } ],
+            "key_rules": [ { "resource_set_id": "s", "key_id": "clear_key" } ],
+            "resource_sets": [ { "id": "s", "resources": [
+                { "directory": dir, "include_subfolders": sub, "within_directory_named": name }
+            ] } ]
+        }).to_string());
+        assert!(r.is_err(), "{dir} {sub} {name:?} accepted");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Key rules across renames: the key rule, not the file, decides.
 
 #[test]
