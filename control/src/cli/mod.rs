@@ -6,6 +6,7 @@
 pub mod cte;
 pub mod dataxform;
 pub mod register;
+pub mod rule;
 pub mod vmutil;
 
 use std::io::Read;
@@ -114,6 +115,54 @@ enum Cmd {
     /// Data transformations (`dataxform`): their progress.
     #[command(subcommand)]
     Xform(XformCmd),
+    /// Rules (CTE UserSpace): a path to protect, deployed with a key and
+    /// an operation (encrypt, rotate, decrypt).
+    #[command(subcommand)]
+    Rule(RuleCmd),
+}
+
+#[derive(Subcommand)]
+enum RuleCmd {
+    /// Create a rule (not applied yet).
+    Create {
+        /// The file or directory to protect.
+        #[arg(long)]
+        path: String,
+        /// Default: Rule- and 27 random characters.
+        #[arg(long)]
+        name: Option<String>,
+        /// Extensions of the files to encrypt, separated by `;` (default: all files).
+        #[arg(long = "include-extensions")]
+        include_extensions: Option<String>,
+        #[arg(long = "is-directory", default_value = "true")]
+        is_directory: bool,
+        #[arg(long = "is-recursive", default_value = "true")]
+        is_recursive: bool,
+        /// Directory names to skip at any depth, separated by `;` (exact, case-sensitive).
+        #[arg(long = "ignore-directory")]
+        ignore_directory: Option<String>,
+        /// false: access control only.
+        #[arg(long = "encrypt-data", default_value = "true")]
+        encrypt_data: bool,
+    },
+    /// Every rule with its status.
+    List,
+    /// One rule, its status, progress and failed files.
+    Show { name: String },
+    /// Deploy a rule on this host: encrypt (default), rotate, decrypt.
+    Apply {
+        name: String,
+        /// The key (encrypt; rotate to another key).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value = "encrypt")]
+        operation: String,
+        /// rotate: rewrap headers only (the default rotation is deep).
+        #[arg(long)]
+        shallow: bool,
+    },
+    /// Remove a rule that is not applied (or was decrypted).
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -303,6 +352,38 @@ pub fn voradmin(args: Vec<String>) -> CmdResult {
     let l = layout(cli.root.as_deref())?;
     let json = cli.json;
     match cli.cmd {
+        Cmd::Rule(r) => match r {
+            RuleCmd::Create {
+                path,
+                name,
+                include_extensions,
+                is_directory,
+                is_recursive,
+                ignore_directory,
+                encrypt_data,
+            } => rule::create(
+                &l,
+                json,
+                rule::NewRule {
+                    path,
+                    name,
+                    include_extensions,
+                    is_directory,
+                    is_recursive,
+                    ignore_directory,
+                    encrypt_data,
+                },
+            )?,
+            RuleCmd::List => rule::list(&l, json)?,
+            RuleCmd::Show { name } => rule::show(&l, json, &name)?,
+            RuleCmd::Apply {
+                name,
+                key,
+                operation,
+                shallow,
+            } => rule::apply(&l, json, &name, &operation, key, shallow)?,
+            RuleCmd::Remove { name } => rule::remove(&l, json, &name)?,
+        },
         Cmd::Xform(XformCmd::Status) => {
             let list = dataxform::statuses(&l);
             print(json, &Value::Array(list.clone()), |_| {

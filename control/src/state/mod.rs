@@ -21,6 +21,7 @@ pub mod hostkey;
 pub mod keystore;
 pub mod layout;
 pub mod policies;
+pub mod rules;
 
 use std::path::{Path, PathBuf};
 
