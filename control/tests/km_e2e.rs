@@ -601,3 +601,102 @@ fn revocation_while_vmd_is_down_reaches_secfs() {
         fs::read(dir.join("f")).is_err()
     });
 }
+
+/// Rules from the key manager (CTE UserSpace's client-rule associations):
+/// a rule created there and applied to the host with a key is deployed by
+/// vmd (encrypting the directory's clear files in place), reported back
+/// with its status, rotated and decrypted on the key manager's word, and
+/// withdrawn once removed from the client.
+#[test]
+fn rules_from_the_key_manager_encrypt_rotate_and_decrypt_on_the_host() {
+    let km = Keymgr::start();
+    let (a, _) = agent_for(&km);
+    setup_register_host_link(&a);
+    let token = km.token(&[]);
+    let o = register(&a, &km, &token, "host-r", &[]);
+    assert!(o.status.success(), "register: {}", text(&o));
+    a.start();
+    km.ok(&["key", "create", "km_rk", "--mode", "XTS"]);
+    let dir = a.dir("ruled");
+    fs::create_dir_all(dir.join("tmp")).unwrap();
+    fs::write(dir.join("a.txt"), SECRET).unwrap();
+    fs::write(dir.join("tmp/b.txt"), SECRET).unwrap();
+    let rule = km.ok(&[
+        "rule",
+        "create",
+        "--path",
+        dir.to_str().unwrap(),
+        "--ignore-directory",
+        "tmp",
+    ]);
+    let name = rule["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("Rule-"), "{rule}");
+    km.ok(&["rule", "apply", "host-r", &name, "--key", "km_rk"]);
+    let local_status = |a: &Agent| {
+        let o = a.cmd("voradmin", &["--json", "rule", "show", &name]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()["applied"]
+            ["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let t0 = std::time::Instant::now();
+    while local_status(&a) != "Encrypted" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the rule was not encrypted on the host: {}\nrules.log:\n{}\nvmd.log:\n{}",
+            text(&a.cmd("voradmin", &["rule", "show", &name])),
+            a.log("rules.log"),
+            a.log("vmd.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !contains(&a.lower(&dir, "a.txt"), SECRET),
+        "a.txt not encrypted"
+    );
+    assert!(
+        contains(&a.lower(&dir, "tmp/b.txt"), SECRET),
+        "the ignored directory was encrypted"
+    );
+    assert_eq!(fs::read(dir.join("a.txt")).unwrap(), SECRET);
+    // The key manager sees what the host did.
+    wait_until("the status reported to the key manager", 120, || {
+        km.ok(&["rule", "status", "host-r"])["resources"][0]["reported"]["status"] == "Encrypted"
+    });
+    // A rule applied to a client cannot be deleted.
+    assert!(!km.cli(&["rule", "delete", &name]).status.success());
+    // Deep rotation on the key manager's word.
+    km.ok(&["key", "rotate", "km_rk"]);
+    km.ok(&["rule", "apply", "host-r", &name, "--operation", "rotate"]);
+    // Polled without failing on a busy vmd (it may be waiting for secfs).
+    let version = |a: &Agent| {
+        let o = a.cmd(
+            "voradmin",
+            &[
+                "--json",
+                "secfs",
+                "iv",
+                "get",
+                dir.join("a.txt").to_str().unwrap(),
+            ],
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()["key_version"]
+            .as_u64()
+    };
+    wait_until("version 2 on the host", 120, || {
+        version(&a) == Some(2) && local_status(&a) == "Encrypted"
+    });
+    // Decrypt, then remove it from the client: the host forgets the rule.
+    km.ok(&["rule", "apply", "host-r", &name, "--operation", "decrypt"]);
+    wait_until("decrypted on the host", 120, || {
+        local_status(&a) == "Decrypted"
+    });
+    assert!(!a.guarded(&dir));
+    assert_eq!(fs::read(dir.join("a.txt")).unwrap(), SECRET);
+    km.ok(&["rule", "remove", "host-r", &name]);
+    wait_until("the rule withdrawn on the host", 120, || {
+        a.ok("voradmin", &["rule", "list"]).contains("No rules")
+    });
+    km.ok(&["rule", "delete", &name]);
+}

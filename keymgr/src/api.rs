@@ -15,8 +15,8 @@ use crate::ca::Ca;
 use crate::error::ApiError;
 use crate::seal::MasterKey;
 use crate::store::{
-    Client, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile, RegToken, Store,
-    StoreError,
+    Client, ClientRule, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile, RegToken,
+    Store, StoreError, TeRule,
 };
 use crate::unlock::{Challenge, ESCROW_LEN, RespondError, encode_text};
 use crate::util::{
@@ -99,6 +99,27 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn rule_json(r: &TeRule) -> Value {
+    let mut v: Value = serde_json::from_str(&r.json).unwrap_or_else(|_| json!({}));
+    v["id"] = json!(r.id);
+    v["name"] = json!(r.name);
+    v["created"] = json!(r.created);
+    v
+}
+
+/// A client's rule as the client gets it in its configuration: the rule's
+/// parameters, the key, the operation and its generation.
+fn client_rule_json(cr: &ClientRule) -> Value {
+    let mut v: Value = serde_json::from_str(&cr.rule_json).unwrap_or_else(|_| json!({}));
+    v["rule_id"] = json!(cr.rule_id);
+    v["name"] = json!(cr.rule_name);
+    v["key"] = json!(cr.key);
+    v["operation"] = json!(cr.operation);
+    v["shallow"] = json!(cr.shallow);
+    v["generation"] = json!(cr.generation);
+    v
 }
 
 fn list(items: Vec<Value>) -> Value {
@@ -634,6 +655,60 @@ impl App {
                 "POST" => self.register(req),
                 _ => method_na(),
             },
+            ["transparent-encryption", "rules"] => {
+                self.admin(req)?;
+                match m {
+                    "GET" => {
+                        let items = self.store.rule_list()?.iter().map(rule_json).collect();
+                        Ok(Response::json(200, &list(items)))
+                    }
+                    "POST" => self.rule_create(req),
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "rules", id] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let r = self
+                    .store
+                    .rule_get(id)?
+                    .ok_or_else(|| ApiError::not_found("no such rule"))?;
+                match m {
+                    "GET" => Ok(Response::json(200, &rule_json(&r))),
+                    "DELETE" => {
+                        self.store.rule_delete(&r.id)?;
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "clients", id, "rules"] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                let c = self.client(id)?;
+                match m {
+                    "GET" => self.client_rules(&c),
+                    "POST" => self.client_rule_apply(&c, req),
+                    _ => method_na(),
+                }
+            }
+            ["transparent-encryption", "clients", id, "rules", rule] => {
+                self.admin(req)?;
+                check_ref(id)?;
+                check_ref(rule)?;
+                let c = self.client(id)?;
+                let r = self
+                    .store
+                    .rule_get(rule)?
+                    .ok_or_else(|| ApiError::not_found("no such rule"))?;
+                match m {
+                    "DELETE" => {
+                        self.store.client_rule_delete(&c.id, &r.id)?;
+                        Ok(Response::empty(204))
+                    }
+                    _ => method_na(),
+                }
+            }
             ["transparent-encryption", "clients"] => {
                 self.admin(req)?;
                 match m {
@@ -1693,8 +1768,198 @@ impl App {
     // ----- agent side
 
     /// The configuration of one client and the key names it may fetch.
+    fn rule_create(&self, req: &Request) -> ApiResult {
+        let v: Value = parse(&req.body)?;
+        let Value::Object(o) = &v else {
+            return Err(ApiError::bad_request("a rule is a JSON object"));
+        };
+        const FIELDS: &[&str] = &[
+            "name",
+            "path",
+            "include_extensions",
+            "is_directory",
+            "is_recursive",
+            "ignore_directory",
+            "encrypt_data",
+        ];
+        if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::bad_request(format!("unknown field {k:?}")));
+        }
+        let path = o
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|p| valid_guard_path(p))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "path is required: absolute, normalised (no '.', '..', '//', trailing '/') and not '/'",
+                )
+            })?;
+        // `a;b` or ["a", "b"].
+        let names = |k: &str| -> Result<Vec<String>, ApiError> {
+            let items: Vec<String> = match o.get(k) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::String(s)) => s
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| ApiError::bad_request(format!("{k}: a list of names")))?,
+                Some(_) => return Err(ApiError::bad_request(format!("{k}: `a;b` or a list"))),
+            };
+            if items
+                .iter()
+                .any(|x| x.len() > 255 || x.contains(['/', '\0']) || x == "." || x == "..")
+            {
+                return Err(ApiError::bad_request(format!("{k}: names without '/'")));
+            }
+            Ok(items)
+        };
+        let flag = |k: &str| -> Result<bool, ApiError> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(true),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(ApiError::bad_request(format!("{k}: true or false"))),
+            }
+        };
+        let name = match o.get("name").and_then(Value::as_str) {
+            Some(n) if valid_ref(n) && n.len() <= 64 => n.to_owned(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "name: letters, digits, '.', '_', '-'",
+                ));
+            }
+            None => {
+                let id = new_id().map_err(internal("id generation"))?;
+                let tail: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+                format!("Rule-{}", &tail[..27.min(tail.len())])
+            }
+        };
+        let params = json!({
+            "path": path,
+            "include_extensions": names("include_extensions")?
+                .iter()
+                .map(|e| e.trim_start_matches('.').to_owned())
+                .collect::<Vec<_>>(),
+            "is_directory": flag("is_directory")?,
+            "is_recursive": flag("is_recursive")?,
+            "ignore_directory": names("ignore_directory")?,
+            "encrypt_data": flag("encrypt_data")?,
+        });
+        let r = TeRule {
+            id: new_id().map_err(internal("id generation"))?,
+            name,
+            json: params.to_string(),
+            created: now(),
+        };
+        self.store.rule_insert(&r)?;
+        log::info!("rule {} created for {path}", r.name);
+        Ok(Response::json(201, &rule_json(&r)))
+    }
+
+    /// A client's rules, each with what the client last reported of it.
+    fn client_rules(&self, c: &Client) -> ApiResult {
+        let reported: Value = c
+            .reported_status
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let items = self
+            .store
+            .client_rules_of(&c.id)?
+            .iter()
+            .map(|cr| {
+                let mut v = client_rule_json(cr);
+                v["reported"] = reported["rules"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|r| r["name"] == cr.rule_name.as_str()))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                v
+            })
+            .collect();
+        Ok(Response::json(200, &list(items)))
+    }
+
+    /// Apply a rule to a client (CTE's client-rule association), or ask
+    /// it for the next operation: `{"rule", "key", "operation", "shallow"}`.
+    fn client_rule_apply(&self, c: &Client, req: &Request) -> ApiResult {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            rule: String,
+            key: Option<String>,
+            operation: Option<String>,
+            shallow: Option<bool>,
+        }
+        let r: Req = parse(&req.body)?;
+        check_ref(&r.rule)?;
+        let rule = self
+            .store
+            .rule_get(&r.rule)?
+            .ok_or_else(|| ApiError::unprocessable("rule names no rule"))?;
+        let operation = r.operation.unwrap_or_else(|| "encrypt".into());
+        if !["encrypt", "rotate", "decrypt"].contains(&operation.as_str()) {
+            return Err(ApiError::bad_request(
+                "operation must be encrypt, rotate or decrypt",
+            ));
+        }
+        let before = self
+            .store
+            .client_rules_of(&c.id)?
+            .into_iter()
+            .find(|x| x.rule_id == rule.id);
+        let key = match (r.key, &before) {
+            (Some(k), _) => k,
+            (None, Some(b)) => b.key.clone(),
+            (None, None) => {
+                let encrypting = serde_json::from_str::<Value>(&rule.json)
+                    .ok()
+                    .and_then(|v| v["encrypt_data"].as_bool())
+                    .unwrap_or(true);
+                if encrypting {
+                    return Err(ApiError::bad_request("key is required"));
+                }
+                "clear_key".into()
+            }
+        };
+        if key != "clear_key" {
+            check_ref(&key)?;
+            self.store
+                .key_get(&key)?
+                .ok_or_else(|| ApiError::unprocessable("key names no key"))?;
+        }
+        let cr = ClientRule {
+            client_id: c.id.clone(),
+            rule_id: rule.id.clone(),
+            rule_name: rule.name.clone(),
+            rule_json: rule.json.clone(),
+            key,
+            operation,
+            shallow: r.shallow.unwrap_or(false),
+            generation: 0,
+            updated: now(),
+        };
+        let generation = self.store.client_rule_put(&cr)?;
+        log::info!(
+            "rule {} on client {}: {} with key {} (generation {generation})",
+            rule.name,
+            c.name,
+            cr.operation,
+            cr.key
+        );
+        let mut v = client_rule_json(&cr);
+        v["generation"] = json!(generation);
+        Ok(Response::json(201, &v))
+    }
+
     fn config_of(&self, c: &Client) -> Result<(Value, HashSet<String>), ApiError> {
         let gps = self.store.guardpoints_of(&c.id)?;
+        let rules = self.store.client_rules_of(&c.id)?;
         let mut policies: BTreeMap<String, String> = BTreeMap::new();
         let mut key_names: BTreeSet<String> = BTreeSet::new();
         for g in &gps {
@@ -1715,6 +1980,13 @@ impl App {
             }
             policies.insert(p.name, p.json);
         }
+        // Keys of the client's rules (their policies are made on the client).
+        key_names.extend(
+            rules
+                .iter()
+                .filter(|r| r.key != "clear_key")
+                .map(|r| r.key.clone()),
+        );
         let mut keys = Vec::new();
         let mut allowed = HashSet::new();
         for n in &key_names {
@@ -1754,7 +2026,13 @@ impl App {
             None => json!({"name": DEFAULT_PROFILE, "concise_logging": false, "poll_interval": 10}),
         };
         Ok((
-            json!({"guardpoints": gps, "policies": policies, "keys": keys, "profile": profile}),
+            json!({
+                "guardpoints": gps,
+                "policies": policies,
+                "keys": keys,
+                "profile": profile,
+                "rules": rules.iter().map(client_rule_json).collect::<Vec<_>>(),
+            }),
             allowed,
         ))
     }

@@ -98,6 +98,10 @@ enum Cmd {
     /// GuardPoints of a client.
     #[command(subcommand)]
     Guardpoint(GpCmd),
+    /// Rules (CTE UserSpace): create, list, show, delete; apply to a
+    /// client with a key and an operation.
+    #[command(subcommand)]
+    Rule(RuleCmd),
     /// Offline unlock (challenge-response) for agents that cannot reach the
     /// key manager.
     #[command(subcommand)]
@@ -267,6 +271,51 @@ enum ClientCmd {
     Show { client: String },
     /// Delete a client and its GuardPoints.
     Delete { client: String },
+}
+
+#[derive(Subcommand)]
+enum RuleCmd {
+    /// Create a rule.
+    Create {
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// `txt;dbf`
+        #[arg(long = "include-extensions")]
+        include_extensions: Option<String>,
+        #[arg(long = "is-directory", default_value = "true")]
+        is_directory: bool,
+        #[arg(long = "is-recursive", default_value = "true")]
+        is_recursive: bool,
+        /// `tmp;cache`
+        #[arg(long = "ignore-directory")]
+        ignore_directory: Option<String>,
+        #[arg(long = "encrypt-data", default_value = "true")]
+        encrypt_data: bool,
+    },
+    /// List rules.
+    List,
+    /// Show a rule.
+    Show { rule: String },
+    /// Delete a rule no client has.
+    Delete { rule: String },
+    /// Apply a rule to a client (or ask it for the next operation).
+    Apply {
+        client: String,
+        rule: String,
+        #[arg(long)]
+        key: Option<String>,
+        /// encrypt, rotate or decrypt.
+        #[arg(long, default_value = "encrypt")]
+        operation: String,
+        #[arg(long)]
+        shallow: bool,
+    },
+    /// A client's rules and what it reported of each.
+    Status { client: String },
+    /// Remove a rule from a client.
+    Remove { client: String, rule: String },
 }
 
 #[derive(Subcommand)]
@@ -817,6 +866,71 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 GpCmd::Remove { client, gpid } => c.call(
                     "DELETE",
                     &format!("{p}/{}/guardpoints/{}", seg(client)?, seg(gpid)?),
+                    None,
+                )?,
+            }
+        }
+        Cmd::Rule(r) => {
+            let c = connect(cli)?;
+            let p = "/api/v1/transparent-encryption";
+            match r {
+                RuleCmd::Create {
+                    path,
+                    name,
+                    include_extensions,
+                    is_directory,
+                    is_recursive,
+                    ignore_directory,
+                    encrypt_data,
+                } => {
+                    let mut body = json!({
+                        "path": path,
+                        "is_directory": is_directory,
+                        "is_recursive": is_recursive,
+                        "encrypt_data": encrypt_data,
+                    });
+                    if let Some(n) = name {
+                        body["name"] = json!(n);
+                    }
+                    if let Some(e) = include_extensions {
+                        body["include_extensions"] = json!(e);
+                    }
+                    if let Some(d) = ignore_directory {
+                        body["ignore_directory"] = json!(d);
+                    }
+                    c.call("POST", &format!("{p}/rules"), Some(&body))?
+                }
+                RuleCmd::List => c.call("GET", &format!("{p}/rules"), None)?,
+                RuleCmd::Show { rule } => {
+                    c.call("GET", &format!("{p}/rules/{}", seg(rule)?), None)?
+                }
+                RuleCmd::Delete { rule } => {
+                    c.call("DELETE", &format!("{p}/rules/{}", seg(rule)?), None)?
+                }
+                RuleCmd::Apply {
+                    client,
+                    rule,
+                    key,
+                    operation,
+                    shallow,
+                } => {
+                    let mut body =
+                        json!({"rule": rule, "operation": operation, "shallow": shallow});
+                    if let Some(k) = key {
+                        body["key"] = json!(k);
+                    }
+                    c.call(
+                        "POST",
+                        &format!("{p}/clients/{}/rules", seg(client)?),
+                        Some(&body),
+                    )?
+                }
+                RuleCmd::Status { client } => {
+                    c.call("GET", &format!("{p}/clients/{}/rules", seg(client)?), None)?
+                }
+                RuleCmd::Remove { client, rule } => c.call(
+                    "DELETE",
+                    &format!("{p}/clients/{}/rules/{}", seg(client)?, seg(rule)?),
                     None,
                 )?,
             }

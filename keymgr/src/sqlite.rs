@@ -10,8 +10,8 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, OptionalExtension, Params, Row, Transaction, params};
 
 use crate::store::{
-    Admin, Client, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile, RegToken, Sealer,
-    Store, StoreError, StoreResult,
+    Admin, Client, ClientRule, DEFAULT_PROFILE, GuardPoint, Key, Policy, PolicySet, Profile,
+    RegToken, Sealer, Store, StoreError, StoreResult, TeRule,
 };
 
 /// Versioned migrations; index + 1 is the version. Never edit one that has
@@ -147,6 +147,25 @@ CREATE TABLE policy_set_refs (
     PRIMARY KEY (policy_id, set_id)
 );
 CREATE INDEX policy_set_refs_set ON policy_set_refs(set_id);
+"#,
+    r#"
+CREATE TABLE te_rules (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    json TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE client_rules (
+    client_id TEXT NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    rule_id TEXT NOT NULL REFERENCES te_rules(id) ON DELETE RESTRICT,
+    key TEXT NOT NULL,
+    operation TEXT NOT NULL CHECK (operation IN ('encrypt', 'rotate', 'decrypt')),
+    shallow INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (client_id, rule_id)
+);
+CREATE INDEX client_rules_rule ON client_rules(rule_id);
 "#,
 ];
 
@@ -361,6 +380,35 @@ fn client_row(r: &Row<'_>) -> rusqlite::Result<Client> {
 const GP_SELECT: &str = "SELECT g.id, g.client_id, g.guard_path, g.guard_point_type, \
     g.policy_id, p.name, g.guard_enabled, g.created \
     FROM guardpoints g JOIN policies p ON p.id = g.policy_id";
+
+const RULE_COLS: &str = "id, name, json, created";
+
+fn rule_row(r: &Row<'_>) -> rusqlite::Result<TeRule> {
+    Ok(TeRule {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        json: r.get(2)?,
+        created: r.get(3)?,
+    })
+}
+
+const CLIENT_RULE_SELECT: &str = "SELECT c.client_id, c.rule_id, r.name, r.json, c.key, \
+    c.operation, c.shallow, c.generation, c.updated \
+    FROM client_rules c JOIN te_rules r ON r.id = c.rule_id";
+
+fn client_rule_row(r: &Row<'_>) -> rusqlite::Result<ClientRule> {
+    Ok(ClientRule {
+        client_id: r.get(0)?,
+        rule_id: r.get(1)?,
+        rule_name: r.get(2)?,
+        rule_json: r.get(3)?,
+        key: r.get(4)?,
+        operation: r.get(5)?,
+        shallow: r.get(6)?,
+        generation: r.get(7)?,
+        updated: r.get(8)?,
+    })
+}
 
 fn gp_row(r: &Row<'_>) -> rusqlite::Result<GuardPoint> {
     Ok(GuardPoint {
@@ -885,6 +933,88 @@ impl Store for SqliteStore {
         )
     }
 
+    fn rule_insert(&self, r: &TeRule) -> StoreResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!("INSERT INTO te_rules ({RULE_COLS}) VALUES (?1,?2,?3,?4)"),
+                params![r.id, r.name, r.json, r.created],
+            )
+            .map_err(conflict(|| {
+                format!("a rule named {:?} already exists", r.name)
+            }))?;
+            Ok(())
+        })
+    }
+
+    fn rule_list(&self) -> StoreResult<Vec<TeRule>> {
+        self.all(
+            &format!("SELECT {RULE_COLS} FROM te_rules ORDER BY created, rowid"),
+            [],
+            rule_row,
+        )
+    }
+
+    fn rule_get(&self, r: &str) -> StoreResult<Option<TeRule>> {
+        self.one(
+            &format!(
+                "SELECT {RULE_COLS} FROM te_rules WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+            ),
+            [r],
+            rule_row,
+        )
+    }
+
+    fn rule_delete(&self, id: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let linked: bool = scalar(
+                tx,
+                "SELECT EXISTS(SELECT 1 FROM client_rules WHERE rule_id = ?1)",
+                [id],
+            )?;
+            if linked {
+                return Err(StoreError::Conflict(
+                    "the rule is applied to a client; remove it from the client first".into(),
+                ));
+            }
+            exec_changed(tx, "DELETE FROM te_rules WHERE id = ?1", [id], "rule")
+        })
+    }
+
+    fn client_rule_put(&self, cr: &ClientRule) -> StoreResult<i64> {
+        self.tx(|tx| {
+            exec(
+                tx,
+                "INSERT INTO client_rules (client_id, rule_id, key, operation, shallow, generation, updated)
+                 VALUES (?1,?2,?3,?4,?5,1,?6)
+                 ON CONFLICT (client_id, rule_id) DO UPDATE SET key = excluded.key,
+                   operation = excluded.operation, shallow = excluded.shallow,
+                   generation = client_rules.generation + 1, updated = excluded.updated",
+                params![cr.client_id, cr.rule_id, cr.key, cr.operation, cr.shallow, cr.updated],
+            )?;
+            scalar(
+                tx,
+                "SELECT generation FROM client_rules WHERE client_id = ?1 AND rule_id = ?2",
+                [&cr.client_id, &cr.rule_id],
+            )
+        })
+    }
+
+    fn client_rules_of(&self, client_id: &str) -> StoreResult<Vec<ClientRule>> {
+        self.all(
+            &format!("{CLIENT_RULE_SELECT} WHERE c.client_id = ?1 ORDER BY r.created, r.rowid"),
+            [client_id],
+            client_rule_row,
+        )
+    }
+
+    fn client_rule_delete(&self, client_id: &str, rule_id: &str) -> StoreResult<()> {
+        self.change(
+            "DELETE FROM client_rules WHERE client_id = ?1 AND rule_id = ?2",
+            [client_id, rule_id],
+            "client rule",
+        )
+    }
+
     fn policy_insert(&self, p: &Policy, set_ids: &[String]) -> StoreResult<()> {
         self.tx(|tx| {
             tx.execute(
@@ -1266,7 +1396,7 @@ mod tests {
         let path = dir.path().join("k.db");
         {
             let s = SqliteStore::open(&path).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 3);
+            assert_eq!(s.schema_version().unwrap(), 4);
             let k = Key {
                 id: "k1".into(),
                 name: "db-key".into(),
@@ -1296,7 +1426,7 @@ mod tests {
             ));
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), 4);
         let k = s.key_get("db-key").unwrap().unwrap();
         assert_eq!(k.versions, vec![1, 2]);
         assert_eq!(k.state, "revoked");
@@ -1355,7 +1485,7 @@ mod tests {
         // A database made by a keymgr that knew only migration 1.
         drop(database_at_version(&path, 1));
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), 4);
         s.regtoken_insert(&RegToken {
             id: "t".into(),
             token: "tok".into(),
@@ -1407,7 +1537,7 @@ mod tests {
             }
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), 4);
         let def = s.profile_get(DEFAULT_PROFILE).unwrap().unwrap();
         assert_eq!(def.poll_interval, 10);
         for id in ["c1", "c2"] {

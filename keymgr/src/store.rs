@@ -131,6 +131,41 @@ pub struct GuardPoint {
     pub created: i64,
 }
 
+/// A rule (CTE UserSpace): a path to protect and which files count; its
+/// parameters as a JSON object (`path`, `include_extensions`,
+/// `is_directory`, `is_recursive`, `ignore_directory`, `encrypt_data`).
+#[derive(Debug, Clone)]
+pub struct TeRule {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// The parameters (JSON object).
+    pub json: String,
+    /// Unix time of creation.
+    pub created: i64,
+}
+
+/// A rule applied to a client (CTE's client-rule association): the key and
+/// the operation the client is to carry out; `generation` grows with every
+/// request, so the client knows a new one from one it already ran.
+#[derive(Debug, Clone)]
+pub struct ClientRule {
+    pub client_id: String,
+    pub rule_id: String,
+    /// The rule's name (joined; ignored on write).
+    pub rule_name: String,
+    /// The rule's parameters (joined; ignored on write).
+    pub rule_json: String,
+    pub key: String,
+    /// `encrypt`, `rotate` or `decrypt`.
+    pub operation: String,
+    /// A rotation that rewraps headers only.
+    pub shallow: bool,
+    pub generation: i64,
+    pub updated: i64,
+}
+
 /// A policy document.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -298,6 +333,23 @@ pub trait Store: Send + Sync {
     fn guardpoints_of(&self, client_id: &str) -> StoreResult<Vec<GuardPoint>>;
     /// Delete one of a client's GuardPoints.
     fn guardpoint_delete(&self, client_id: &str, gp_id: &str) -> StoreResult<()>;
+
+    // Rules (CTE UserSpace) and their application to clients.
+    /// Insert a rule (its name unique).
+    fn rule_insert(&self, r: &TeRule) -> StoreResult<()>;
+    /// Every rule, oldest first.
+    fn rule_list(&self) -> StoreResult<Vec<TeRule>>;
+    /// A rule by id or name.
+    fn rule_get(&self, id_or_name: &str) -> StoreResult<Option<TeRule>>;
+    /// Delete a rule no client has (`Conflict` otherwise).
+    fn rule_delete(&self, id: &str) -> StoreResult<()>;
+    /// Apply a rule to a client, or ask it for another operation: the
+    /// association's generation grows. Returns the new generation.
+    fn client_rule_put(&self, cr: &ClientRule) -> StoreResult<i64>;
+    /// A client's rules.
+    fn client_rules_of(&self, client_id: &str) -> StoreResult<Vec<ClientRule>>;
+    /// Remove a rule from a client.
+    fn client_rule_delete(&self, client_id: &str, rule_id: &str) -> StoreResult<()>;
 
     // --- client profiles
     /// Insert (`Conflict` on a duplicate name).

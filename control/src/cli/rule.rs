@@ -100,6 +100,8 @@ pub fn create(l: &Layout, json: bool, n: NewRule) -> CmdResult {
         ignore_directory: split_list(n.ignore_directory),
         encrypt_data: n.encrypt_data,
         applied: None,
+        source: None,
+        km_generation: 0,
     };
     r.validate(l).map_err(fail)?;
     if let Some(o) = rules.rules.values().find(|o| o.path == r.path) {
@@ -343,14 +345,27 @@ pub fn apply(
     key: Option<String>,
     shallow: bool,
 ) -> CmdResult {
+    // The plan and its key, asked of vmd without holding the rules lock
+    // (vmd takes it too).
+    let r = Rules::open(l)
+        .map_err(|e| fail(e.to_string()))?
+        .rules
+        .get(name)
+        .cloned()
+        .ok_or_else(|| fail(format!("no rule named {name}")))?;
+    let plan = plan(&r, operation, key, shallow)?;
+    if plan.to != "clear_key" {
+        call(
+            l,
+            Request::KeyShow {
+                name: plan.to.clone(),
+            },
+        )
+        .map_err(|e| fail(format!("key {}: {}", plan.to, e.1)))?;
+    }
     // Claim the path: one operation per path at a time.
-    let (rule, plan) = {
+    let rule = {
         let mut rules = Rules::open(l).map_err(|e| fail(e.to_string()))?;
-        let r = rules
-            .rules
-            .get(name)
-            .ok_or_else(|| fail(format!("no rule named {name}")))?
-            .clone();
         let gp = r.guard_point();
         if let Some(busy) = rules.rules.values().find(|o| {
             o.applied
@@ -364,20 +379,13 @@ pub fn apply(
                 gp.display()
             )));
         }
-        let plan = plan(&r, operation, key, shallow)?;
-        if plan.to != "clear_key" {
-            call(
-                l,
-                Request::KeyShow {
-                    name: plan.to.clone(),
-                },
-            )
-            .map_err(|e| fail(format!("key {}: {}", plan.to, e.1)))?;
-        }
         let rule = rules
             .rules
             .get_mut(name)
             .ok_or_else(|| fail("rule vanished"))?;
+        if rule.applied != r.applied {
+            return Err(fail(format!("rule {name} changed meanwhile; apply again")));
+        }
         rule.applied = Some(Applied {
             key: plan.to.clone(),
             from_key: plan.from.clone(),
@@ -391,7 +399,7 @@ pub fn apply(
         });
         let copy = rule.clone();
         rules.save().map_err(|e| fail(e.to_string()))?;
-        (copy, plan)
+        copy
     };
     let outcome = deploy(l, json, &rule, &plan);
     let (status, errors) = match &outcome {
@@ -460,8 +468,22 @@ fn deploy(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<FileE
             )));
         }
         Some(g) if s(&g, "status") == "guarded" => {}
-        _ => {
-            call(
+        Some(_) => {
+            let v = call(
+                l,
+                Request::Guard {
+                    path: gp_s.clone(),
+                    policy: None,
+                    gp_type: None,
+                },
+            )
+            .map_err(|e| whole(format!("guard {gp_s}: {}", e.1)))?;
+            if s(&v, "status") != "guarded" {
+                return Err(whole(format!("guard {gp_s}: {}", s(&v, "reason"))));
+            }
+        }
+        None => {
+            let v = call(
                 l,
                 Request::Guard {
                     path: gp_s.clone(),
@@ -470,6 +492,9 @@ fn deploy(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<FileE
                 },
             )
             .map_err(|e| whole(format!("guard {gp_s}: {}", e.1)))?;
+            if s(&v, "status") != "guarded" {
+                return Err(whole(format!("guard {gp_s}: {}", s(&v, "reason"))));
+            }
         }
     }
     if !plan.xform.is_empty() {

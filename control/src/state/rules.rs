@@ -35,6 +35,13 @@ pub struct Rule {
     /// What was deployed on this host, if anything.
     #[serde(default)]
     pub applied: Option<Applied>,
+    /// `km`: deployed by the key manager (vmd keeps it in line with the
+    /// key manager's list); absent: created here with `voradmin rule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The key manager's generation of the last operation started here.
+    #[serde(default)]
+    pub km_generation: u64,
 }
 
 /// A rule's deployment on this host (CTE: the client-rule association).
@@ -278,7 +285,8 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Load under the exclusive lock (held until this is dropped).
+    /// Load under the exclusive lock (held until this is dropped). Never
+    /// call vmd while holding it: vmd takes it too.
     pub fn open(layout: &Layout) -> Result<Rules> {
         std::fs::create_dir_all(&layout.etc)
             .map_err(|e| StateError::io(&layout.etc, "create", e))?;
@@ -308,6 +316,20 @@ impl Rules {
         })
     }
 
+    /// The rules as last saved, without the lock (read only: the file is
+    /// replaced atomically, so it is always whole). For vmd, which must
+    /// never wait for a `voradmin rule` holding the lock.
+    pub fn read(layout: &Layout) -> Result<Vec<Rule>> {
+        let path = layout.etc.join("rules.json");
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                serde_json::from_str(&t).map_err(|e| StateError::invalid(&path, e.to_string()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(StateError::io(&path, "read", e)),
+        }
+    }
+
     pub fn save(&self) -> Result<()> {
         let list: Vec<&Rule> = self.rules.values().collect();
         let text = serde_json::to_string_pretty(&list)
@@ -330,6 +352,8 @@ mod tests {
             ignore_directory: vec![],
             encrypt_data: true,
             applied: None,
+            source: None,
+            km_generation: 0,
         }
     }
 

@@ -342,11 +342,7 @@ impl Agent {
 
     pub(super) fn km_report(&mut self) -> Result<Value, String> {
         let (client, _) = self.km_client()?;
-        let report = self.status();
-        let body = json!({
-            "version": env!("CARGO_PKG_VERSION"), "keys_available": report["keys_available"],
-            "guardpoints": report["guardpoints"],
-        });
+        let body = self.report_body();
         client.post("/api/v1/agent/status", &body)?.ok()?;
         Ok(json!({ "reported": true }))
     }
@@ -437,16 +433,15 @@ impl Agent {
         }
         let Some(km) = self.km.as_mut() else { return };
         let client = km.client.clone().unwrap_or(client);
-        let due = km
-            .last_report
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(30));
+        let jobs_ended = self.reap_rule_jobs();
+        let Some(km) = self.km.as_mut() else { return };
+        let due = jobs_ended
+            || km
+                .last_report
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(30));
         if applied.as_ref().is_ok_and(|changed| *changed) || (due && km.reachable == Some(true)) {
             km.last_report = Some(Instant::now());
-            let report = self.status();
-            let body = json!({
-                "version": env!("CARGO_PKG_VERSION"), "keys_available": report["keys_available"],
-                "guardpoints": report["guardpoints"],
-            });
+            let body = self.report_body();
             if let Err(e) = client
                 .post("/api/v1/agent/status", &body)
                 .and_then(|a| a.ok())
@@ -497,6 +492,7 @@ impl Agent {
         }
         let keys = self.km_keys(cfg["keys"].as_array().unwrap_or(&empty));
         let gps = self.km_guardpoints(cfg["guardpoints"].as_array().unwrap_or(&empty));
+        let rules = self.km_rules(cfg["rules"].as_array().unwrap_or(&empty));
         // Stored policies reach secfs even when a later step failed: the
         // next poll compares with the store and would not see them as new.
         let mut reload = Ok(());
@@ -508,6 +504,7 @@ impl Agent {
         let complete = keys?;
         gps?;
         reload?;
+        rules?;
         Ok(complete)
     }
 
@@ -613,7 +610,11 @@ impl Agent {
         let served = self.served_checked()?;
         let mut registry = self.gps.clone();
         let mut policy_changed = Vec::new();
+        let rule_policies = self.rule_policies();
         for e in self.gps.list().to_vec() {
+            if rule_policies.contains(&e.policy) && !desired.contains_key(&e.path) {
+                continue; // a rule's GuardPoint: the rule owns it
+            }
             match desired.get(&e.path) {
                 Some((p, t, _)) if *p == e.policy && *t == e.gp_type => {}
                 // Same GuardPoint, new policy or type: change the registry

@@ -10,6 +10,7 @@
 
 pub mod busy;
 pub mod keys;
+mod kmrules;
 mod kmsync;
 pub mod secfs;
 pub mod server;
@@ -78,6 +79,8 @@ pub struct Agent {
     pub stopping: bool,
     /// A running secfs was adopted: revoke there what vmd no longer holds.
     reconcile_keys: bool,
+    /// `voradmin rule apply` runs started for the key manager's rules.
+    rule_jobs: Vec<std::process::Child>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -136,6 +139,7 @@ impl Agent {
             km: None,
             stopping: false,
             reconcile_keys: false,
+            rule_jobs: Vec::new(),
         };
         agent.km = kmsync::KmState::load(&agent.layout, &agent.conf)?;
         match agent.hostkeys.init_or_load_auto().map_err(err)? {
@@ -703,7 +707,12 @@ impl Agent {
     ) -> Result<Value, String> {
         let path = normalize(path)?;
         self.forbidden().check(Path::new(&path))?;
-        if policy.is_some() && self.km.is_some() {
+        // A rule's GuardPoint is the rule's, whoever deployed the rule.
+        if self.km.is_some()
+            && policy
+                .as_ref()
+                .is_some_and(|p| !self.rule_policies().contains(p))
+        {
             return Err(
                 "this host is registered with a key manager: GuardPoints are defined there".into(),
             );
