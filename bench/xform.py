@@ -8,8 +8,11 @@ of 1..8 KiB in 100 directories). Each round, for each tree, interleaved:
   cp        cp -a of the tree (and `cp -a` + `sync`, since dataxform's
             results are durable when it returns and cp's are not)
   encrypt   dataxform --rekey, clear_key -> k (xts)
-  deep      dataxform --deep, k v1 -> v2 (new data keys, every unit)
-  shallow   dataxform --shallow, k v2 -> v3 (headers only)
+  deep      dataxform --deep, k v1 -> v2 (new data keys, every unit; files
+            over 1 MiB online, in place, a journaled step at a time)
+  deep-offline  dataxform --deep --offline, k v2 -> v3 (every file through
+            the batch: side file, copy back)
+  shallow   dataxform --shallow, k v3 -> v4 (headers only)
   decrypt   dataxform --rekey, k -> clear_key
 
 Caches are dropped (after a sync) before every timed step. Throughput is
@@ -73,7 +76,7 @@ class Bench:
         if os.path.lexists(self.dataxform):
             os.unlink(self.dataxform)
         os.symlink(a.voradmin, self.dataxform)
-        for k in ["v1", "v2", "v3"]:
+        for k in ["v1", "v2", "v3", "v4"]:
             p = os.path.join(self.keys, k)
             if not os.path.exists(p):
                 sh(a.secfs, "genkey", p)
@@ -114,7 +117,7 @@ class Bench:
     def xform(self, gp, op):
         drop_caches()
         t = time.monotonic()
-        r = subprocess.run([self.dataxform, op, "--gp", gp, "-y", "--json"],
+        r = subprocess.run([self.dataxform, *op.split(), "--gp", gp, "-y", "--json"],
                            capture_output=True, text=True)
         dt = time.monotonic() - t
         if r.returncode != 0:
@@ -142,8 +145,9 @@ class Bench:
         steps = [
             ("encrypt", ("clear_key", "k"), [("k@1", "v1")], "--rekey"),
             ("deep", ("k", None), [("k@1", "v1"), ("k@2", "v2")], "--deep"),
-            ("shallow", ("k", None), [("k@2", "v2"), ("k@3", "v3")], "--shallow"),
-            ("decrypt", ("k", "clear_key"), [("k@3", "v3")], "--rekey"),
+            ("deep-offline", ("k", None), [("k@2", "v2"), ("k@3", "v3")], "--deep --offline"),
+            ("shallow", ("k", None), [("k@3", "v3"), ("k@4", "v4")], "--shallow"),
+            ("decrypt", ("k", "clear_key"), [("k@4", "v4")], "--rekey"),
         ]
         for step, pol, keys, op in steps:
             self.mount(gp, self.policy(*pol), keys)
@@ -210,7 +214,7 @@ def main():
              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name in ["large", "small"]:
         rs = results[name]
-        for step in ["cp", "cp+sync", "encrypt", "deep", "shallow", "decrypt"]:
+        for step in ["cp", "cp+sync", "encrypt", "deep", "deep-offline", "shallow", "decrypt"]:
             med = statistics.median(x[step] for x in rs)
             vs_cp = statistics.median(x["cp"] / x[step] for x in rs)
             vs_cps = statistics.median(x["cp+sync"] / x[step] for x in rs)

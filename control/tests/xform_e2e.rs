@@ -321,7 +321,7 @@ fn xattr_set(p: &Path, name: &[u8], value: &[u8]) {
 fn xattr_get(p: &Path, name: &[u8]) -> Option<Vec<u8>> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
+    let mut buf = vec![0u8; 4096];
     // SAFETY: valid C strings and a buffer of the length passed.
     let r =
         unsafe { nix::libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -1480,4 +1480,53 @@ fn a_rotation_during_a_deep_rekey_relaunches_it_to_the_newest_version() {
         );
         assert_eq!(&fs::read(dir.join(n)).unwrap(), data, "{n}");
     }
+}
+
+/// A file left mid-rekey whose new key is missing is refused; emptied and
+/// written anew meanwhile, it drops the record, so the record cannot later
+/// be applied over the new contents.
+#[test]
+fn a_file_emptied_mid_rekey_keeps_what_is_written_after() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0016);
+    gp.mount(&policy("k", None), &[("k@1", "k")]);
+    fs::write(gp.dir.join("big"), rng.bytes(3 << 20)).unwrap();
+    gp.unmount();
+    let both = [("k@1", "k"), ("k@2", "kv2")];
+    gp.mount_env(
+        &policy("k", None),
+        &both,
+        &[("GUARDFS_TEST_XFORM_ABORT", "rk-record")],
+    );
+    let o = gp.dataxform(&["--deep", "-y"]);
+    assert!(!o.status.success(), "secfs did not die");
+    gp.kill9();
+    assert!(
+        rekey_record(&gp.dir.join("big")).is_some(),
+        "no record left"
+    );
+    // Version 2 missing: the file is refused, but may be emptied.
+    gp.mount(&policy("k", None), &[("k@1", "k")]);
+    assert!(
+        fs::read(gp.dir.join("big")).is_err(),
+        "read without the new key"
+    );
+    let fresh = rng.bytes(2 << 20);
+    // Emptied by truncate(2) (an open with O_TRUNC is refused: without
+    // FUSE's atomic O_TRUNC the kernel truncates only after the open).
+    nix::unistd::truncate(&gp.dir.join("big"), 0).unwrap();
+    fs::write(gp.dir.join("big"), &fresh).unwrap();
+    assert_eq!(fs::read(gp.dir.join("big")).unwrap(), fresh);
+    gp.unmount();
+    assert!(
+        rekey_record(&gp.dir.join("big")).is_none(),
+        "the record survived emptying the file"
+    );
+    gp.mount(&policy("k", None), &both);
+    drop_caches();
+    assert_eq!(
+        fs::read(gp.dir.join("big")).unwrap(),
+        fresh,
+        "after remount"
+    );
 }

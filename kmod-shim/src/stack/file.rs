@@ -890,11 +890,16 @@ impl FileState {
             // and drops a tail record that did not fit it.
             // The record first: a crash after the cut must not leave an
             // empty file with a record that refuses it.
-            match sys::fremovexattr(fd, TAIL_XATTR) {
-                Ok(()) => {}
-                Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => {}
-                Err(e) => return Err(e),
+            // So does an online rekey's record (and its journal): it
+            // describes contents that are gone.
+            for x in [TAIL_XATTR, crate::stack::rekey::REKEY_XATTR] {
+                match sys::fremovexattr(fd, x) {
+                    Ok(()) => {}
+                    Err(e) if e == Errno::ENODATA || e == Errno(libc::ENOTSUP) => {}
+                    Err(e) => return Err(e),
+                }
             }
+            crate::stack::rekey::drop_journal(io);
             nix::unistd::ftruncate(fd, 0)?;
             *contents = Contents::Empty;
             return Ok(());

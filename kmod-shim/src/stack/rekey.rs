@@ -44,7 +44,7 @@ const JOURNAL_MAGIC: &[u8; 4] = b"GFrj";
 const VERSION: u8 = 1;
 /// Header bytes a record keeps: everything but the reserved zeros.
 const HEADER_KEPT: usize = 212;
-const RECORD_LEN: usize = 4 + 1 + 16 + 8 + HEADER_KEPT;
+const RECORD_LEN: usize = 4 + 1 + 16 + 8 + 16 + HEADER_KEPT;
 /// Units re-encrypted per step: the longest any read or write of those
 /// units waits (1 MiB of xts, cbc-cs1; 1017 KiB of gcm).
 pub const STEP_UNITS: u64 = 256;
@@ -72,6 +72,9 @@ struct Record {
     id: [u8; 16],
     /// Units `0..done` are in the new key.
     done: u64,
+    /// The file id of the header the rekey replaces: a record whose file
+    /// no longer has that header (rewritten since) is not applied.
+    old_id: [u8; 16],
     /// The new header.
     header: [u8; HEADER_LEN],
 }
@@ -83,6 +86,7 @@ impl Record {
         v.push(VERSION);
         v.extend_from_slice(&self.id);
         v.extend_from_slice(&self.done.to_le_bytes());
+        v.extend_from_slice(&self.old_id);
         v.extend_from_slice(&self.header[..HEADER_KEPT]);
         v
     }
@@ -98,14 +102,17 @@ impl Record {
         id.copy_from_slice(&v[5..21]);
         let mut done = [0u8; 8];
         done.copy_from_slice(&v[21..29]);
+        let mut old_id = [0u8; 16];
+        old_id.copy_from_slice(&v[29..45]);
         let mut header = [0u8; HEADER_LEN];
-        header[..HEADER_KEPT].copy_from_slice(&v[29..]);
+        header[..HEADER_KEPT].copy_from_slice(&v[45..]);
         let h = Header::parse(&header)
             .map_err(|e| format!("the rekey record's header is not valid: {e}"))?;
         Ok((
             Record {
                 id,
                 done: u64::from_le_bytes(done),
+                old_id,
                 header,
             },
             h,
@@ -244,16 +251,45 @@ pub(super) fn recover(io: &Io<'_>) -> Result<Option<Pending>, String> {
     let fd = reopened.as_ref().map_or(io.fd, |f| f.as_fd());
     let l = Layout::of(header.mode);
     let name = journal_name(fd).map_err(|e| io_err("fstat", e))?;
+    let units = |fd| -> Result<u64, String> {
+        let lower = lower_size(fd).map_err(|e| io_err("fstat", e))?;
+        Ok(l.unit_count(l.plain_size(LowerOff(lower))))
+    };
+    // Whose header is in place: the one the rekey replaces, the new one
+    // (a crash after the switch), or neither.
+    let mut block = [0u8; HEADER_LEN];
+    let got = pread_full(fd, &mut block, 0).map_err(|e| io_err("reading the header", e))?;
+    match Header::parse(&block[..got]) {
+        Ok(h) if h.file_id.0 == rec.old_id => {}
+        Ok(h) if h.file_id == header.file_id && h.key_name == header.key_name => {
+            drop_record(fd, io.root, &name)?;
+            info!(
+                "secfs: {}: finished an interrupted rekey",
+                io.node.display_path()
+            );
+            return Ok(None);
+        }
+        // Torn while the new header was written: every unit is new.
+        Err(_) if rec.done >= units(fd)? => {}
+        _ => {
+            // The file was rewritten since (emptied and written anew, or
+            // replaced): the record describes contents that are gone.
+            drop_record(fd, io.root, &name)?;
+            log::warn!(
+                "secfs: {}: dropped a rekey record that no longer fits the file",
+                io.node.display_path()
+            );
+            return Ok(None);
+        }
+    }
     if let Ok(j) = open_side(io.root, &name, OFlag::O_RDONLY)
         && let Some((first, data)) = journal_read(j.as_fd(), &rec.id)
         && first == rec.done
     {
-        let lower = lower_size(fd).map_err(|e| io_err("fstat", e))?;
-        // Only what is still in the file: a step never writes past the
-        // end it saw, and the file cannot have changed since.
-        let end = lower.saturating_sub(l.unit_lower_start(UnitNo(first)).0);
-        let keep = (data.len() as u64).min(end) as usize;
-        write_in_place(&l, fd, first, &data[..keep]).map_err(|e| io_err("redoing a step", e))?;
+        // All of it, whatever the file's size now: a step's bytes end at
+        // the end it saw, which an unsynced extension lost to a power
+        // failure may have taken away; redone, the file is whole again.
+        write_in_place(&l, fd, first, &data).map_err(|e| io_err("redoing a step", e))?;
         nix::unistd::fdatasync(fd).map_err(|e| io_err("fdatasync", e))?;
         rec.done = first + data.len().div_ceil(4096) as u64;
         rec.write(fd)
@@ -263,9 +299,7 @@ pub(super) fn recover(io: &Io<'_>) -> Result<Option<Pending>, String> {
             io.node.display_path()
         );
     }
-    let lower = lower_size(fd).map_err(|e| io_err("fstat", e))?;
-    let units = l.unit_count(l.plain_size(LowerOff(lower)));
-    if rec.done >= units {
+    if rec.done >= units(fd)? {
         finish(fd, io.root, &rec, &name)?;
         info!(
             "secfs: {}: finished an interrupted rekey",
@@ -279,6 +313,24 @@ pub(super) fn recover(io: &Io<'_>) -> Result<Option<Pending>, String> {
     }))
 }
 
+/// The record and the journal go (durably).
+fn drop_record(fd: BorrowedFd<'_>, root: BorrowedFd<'_>, journal: &str) -> Result<(), String> {
+    match sys::fremovexattr(fd, REKEY_XATTR) {
+        Ok(()) | Err(Errno::ENODATA) => {}
+        Err(e) => return Err(io_err("removing the rekey record", e)),
+    }
+    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
+    unlink_journal(root, journal);
+    Ok(())
+}
+
+/// Remove the journal of the file `io` names, if any (its record is gone).
+pub(super) fn drop_journal(io: &Io<'_>) {
+    if let Ok(name) = journal_name(io.fd) {
+        unlink_journal(io.root, &name);
+    }
+}
+
 /// The new header in place, durably, then the record and journal go.
 fn finish(
     fd: BorrowedFd<'_>,
@@ -289,13 +341,7 @@ fn finish(
     pwrite_all(fd, &rec.header, 0).map_err(|e| io_err("writing the new header", e))?;
     nix::unistd::fdatasync(fd).map_err(|e| io_err("fdatasync", e))?;
     crash_point("rk-header");
-    match sys::fremovexattr(fd, REKEY_XATTR) {
-        Ok(()) | Err(Errno::ENODATA) => {}
-        Err(e) => return Err(io_err("removing the rekey record", e)),
-    }
-    nix::unistd::fsync(fd).map_err(|e| io_err("fsync", e))?;
-    unlink_journal(root, journal);
-    Ok(())
+    drop_record(fd, root, journal)
 }
 
 /// After the old header opened (cipher `crypt`): attach the rekey under
@@ -382,6 +428,7 @@ pub(super) fn start(c: &mut Contents, io: &Io<'_>, target: &NewKey) -> VfsResult
     let rec = Record {
         id,
         done: 0,
+        old_id: crypt.header.file_id.0,
         header: h.to_bytes(),
     };
     rec.write(io.fd)?;
@@ -459,26 +506,66 @@ impl FileState {
                 }
             };
             if journal.is_none() {
-                side_dir(io.root).map_err(|why| {
+                let dir = side_dir(io.root).map_err(|why| {
                     error!("secfs: {}: {why}", io.node.display_path());
                     Errno::EIO
                 })?;
-                journal = Some(
-                    open_side(io.root, &name, OFlag::O_RDWR | OFlag::O_CREAT)
-                        .map_err(|e| Errno(e as i32))?,
-                );
+                let j = open_side(io.root, &name, OFlag::O_RDWR | OFlag::O_CREAT)
+                    .map_err(|e| Errno(e as i32))?;
+                // Its name, durable: a journal whose data is durable but
+                // whose entry is not would be lost with the step.
+                nix::unistd::fsync(dir)?;
+                journal = Some(j);
             }
             let j = journal.as_ref().ok_or(Errno::EIO)?;
             // 1. The new bytes, durable in the journal.
             journal_write(j.as_fd(), &rec.id, a, &new)?;
             crash_point("rk-journal");
-            // 2. In place, durable.
-            write_in_place(&l, io.fd, a, &new)?;
-            nix::unistd::fdatasync(io.fd)?;
-            crash_point("rk-write");
-            // 3. The mark moves, durably; then readers use the new cipher
-            // for these units.
-            Record { done: b, ..rec }.write(io.fd)?;
+            let steps = || -> VfsResult<()> {
+                // 2. In place, durable.
+                write_in_place(&l, io.fd, a, &new)?;
+                nix::unistd::fdatasync(io.fd)?;
+                crash_point("rk-write");
+                // 3. The mark moves, durably.
+                Record {
+                    done: b,
+                    ..rec.clone()
+                }
+                .write(io.fd)
+            };
+            if let Err(e) = steps() {
+                // Readers still use the old cipher for these units: put
+                // the old bytes and mark back and disarm the journal
+                // before the lock goes; if even that fails, the file is
+                // decided again from disk (where the journal redoes it).
+                let undone = write_in_place(&l, io.fd, a, &old)
+                    .and_then(|()| Ok(nix::unistd::fdatasync(io.fd)?))
+                    .and_then(|()| {
+                        Record {
+                            done: a,
+                            ..rec.clone()
+                        }
+                        .write(io.fd)
+                    })
+                    .and_then(|()| Ok(nix::unistd::ftruncate(j.as_fd(), 0)?))
+                    .and_then(|()| Ok(nix::unistd::fdatasync(j.as_fd())?));
+                error!(
+                    "secfs: {}: a rekey step failed ({e:?}){}",
+                    io.node.display_path(),
+                    if undone.is_ok() {
+                        "; undone"
+                    } else {
+                        "; left for recovery at the next load"
+                    }
+                );
+                drop(_g);
+                drop(contents);
+                if undone.is_err() {
+                    *self.write_contents() = Contents::Unloaded;
+                }
+                return Err(e);
+            }
+            // Then readers use the new cipher for these units.
             next.done.store(b, Ordering::Release);
             crash_point("rk-record");
             spent += plain_len as u64;
@@ -531,6 +618,7 @@ mod tests {
         let r = Record {
             id: [9; 16],
             done: 77,
+            old_id: [3; 16],
             header: h.to_bytes(),
         };
         let v = r.encode();
@@ -547,7 +635,7 @@ mod tests {
         // The header's magic: refused here; damage to its authenticated
         // bytes is refused where it is opened (`attach`).
         let mut bad = v.clone();
-        bad[29] ^= 1;
+        bad[45] ^= 1;
         assert!(Record::parse(&bad).is_err(), "a damaged header is refused");
     }
 
