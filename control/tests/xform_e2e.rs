@@ -1505,6 +1505,32 @@ fn a_file_emptied_mid_rekey_keeps_what_is_written_after() {
         rekey_record(&gp.dir.join("big")).is_some(),
         "no record left"
     );
+    // A backup (ciphertext view: a process permitted without the key) is
+    // told to come back rather than given units in two keys.
+    let bk = gp.base.path().join("backup");
+    fs::copy("/bin/cat", &bk).unwrap();
+    let backup = format!(
+        r#"{{ "name": "xf", "security_rules": [
+        {{ "order_number": 1, "action": "key_op", "effect": "permit,applykey" }},
+        {{ "order_number": 2, "process_set_id": "backup", "action": "all_ops", "effect": "permit" }},
+        {{ "order_number": 3, "action": "all_ops", "effect": "permit,applykey" }} ],
+      "process_sets": [ {{ "id": "backup", "processes": [ {{ "directory": "{}", "file": "backup" }} ] }} ],
+      "key_rules": [ {{ "key_id": "k" }} ] }}"#,
+        gp.base.path().display()
+    );
+    gp.mount(&backup, &both);
+    let o = Command::new(&bk).arg(gp.dir.join("big")).output().unwrap();
+    assert!(
+        !o.status.success() && o.stdout.is_empty(),
+        "a ciphertext copy mid-rekey was made"
+    );
+    assert!(
+        text(&o).contains("busy"),
+        "not EBUSY: {}\n{}",
+        text(&o),
+        gp.log()
+    );
+    gp.unmount();
     // Version 2 missing: the file is refused, but may be emptied.
     gp.mount(&policy("k", None), &[("k@1", "k")]);
     assert!(

@@ -424,6 +424,15 @@ impl Stack {
         let raw = grant.view == View::Raw;
         if !raw {
             self.load_for_open(&node, fd.as_fd(), &grant, flags)?;
+        } else if crate::sys::fgetxattr(fd.as_fd(), super::rekey::REKEY_XATTR).is_ok() {
+            // Mid online rekey the lower file holds units in two keys and
+            // the old header: a ciphertext copy of it would not restore.
+            // The backup tool is told to come back (EBUSY), not given it.
+            log::warn!(
+                "secfs: {}: ciphertext open refused (EBUSY): an online rekey of it is under way",
+                node.display_path()
+            );
+            return Err(Errno(libc::EBUSY));
         }
         let plain = !raw && node.file().is_plain();
         let privileged = plain && self.cfg.passthrough && self.has_privileges(&node);
