@@ -186,6 +186,14 @@ fn a_rule_encrypts_rotates_and_decrypts_what_it_names_and_skips_what_it_ignores(
         "rule show lists the failed file"
     );
     check(&dir, &want, "after a rotation with errors");
+    // Until it finishes, no other operation starts from a guess of which
+    // key the files are in.
+    let o = a.cmd(
+        "voradmin",
+        &["rule", "apply", &name, "--operation", "decrypt"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("did not finish"), "{}", text(&o));
     fs::remove_file(dir.join("stray.txt")).unwrap();
 
     // Rotate to another key (and mode).

@@ -1839,9 +1839,18 @@ impl App {
                 format!("Rule-{}", &tail[..27.min(tail.len())])
             }
         };
+        let extensions = names("include_extensions")?;
+        if extensions
+            .iter()
+            .any(|e| e.contains(['*', '?']) || e.trim_start_matches('.').is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "include_extensions: plain extensions such as txt (no wildcards)",
+            ));
+        }
         let params = json!({
             "path": path,
-            "include_extensions": names("include_extensions")?
+            "include_extensions": extensions
                 .iter()
                 .map(|e| e.trim_start_matches('.').to_owned())
                 .collect::<Vec<_>>(),

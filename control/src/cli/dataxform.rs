@@ -351,6 +351,13 @@ pub fn dataxform(args: Vec<String>) -> CmdResult {
         Some(lock_guard_point(&gp)?)
     };
     let log = Log::open(&gp);
+    // A suspend flag left by a run that died would pause this one: only a
+    // run in progress can be suspended (and this one holds the lock).
+    if !o.scan
+        && let Some(p) = suspend_path(&gp)
+    {
+        let _ = std::fs::remove_file(p);
+    }
     let (files, problems) = walk(&gp);
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     if !o.scan && !o.yes {
@@ -986,11 +993,17 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A file-name tag for the GuardPoint: its path with other characters
+/// than letters and digits as `_`, and a digest of the path itself so
+/// that `/a-b` and `/a_b` do not share a status record or a suspend flag.
 fn tag_of(gp: &Path) -> String {
-    gp.to_string_lossy()
+    let plain: String = gp
+        .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+        .collect();
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, gp.as_os_str().as_bytes());
+    format!("{plain}-{}", hex::encode(&d.as_ref()[..4]))
 }
 
 impl Progress {

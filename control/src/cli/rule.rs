@@ -87,10 +87,7 @@ pub fn create(l: &Layout, json: bool, n: NewRule) -> CmdResult {
     if rules.rules.contains_key(&name) {
         return Err(fail(format!("a rule named {name} exists")));
     }
-    let path = std::path::absolute(&n.path)
-        .map_err(|e| fail(format!("{}: {e}", n.path)))?
-        .to_string_lossy()
-        .into_owned();
+    let path = crate::state::rules::canonical_path(&n.path).map_err(fail)?;
     let r = Rule {
         name: name.clone(),
         path,
@@ -102,6 +99,7 @@ pub fn create(l: &Layout, json: bool, n: NewRule) -> CmdResult {
         applied: None,
         source: None,
         km_generation: 0,
+        km_pending: None,
     };
     r.validate(l).map_err(fail)?;
     if let Some(o) = rules.rules.values().find(|o| o.path == r.path) {
@@ -228,6 +226,70 @@ struct Plan {
 
 fn plan(r: &Rule, operation: &str, key: Option<String>, shallow: bool) -> Result<Plan, Failure> {
     let applied = r.applied.as_ref().filter(|a| a.status != "Decrypted");
+    // An operation that did not finish (errors, or its process died) is
+    // finished first: run again with the keys it began with; only a
+    // decrypt may follow an unfinished encrypt (it undoes it).
+    if let Some(u) = applied.filter(|a| {
+        a.status == "Completed with errors" || (a.status == "In Progress" && !alive(a.pid))
+    }) {
+        let same = operation == u.operation;
+        let undo = operation == "decrypt" && u.operation == "encrypt";
+        if !same && !undo {
+            return Err(fail(format!(
+                "the last operation on rule {} ({}, {} -> {}) did not finish ({}); apply it again first: --operation {}",
+                r.name,
+                u.operation,
+                u.from_key,
+                u.key,
+                if u.status == "In Progress" {
+                    "interrupted"
+                } else {
+                    u.status.as_str()
+                },
+                u.operation
+            )));
+        }
+        if let Some(k) = &key
+            && same
+            && *k != u.key
+        {
+            return Err(fail(format!(
+                "the unfinished {} of rule {} goes to key {}, not {k}; apply it again with that key",
+                u.operation, r.name, u.key
+            )));
+        }
+        // A deep or shallow rotation keeps one key: planned afresh below.
+        if same && u.from_key != u.key {
+            let (from, to) = (u.from_key.clone(), u.key.clone());
+            return Ok(Plan {
+                during: r.policy(&from, Some(&to)),
+                after: if u.operation == "decrypt" {
+                    None
+                } else {
+                    Some(r.policy(&to, None))
+                },
+                from,
+                to,
+                xform: "--rekey",
+                operation: match u.operation.as_str() {
+                    "encrypt" => "encrypt",
+                    "rotate" => "rotate",
+                    _ => "decrypt",
+                },
+            });
+        }
+        if undo {
+            // Files are in the encrypt's key or still clear.
+            return Ok(Plan {
+                from: u.key.clone(),
+                to: "clear_key".into(),
+                xform: "--rekey",
+                during: r.policy(&u.key, Some("clear_key")),
+                after: None,
+                operation: "decrypt",
+            });
+        }
+    }
     let status = applied.map(|a| a.status.as_str()).unwrap_or("");
     let current = applied.map(|a| a.key.clone());
     match operation {
@@ -275,11 +337,7 @@ fn plan(r: &Rule, operation: &str, key: Option<String>, shallow: bool) -> Result
                     r.name
                 )));
             }
-            // A rerun after errors goes on from the key it came from.
-            let from = applied
-                .filter(|a| a.operation == "rotate" && a.status == "Completed with errors")
-                .map(|a| a.from_key.clone())
-                .unwrap_or_else(|| c.clone());
+            let from = c.clone();
             match key {
                 Some(k) if k != from => Ok(Plan {
                     from: from.clone(),
@@ -303,10 +361,7 @@ fn plan(r: &Rule, operation: &str, key: Option<String>, shallow: bool) -> Result
             let Some(c) = current else {
                 return Err(fail(format!("rule {} is not applied", r.name)));
             };
-            let from = applied
-                .filter(|a| a.operation == "decrypt")
-                .map(|a| a.from_key.clone())
-                .unwrap_or(c);
+            let from = c;
             Ok(Plan {
                 xform: if from == "clear_key" { "" } else { "--rekey" },
                 during: if from == "clear_key" {
@@ -386,6 +441,8 @@ pub fn apply(
         if rule.applied != r.applied {
             return Err(fail(format!("rule {name} changed meanwhile; apply again")));
         }
+        // What the key manager asked for has started.
+        rule.km_pending = None;
         rule.applied = Some(Applied {
             key: plan.to.clone(),
             from_key: plan.from.clone(),
@@ -446,6 +503,19 @@ fn deploy(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<FileE
     let gp = r.guard_point();
     let gp_s = gp.to_string_lossy().into_owned();
     let pname = r.policy_name();
+    // A policy of that name that this rule did not make is never replaced
+    // (another GuardPoint may use it).
+    if let Ok(existing) = call(
+        l,
+        Request::PolicyShow {
+            name: pname.clone(),
+        },
+    ) && existing["description"] != plan.during["description"]
+    {
+        return Err(whole(format!(
+            "a policy named {pname} exists and was not made by this rule"
+        )));
+    }
     call(
         l,
         Request::PolicyApply {
@@ -576,9 +646,11 @@ fn transform(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<Fi
         b
     });
     let mut errors = Vec::new();
+    let mut summary = false;
     let mut last = Instant::now();
     // A file rule: only its own file counts.
-    let own = |p: &str| r.is_directory || p == r.path;
+    let canon = |p: &str| crate::state::rules::canonical_path(p).unwrap_or_else(|_| p.to_owned());
+    let own = |p: &str| r.is_directory || canon(p) == r.path;
     if let Some(out) = child.stdout.take() {
         for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
@@ -600,6 +672,7 @@ fn transform(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<Fi
                     }
                 }
                 "summary" => {
+                    summary = true;
                     for sk in v["skipped"].as_array().into_iter().flatten() {
                         if own(s(sk, "path")) {
                             errors.push(FileError {
@@ -628,14 +701,10 @@ fn transform(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<Fi
     }
     match st {
         Ok(st) if st.success() => Ok(()),
-        // Files outside a file rule do not count against it.
-        Ok(_) if !errors.is_empty() || !r.is_directory => {
-            if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(errors)
-            }
-        }
+        // A run that reported its files, none of them the rule's (a file
+        // rule: the others in its directory do not count against it).
+        Ok(_) if summary && !r.is_directory && errors.is_empty() => Ok(()),
+        Ok(_) if !errors.is_empty() => Err(errors),
         _ => Err(vec![FileError {
             path: r.path.clone(),
             reason: format!("dataxform failed: {}", stderr.trim()),

@@ -39,9 +39,22 @@ pub struct Rule {
     /// key manager's list); absent: created here with `voradmin rule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// The key manager's generation of the last operation started here.
+    /// The key manager's generation of the last operation asked for.
     #[serde(default)]
     pub km_generation: u64,
+    /// An operation the key manager asked for that has not started yet
+    /// (vmd starts it, and tries again while `voradmin rule apply`
+    /// refuses it; starting clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub km_pending: Option<KmRequest>,
+}
+
+/// An operation asked for by the key manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KmRequest {
+    pub operation: String,
+    pub key: String,
+    pub shallow: bool,
 }
 
 /// A rule's deployment on this host (CTE: the client-rule association).
@@ -77,9 +90,9 @@ pub struct FileError {
     pub reason: String,
 }
 
-/// Directories never protected by a rule (with everything below them),
-/// as CTE UserSpace has it; the agent's own directories are added from
-/// the layout. `/` itself is refused too, but not what lies below it.
+/// Directories never protected by a rule, with everything below them, as
+/// CTE UserSpace lists them (the agent's own are added from the layout);
+/// the GuardPoint check (`guardfs_shim::forbidden`) refuses more on top.
 const SYSTEM_DIRS: &[&str] = &[
     "/bin",
     "/boot",
@@ -96,8 +109,6 @@ const SYSTEM_DIRS: &[&str] = &[
     "/usr/sbin",
     "/usr/lib",
     "/usr/lib64",
-    "/etc/guardfs",
-    "/var/log/guardfs",
 ];
 
 impl Rule {
@@ -131,9 +142,11 @@ impl Rule {
             ));
         }
         let p = Path::new(&self.path);
-        if !p.is_absolute() || self.path.contains("/../") || self.path.ends_with("/..") {
+        // Canonical: absolute, no `.`, `..`, `//`, trailing `/` or symlink
+        // (what vmd stores for the GuardPoint; see `canonical_path`).
+        if canonical_path(&self.path).as_deref() != Ok(self.path.as_str()) {
             return Err(format!(
-                "path {}: must be absolute and normalized",
+                "path {}: must be absolute and canonical (symlinks resolved)",
                 self.path
             ));
         }
@@ -160,6 +173,13 @@ impl Rule {
                 ));
             }
         }
+        let gp = self.guard_point();
+        guardfs_shim::forbidden::Forbidden::host()
+            .with(&layout.root, "the agent's install root")
+            .with(&layout.log_dir, "the agent's log directory")
+            .with(&layout.run_dir, "the agent's run directory")
+            .check(&gp)
+            .map_err(|why| format!("path {}: {why}", self.path))?;
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() != self.is_directory => {
                 return Err(format!(
@@ -198,6 +218,16 @@ impl Rule {
             }
         }
         Ok(())
+    }
+
+    /// Parameters that may not change while the rule is applied.
+    pub fn same_target(&self, o: &Rule) -> bool {
+        self.path == o.path
+            && self.include_extensions == o.include_extensions
+            && self.is_directory == o.is_directory
+            && self.is_recursive == o.is_recursive
+            && self.ignore_directory == o.ignore_directory
+            && self.encrypt_data == o.encrypt_data
     }
 
     /// The GuardPoint that carries the rule: its path, or the directory of
@@ -277,6 +307,15 @@ impl Rule {
     }
 }
 
+/// `path` absolute and canonical (symlinks resolved, no trailing `/`).
+pub fn canonical_path(path: &str) -> std::result::Result<String, String> {
+    let abs = std::path::absolute(path).map_err(|e| format!("{path}: {e}"))?;
+    let c = std::fs::canonicalize(&abs).map_err(|e| format!("{path}: {e}"))?;
+    c.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{path}: not UTF-8"))
+}
+
 /// The rules of this host, by name.
 pub struct Rules {
     path: PathBuf,
@@ -354,6 +393,7 @@ mod tests {
             applied: None,
             source: None,
             km_generation: 0,
+            km_pending: None,
         }
     }
 
@@ -376,12 +416,11 @@ mod tests {
         std::fs::create_dir_all(&own).unwrap();
         assert!(rule(own.to_str().unwrap()).validate(&layout).is_err());
         let data = tempfile::tempdir_in("/var/tmp").unwrap();
-        assert!(
-            rule(data.path().to_str().unwrap())
-                .validate(&layout)
-                .is_ok()
-        );
-        let mut not_dir = rule(data.path().to_str().unwrap());
+        let canon = canonical_path(data.path().to_str().unwrap()).unwrap();
+        assert!(rule(&canon).validate(&layout).is_ok());
+        assert!(rule(&format!("{canon}/")).validate(&layout).is_err());
+        assert!(rule(&format!("{canon}/.")).validate(&layout).is_err());
+        let mut not_dir = rule(&canon);
         not_dir.is_directory = false;
         assert!(not_dir.validate(&layout).unwrap_err().contains("directory"));
         assert!(Rule::default_name().unwrap().len() == 5 + 27);

@@ -15,7 +15,7 @@ use log::{info, warn};
 use serde_json::{Value, json};
 
 use super::Agent;
-use crate::state::rules::{Rule, Rules};
+use crate::state::rules::{KmRequest, Rule, Rules};
 
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
@@ -30,7 +30,7 @@ impl Agent {
     /// Bring the host's `km` rules in line with the key manager's, and
     /// start the operations it asks for.
     pub(super) fn km_rules(&mut self, rules: &[Value]) -> Result<(), String> {
-        let mut launch = Vec::new();
+        let mut fresh = Vec::new();
         {
             let mut store = Rules::open(&self.layout).map_err(|e| e.to_string())?;
             let mut listed = BTreeSet::new();
@@ -45,9 +45,11 @@ impl Agent {
                     warn!("vmd: rule {name} from the key manager: a local rule has that name");
                     continue;
                 }
-                let rule = Rule {
+                let path = r["path"].as_str().unwrap_or("");
+                let mut rule = Rule {
                     name: name.clone(),
-                    path: r["path"].as_str().unwrap_or("").to_owned(),
+                    path: crate::state::rules::canonical_path(path)
+                        .unwrap_or_else(|_| path.to_owned()),
                     include_extensions: names(&r["include_extensions"]),
                     is_directory: r["is_directory"].as_bool().unwrap_or(true),
                     is_recursive: r["is_recursive"].as_bool().unwrap_or(true),
@@ -56,21 +58,31 @@ impl Agent {
                     applied: old.as_ref().and_then(|o| o.applied.clone()),
                     source: Some("km".into()),
                     km_generation: old.as_ref().map_or(0, |o| o.km_generation),
+                    km_pending: old.as_ref().and_then(|o| o.km_pending.clone()),
                 };
+                // What an applied rule protects does not change under it.
+                if let Some(o) = &old
+                    && o.applied.as_ref().is_some_and(|a| a.status != "Decrypted")
+                    && !o.same_target(&rule)
+                {
+                    warn!(
+                        "vmd: rule {name} from the key manager changed while applied here; kept as it was (decrypt it first)"
+                    );
+                    continue;
+                }
                 if let Err(why) = rule.validate(&self.layout) {
                     warn!("vmd: rule {name} from the key manager refused: {why}");
                     continue;
                 }
                 let generation = r["generation"].as_u64().unwrap_or(0);
-                let mut rule = rule;
                 if generation > rule.km_generation {
+                    fresh.push(name.clone());
                     rule.km_generation = generation;
-                    launch.push((
-                        name.clone(),
-                        r["operation"].as_str().unwrap_or("encrypt").to_owned(),
-                        r["key"].as_str().unwrap_or("").to_owned(),
-                        r["shallow"].as_bool().unwrap_or(false),
-                    ));
+                    rule.km_pending = Some(KmRequest {
+                        operation: r["operation"].as_str().unwrap_or("encrypt").to_owned(),
+                        key: r["key"].as_str().unwrap_or("").to_owned(),
+                        shallow: r["shallow"].as_bool().unwrap_or(false),
+                    });
                 }
                 store.rules.insert(name, rule);
             }
@@ -86,10 +98,37 @@ impl Agent {
             });
             store.save().map_err(|e| e.to_string())?;
         }
-        for (name, operation, key, shallow) in launch {
-            self.start_rule_job(&name, &operation, &key, shallow);
+        // A new request is started at once, not after the retry delay.
+        for n in fresh {
+            self.rule_tries.remove(&n);
         }
+        self.start_pending_rules();
         Ok(())
+    }
+
+    /// Start the key manager's operations that have not started: one job
+    /// per rule at a time, each tried again at most every 30 seconds while
+    /// `voradmin rule apply` refuses it (another operation under way).
+    pub(super) fn start_pending_rules(&mut self) {
+        let Ok(rules) = Rules::read(&self.layout) else {
+            return;
+        };
+        for r in rules {
+            let Some(p) = &r.km_pending else { continue };
+            if self.rule_jobs.iter().any(|(n, _, _)| *n == r.name) {
+                continue;
+            }
+            if self
+                .rule_tries
+                .get(&r.name)
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(30))
+            {
+                continue;
+            }
+            self.rule_tries
+                .insert(r.name.clone(), std::time::Instant::now());
+            self.start_rule_job(&r.name, &p.operation, &p.key, p.shallow);
+        }
     }
 
     /// `voradmin rule apply` for a key manager's request, in the background.
@@ -121,7 +160,8 @@ impl Agent {
         match cmd.spawn() {
             Ok(child) => {
                 info!("vmd: rule {name}: {operation} started for the key manager");
-                self.rule_jobs.push(child);
+                self.rule_jobs
+                    .push((name.to_owned(), operation.to_owned(), child));
             }
             Err(e) => warn!("vmd: rule {name}: cannot start {operation}: {e}"),
         }
@@ -131,8 +171,11 @@ impl Agent {
     pub(super) fn reap_rule_jobs(&mut self) -> bool {
         let before = self.rule_jobs.len();
         self.rule_jobs
-            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
-        self.rule_jobs.len() != before
+            .retain_mut(|(_, _, c)| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+        let ended = self.rule_jobs.len() != before;
+        // A request refused before it started is tried again.
+        self.start_pending_rules();
+        ended
     }
 
     /// Policies that rules of this host deploy (their GuardPoints are the

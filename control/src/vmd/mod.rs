@@ -79,8 +79,11 @@ pub struct Agent {
     pub stopping: bool,
     /// A running secfs was adopted: revoke there what vmd no longer holds.
     reconcile_keys: bool,
-    /// `voradmin rule apply` runs started for the key manager's rules.
-    rule_jobs: Vec<std::process::Child>,
+    /// `voradmin rule apply` runs started for the key manager's rules:
+    /// rule, operation, process.
+    rule_jobs: Vec<(String, String, std::process::Child)>,
+    /// When each rule's pending operation was last started.
+    rule_tries: BTreeMap<String, std::time::Instant>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -140,6 +143,7 @@ impl Agent {
             stopping: false,
             reconcile_keys: false,
             rule_jobs: Vec::new(),
+            rule_tries: BTreeMap::new(),
         };
         agent.km = kmsync::KmState::load(&agent.layout, &agent.conf)?;
         match agent.hostkeys.init_or_load_auto().map_err(err)? {
