@@ -101,6 +101,112 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// `POST /clients/{id}/rules`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientRuleReq {
+    rule: String,
+    key: Option<String>,
+    operation: Option<String>,
+    shallow: Option<bool>,
+}
+
+/// A rule's parameters from a request body, checked: its name (`None`:
+/// to be generated) and the parameters as stored.
+fn rule_params(body: &[u8]) -> Result<(String, Value), ApiError> {
+    let v: Value = parse(body)?;
+    let Value::Object(o) = &v else {
+        return Err(ApiError::bad_request("a rule is a JSON object"));
+    };
+    const FIELDS: &[&str] = &[
+        "name",
+        "path",
+        "include_extensions",
+        "is_directory",
+        "is_recursive",
+        "ignore_directory",
+        "encrypt_data",
+    ];
+    if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("unknown field {k:?}")));
+    }
+    let path = o
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|p| valid_guard_path(p))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "path is required: absolute, normalised (no '.', '..', '//', trailing '/') and not '/'",
+                )
+            })?;
+    // `a;b` or ["a", "b"].
+    let names = |k: &str| -> Result<Vec<String>, ApiError> {
+        let items: Vec<String> = match o.get(k) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => s
+                .split(';')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::bad_request(format!("{k}: a list of names")))?,
+            Some(_) => return Err(ApiError::bad_request(format!("{k}: `a;b` or a list"))),
+        };
+        if items
+            .iter()
+            .any(|x| x.len() > 255 || x.contains(['/', '\0']) || x == "." || x == "..")
+        {
+            return Err(ApiError::bad_request(format!("{k}: names without '/'")));
+        }
+        Ok(items)
+    };
+    let flag = |k: &str| -> Result<bool, ApiError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(true),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(ApiError::bad_request(format!("{k}: true or false"))),
+        }
+    };
+    let name = match o.get("name").and_then(Value::as_str) {
+        Some(n) if valid_ref(n) && n.len() <= 64 => n.to_owned(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "name: letters, digits, '.', '_', '-'",
+            ));
+        }
+        None => {
+            let id = new_id().map_err(internal("id generation"))?;
+            let tail: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+            format!("Rule-{}", &tail[..27.min(tail.len())])
+        }
+    };
+    let extensions = names("include_extensions")?;
+    if extensions
+        .iter()
+        .any(|e| e.contains(['*', '?']) || e.trim_start_matches('.').is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "include_extensions: plain extensions such as txt (no wildcards)",
+        ));
+    }
+    let params = json!({
+        "path": path,
+        "include_extensions": extensions
+            .iter()
+            .map(|e| e.trim_start_matches('.').to_owned())
+            .collect::<Vec<_>>(),
+        "is_directory": flag("is_directory")?,
+        "is_recursive": flag("is_recursive")?,
+        "ignore_directory": names("ignore_directory")?,
+        "encrypt_data": flag("encrypt_data")?,
+    });
+    Ok((name, params))
+}
+
 fn rule_json(r: &TeRule) -> Value {
     let mut v: Value = serde_json::from_str(&r.json).unwrap_or_else(|_| json!({}));
     v["id"] = json!(r.id);
@@ -304,6 +410,18 @@ pub fn fuzz_request_body(body: &[u8]) -> usize {
         ] {
             let _ = check_text(f, v, 1024);
         }
+        n += 1;
+    }
+    if let Ok((name, params)) = rule_params(body) {
+        assert!(valid_ref(&name) && name.len() <= 64, "rule name {name:?}");
+        assert!(
+            params["path"].as_str().is_some_and(valid_guard_path),
+            "rule path"
+        );
+        n += 1;
+    }
+    if let Some(r) = ok::<ClientRuleReq>(body) {
+        let _ = (check_ref(&r.rule), r.key, r.operation, r.shallow);
         n += 1;
     }
     if let Some(r) = ok::<RenewReq>(body) {
@@ -1769,96 +1887,8 @@ impl App {
 
     /// The configuration of one client and the key names it may fetch.
     fn rule_create(&self, req: &Request) -> ApiResult {
-        let v: Value = parse(&req.body)?;
-        let Value::Object(o) = &v else {
-            return Err(ApiError::bad_request("a rule is a JSON object"));
-        };
-        const FIELDS: &[&str] = &[
-            "name",
-            "path",
-            "include_extensions",
-            "is_directory",
-            "is_recursive",
-            "ignore_directory",
-            "encrypt_data",
-        ];
-        if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::bad_request(format!("unknown field {k:?}")));
-        }
-        let path = o
-            .get("path")
-            .and_then(Value::as_str)
-            .filter(|p| valid_guard_path(p))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "path is required: absolute, normalised (no '.', '..', '//', trailing '/') and not '/'",
-                )
-            })?;
-        // `a;b` or ["a", "b"].
-        let names = |k: &str| -> Result<Vec<String>, ApiError> {
-            let items: Vec<String> = match o.get(k) {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::String(s)) => s
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_owned))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| ApiError::bad_request(format!("{k}: a list of names")))?,
-                Some(_) => return Err(ApiError::bad_request(format!("{k}: `a;b` or a list"))),
-            };
-            if items
-                .iter()
-                .any(|x| x.len() > 255 || x.contains(['/', '\0']) || x == "." || x == "..")
-            {
-                return Err(ApiError::bad_request(format!("{k}: names without '/'")));
-            }
-            Ok(items)
-        };
-        let flag = |k: &str| -> Result<bool, ApiError> {
-            match o.get(k) {
-                None | Some(Value::Null) => Ok(true),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(_) => Err(ApiError::bad_request(format!("{k}: true or false"))),
-            }
-        };
-        let name = match o.get("name").and_then(Value::as_str) {
-            Some(n) if valid_ref(n) && n.len() <= 64 => n.to_owned(),
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "name: letters, digits, '.', '_', '-'",
-                ));
-            }
-            None => {
-                let id = new_id().map_err(internal("id generation"))?;
-                let tail: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
-                format!("Rule-{}", &tail[..27.min(tail.len())])
-            }
-        };
-        let extensions = names("include_extensions")?;
-        if extensions
-            .iter()
-            .any(|e| e.contains(['*', '?']) || e.trim_start_matches('.').is_empty())
-        {
-            return Err(ApiError::bad_request(
-                "include_extensions: plain extensions such as txt (no wildcards)",
-            ));
-        }
-        let params = json!({
-            "path": path,
-            "include_extensions": extensions
-                .iter()
-                .map(|e| e.trim_start_matches('.').to_owned())
-                .collect::<Vec<_>>(),
-            "is_directory": flag("is_directory")?,
-            "is_recursive": flag("is_recursive")?,
-            "ignore_directory": names("ignore_directory")?,
-            "encrypt_data": flag("encrypt_data")?,
-        });
+        let (name, params) = rule_params(&req.body)?;
+        let path = params["path"].as_str().unwrap_or("").to_owned();
         let r = TeRule {
             id: new_id().map_err(internal("id generation"))?,
             name,
@@ -1897,15 +1927,7 @@ impl App {
     /// Apply a rule to a client (CTE's client-rule association), or ask
     /// it for the next operation: `{"rule", "key", "operation", "shallow"}`.
     fn client_rule_apply(&self, c: &Client, req: &Request) -> ApiResult {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Req {
-            rule: String,
-            key: Option<String>,
-            operation: Option<String>,
-            shallow: Option<bool>,
-        }
-        let r: Req = parse(&req.body)?;
+        let r: ClientRuleReq = parse(&req.body)?;
         check_ref(&r.rule)?;
         let rule = self
             .store
