@@ -634,6 +634,43 @@ fn a_file_open_and_written_during_the_transformation_loses_no_write() {
     }
 }
 
+/// `rounds` times: mount (with `env`), start `dataxform ARGS`, kill -9
+/// secfs after a random delay in `ms`, then remount and check that every
+/// file reads whole (in either key).
+#[allow(clippy::type_complexity)]
+fn kill_rounds(
+    gp: &mut Gp,
+    rng: &mut Rng,
+    rounds: u64,
+    (pol, keys, env): (&str, &[(&str, &str)], &[(&str, &str)]),
+    args: &[&str],
+    ms: std::ops::Range<u64>,
+    want: &BTreeMap<PathBuf, Want>,
+) {
+    for round in 0..rounds {
+        gp.mount_env(pol, keys, env);
+        let mut child = Command::new(dataxform_bin(gp.base.path()))
+            .args(args)
+            .arg("--gp")
+            .arg(&gp.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(
+            ms.start + rng.below(ms.end - ms.start),
+        ));
+        gp.kill9();
+        let _ = child.kill();
+        let _ = child.wait();
+        // After the crash: every file readable, whole, in either key.
+        gp.mount(pol, keys);
+        check(&gp.dir, want, false, &format!("after kill {round}"));
+        gp.unmount();
+    }
+}
+
 /// kill -9 of secfs at random instants of a transformation, then a
 /// remount and the same command again: every file whole, in one key or
 /// the other, and finally all in the new one. `GUARDFS_XFORM_KILLS` sets
@@ -649,24 +686,15 @@ fn killing_secfs_at_random_instants_loses_nothing() {
     let want = populate(&gp.dir, &mut rng, 150);
     let pol = policy("clear_key", Some("k2"));
     let keys = [("k2:gcm", "k2")];
-    for round in 0..kills {
-        gp.mount(&pol, &keys);
-        let mut child = Command::new(dataxform_bin(gp.base.path()))
-            .args(["--rekey", "-y", "--gp", gp.dir.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20 + rng.below(600)));
-        gp.kill9();
-        let _ = child.kill();
-        let _ = child.wait();
-        // After the crash: every file readable, whole, in either key.
-        gp.mount(&pol, &keys);
-        check(&gp.dir, &want, false, &format!("after kill {round}"));
-        gp.unmount();
-    }
+    kill_rounds(
+        &mut gp,
+        &mut rng,
+        kills,
+        (&pol, &keys, &[]),
+        &["--rekey", "-y"],
+        20..620,
+        &want,
+    );
     gp.mount(&pol, &keys);
     ok(
         &gp.dataxform(&["--rekey", "-y", "--cleanup"]),
@@ -1293,24 +1321,15 @@ fn killing_secfs_during_online_rekeys_loses_nothing() {
     let pol = policy("k", Some("k2"));
     let keys = [("k:xts", "k"), ("k2:xts", "k2")];
     let env = [("GUARDFS_TEST_REKEY_STEP_UNITS", "16")];
-    for round in 0..kills {
-        gp.mount_env(&pol, &keys, &env);
-        let mut child = Command::new(dataxform_bin(gp.base.path()))
-            .args(["--rekey", "-y", "--max_rate", "4", "--gp"])
-            .arg(&gp.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50 + rng.below(700)));
-        gp.kill9();
-        let _ = child.kill();
-        let _ = child.wait();
-        gp.mount(&pol, &keys);
-        check(&gp.dir, &want, false, &format!("after kill {round}"));
-        gp.unmount();
-    }
+    kill_rounds(
+        &mut gp,
+        &mut rng,
+        kills,
+        (&pol, &keys, &env),
+        &["--rekey", "-y", "--max_rate", "4"],
+        50..750,
+        &want,
+    );
     gp.mount(&pol, &keys);
     ok(
         &gp.dataxform(&["--rekey", "-y", "--cleanup"]),
