@@ -389,6 +389,17 @@ fn check(dir: &Path, want: &BTreeMap<PathBuf, Want>, times: bool, when: &str) {
     );
 }
 
+/// The 3 MiB hole of `populate`'s sparse file is still a hole.
+fn assert_sparse(lower: &Path, when: &str) {
+    let m = fs::metadata(lower).unwrap();
+    assert!(
+        m.len() > 3 << 20 && m.blocks() * 512 < 1 << 20,
+        "{when}: the sparse file was filled in ({} bytes, {} blocks)",
+        m.len(),
+        m.blocks()
+    );
+}
+
 /// The header's key name and version of a lower file, or `None` (clear).
 fn header_of(lower: &Path) -> Option<(String, u32, u8)> {
     let b = fs::read(lower).ok()?;
@@ -428,6 +439,7 @@ fn encrypt_convert_and_decrypt_keep_every_file_as_it_was() {
     );
     assert!(out.contains("Files transformed"), "{out}");
     check(&gp.dir, &want, true, "after encrypting");
+    assert_sparse(&gp.lower().join("sparse"), "after encrypting");
     for rel in want.keys() {
         let h = header_of(&gp.lower().join(rel));
         assert_eq!(
@@ -455,6 +467,7 @@ fn encrypt_convert_and_decrypt_keep_every_file_as_it_was() {
         "convert",
     );
     check(&gp.dir, &want, true, "after converting to gcm");
+    assert_sparse(&gp.lower().join("sparse"), "after converting to gcm");
     let l = gp.lower().join("size-4096");
     assert_eq!(header_of(&l).map(|h| h.2), Some(3), "not gcm");
     assert_eq!(fs::metadata(&l).unwrap().len(), 8248, "gcm lower size");
@@ -470,6 +483,7 @@ fn encrypt_convert_and_decrypt_keep_every_file_as_it_was() {
         "decrypt",
     );
     check(&gp.dir, &want, true, "after decrypting");
+    assert_sparse(&gp.lower().join("sparse"), "after decrypting");
     assert!(
         !gp.lower().join(".guardfs-xform").exists(),
         "--cleanup left the side directory"

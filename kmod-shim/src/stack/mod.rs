@@ -40,6 +40,7 @@
 pub mod access;
 pub mod file;
 mod handles;
+mod holes;
 pub mod keys;
 pub mod nodes;
 pub mod procinfo;

@@ -28,6 +28,7 @@ use crate::stack::file::{
     self, Contents, Crypt, FileState, Io, Load, MODE_XATTR, class_of_mode, lower_size, pread_full,
     pwrite_all,
 };
+use crate::stack::holes;
 use crate::stack::nodes::Class;
 use crate::sys;
 use crate::vfs::{Errno, VfsResult};
@@ -369,6 +370,17 @@ fn copy_back(
     side: Option<BorrowedFd<'_>>,
     intent: &Intent,
 ) -> Result<(), String> {
+    if let (Source::Side(_), Some(side)) = (&intent.source, side) {
+        // A side file's holes (the file's own, kept) are punched, not
+        // copied as zeros.
+        let have = lower_size(side).map_err(|e| io_err("side file", e))?;
+        if have < intent.side_len {
+            return Err("side file shorter than its record".into());
+        }
+        holes::copy_sparse(fd, side, intent.side_len, &mut || crash_point("copy"))
+            .map_err(|e| io_err("copying back", e))?;
+        return finish_copy(fd, intent);
+    }
     let mut buf = vec![0u8; (1 << 20).min(intent.side_len as usize)];
     let mut off = 0u64;
     while off < intent.side_len {
@@ -395,6 +407,11 @@ fn copy_back(
         off += n as u64;
         crash_point("copy");
     }
+    finish_copy(fd, intent)
+}
+
+/// After the bytes: the size and the mode marker.
+fn finish_copy(fd: BorrowedFd<'_>, intent: &Intent) -> Result<(), String> {
     nix::unistd::ftruncate(fd, intent.new_size as i64).map_err(|e| io_err("resizing", e))?;
     match intent.mode {
         Some(m) => sys::fsetxattr(fd, MODE_XATTR, m.name().as_bytes())
@@ -1162,21 +1179,39 @@ impl FileState {
         }) * CHUNK_UNITS;
         let mut plain = vec![0u8; step];
         let mut lower = vec![0u8; Layout::of(Mode::Gcm).run_lower_len(step).max(step + 4096)];
+        // The file's holes stay holes (whole units of the new layout that
+        // lie in a hole of the old lower file are left unwritten).
+        let holes = holes::plain_holes(io.fd, old.map(|c| c.layout()), size)?;
         let mut off = 0u64;
         while off < size {
             let n = ((size - off) as usize).min(step);
             read_plain(io, old, size, off, &mut plain[..n])?;
+            // Plaintext bytes per block written (a unit; 4096 when clear).
+            let pu = layout.map_or(4096, |l| l.unit_plain_len()) as u64;
+            let in_hole = |i: usize| {
+                let a = off + i as u64 * pu;
+                a + pu <= size && holes::covered(&holes, a, a + pu)
+            };
             match (crypt, layout) {
                 (Some(t), Some(l)) => {
                     let first = l.unit_of(PlainOff(off)).0;
                     let ll = l.run_lower_len(n);
                     file::encrypt(t, first, &plain[..n], &mut lower[..ll])?;
-                    pwrite_all(side, &lower[..ll], l.unit_lower_start(first).0)?;
+                    holes::write_skipping(
+                        side,
+                        &lower[..ll],
+                        l.unit_lower_start(first).0,
+                        4096,
+                        in_hole,
+                    )?;
                 }
-                _ => pwrite_all(side, &plain[..n], off)?,
+                _ => holes::write_skipping(side, &plain[..n], off, 4096, in_hole)?,
             }
             off += n as u64;
         }
+        // Its full length, holes at the end included.
+        let total = layout.map_or(size, |l| l.lower_size(PlainOff(size)).0);
+        nix::unistd::ftruncate(side, total as i64)?;
         Ok(())
     }
 }
