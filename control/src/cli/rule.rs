@@ -711,3 +711,88 @@ fn transform(l: &Layout, json: bool, r: &Rule, plan: &Plan) -> Result<(), Vec<Fi
         }]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(applied: Option<(&str, &str, &str, &str)>) -> Rule {
+        Rule {
+            name: "r".into(),
+            path: "/data".into(),
+            include_extensions: vec![],
+            is_directory: true,
+            is_recursive: true,
+            ignore_directory: vec![],
+            encrypt_data: true,
+            applied: applied.map(|(op, from, to, status)| Applied {
+                key: to.into(),
+                from_key: from.into(),
+                operation: op.into(),
+                status: status.into(),
+                percent: 0,
+                errors: vec![],
+                attempts: 1,
+                // No such process: an "In Progress" left by a dead run.
+                pid: u32::MAX,
+                updated: 0,
+            }),
+            source: None,
+            km_generation: 0,
+            km_pending: None,
+        }
+    }
+
+    fn keys(p: &Plan) -> (&str, &str, &str) {
+        (p.from.as_str(), p.to.as_str(), p.xform)
+    }
+
+    #[test]
+    fn operations_follow_from_what_was_done_and_what_did_not_finish() {
+        // Fresh: encrypt needs a key; rotate and decrypt need an applied rule.
+        assert!(plan(&rule(None), "encrypt", None, false).is_err());
+        let p = plan(&rule(None), "encrypt", Some("k".into()), false).unwrap();
+        assert_eq!(keys(&p), ("clear_key", "k", "--rekey"));
+        assert!(plan(&rule(None), "rotate", None, false).is_err());
+        assert!(plan(&rule(None), "decrypt", None, false).is_err());
+        assert!(plan(&rule(None), "shred", None, false).is_err());
+        // Encrypted with k: rotate to k2, or deep/shallow within k; decrypt;
+        // encrypting with another key is a rotation.
+        let done = rule(Some(("encrypt", "clear_key", "k", "Encrypted")));
+        let p = plan(&done, "rotate", Some("k2".into()), false).unwrap();
+        assert_eq!(keys(&p), ("k", "k2", "--rekey"));
+        assert_eq!(
+            keys(&plan(&done, "rotate", None, false).unwrap()),
+            ("k", "k", "--deep")
+        );
+        assert_eq!(
+            keys(&plan(&done, "rotate", None, true).unwrap()),
+            ("k", "k", "--shallow")
+        );
+        let p = plan(&done, "decrypt", None, false).unwrap();
+        assert_eq!(keys(&p), ("k", "clear_key", "--rekey"));
+        assert!(p.after.is_none(), "decrypt ends unguarded");
+        assert!(plan(&done, "encrypt", Some("k2".into()), false).is_err());
+        // A rotation k -> k2 that did not finish (errors, or its process
+        // died): only the same rotation, from k again.
+        for status in ["Completed with errors", "In Progress"] {
+            let half = rule(Some(("rotate", "k", "k2", status)));
+            let p = plan(&half, "rotate", None, false).unwrap();
+            assert_eq!(keys(&p), ("k", "k2", "--rekey"), "{status}");
+            assert!(plan(&half, "rotate", Some("k3".into()), false).is_err());
+            let e = plan(&half, "decrypt", None, false).err().unwrap();
+            assert!(e.1.contains("did not finish"), "{}", e.1);
+            assert!(plan(&half, "encrypt", Some("k2".into()), false).is_err());
+        }
+        // An encrypt that did not finish may be undone.
+        let half = rule(Some(("encrypt", "clear_key", "k", "Completed with errors")));
+        let p = plan(&half, "decrypt", None, false).unwrap();
+        assert_eq!(keys(&p), ("k", "clear_key", "--rekey"));
+        let p = plan(&half, "encrypt", None, false).unwrap();
+        assert_eq!(keys(&p), ("clear_key", "k", "--rekey"));
+        // Decrypted: as if fresh.
+        let gone = rule(Some(("decrypt", "k", "clear_key", "Decrypted")));
+        assert!(plan(&gone, "rotate", None, false).is_err());
+        assert!(plan(&gone, "encrypt", Some("k".into()), false).is_ok());
+    }
+}
