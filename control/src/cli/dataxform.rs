@@ -642,6 +642,7 @@ impl Run<'_> {
             Op::Deep
         };
         let mut seen = 0u64;
+        let mut first_size: Option<u64> = None;
         loop {
             self.wait_if_suspended(t);
             let began = Instant::now();
@@ -672,6 +673,17 @@ impl Run<'_> {
             }
             if out.status != Status::Online {
                 return Ok(out);
+            }
+            // A file appended to faster than steps re-encrypt it would
+            // keep the run here for ever (the mark chases the end): once
+            // the mark is far past the size the file had, give up on it
+            // for this run (its record stays; the next run goes on).
+            let first = *first_size.get_or_insert(out.size);
+            if seen > first.saturating_mul(4).saturating_add(64 << 20) {
+                return Err(format!(
+                    "in use: written to faster than it is rekeyed ({} of {} bytes done); run again later",
+                    out.lower_bytes, out.size
+                ));
             }
         }
     }
