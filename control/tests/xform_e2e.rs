@@ -1469,7 +1469,8 @@ fn a_rotation_during_a_deep_rekey_relaunches_it_to_the_newest_version() {
     let v2 = a.key_version(&dir.join("f0")) + 1;
     let child = Command::new(a.bin.join("dataxform"))
         .args(["--deep", "--gp", dir.to_str().unwrap(), "-y", "--json"])
-        .args(["--max_rate", "2"])
+        // Slow enough (about 9 s) that the rotation lands mid-run.
+        .args(["--max_rate", "1"])
         .env("GUARDFS_ROOT", &a.root)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
