@@ -26,6 +26,7 @@
 
 use std::cell::RefCell;
 use std::ffi::CStr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
@@ -188,6 +189,33 @@ impl Crypt {
             }
             None => (&self.cipher, u64::MAX),
         }
+    }
+
+    /// A run of units from `first` (`plain_len` plaintext bytes in
+    /// `lower_len` lower bytes) in pieces of one cipher each: one piece,
+    /// or two where an online rekey's mark falls inside the run (the new
+    /// cipher below it, the file's own from it on). Each piece: its
+    /// cipher, first unit, and its ranges in the plaintext and lower runs.
+    #[allow(clippy::type_complexity)]
+    fn pieces(
+        &self,
+        first: UnitNo,
+        plain_len: usize,
+        lower_len: usize,
+    ) -> impl Iterator<Item = (&ContentCipher, UnitNo, Range<usize>, Range<usize>)> {
+        let p = self.layout().unit_plain_len();
+        let (cipher, n) = self.cipher_at(first);
+        let cut = (n < plain_len.div_ceil(p) as u64).then_some(n as usize);
+        let (hp, hl) = cut.map_or((plain_len, lower_len), |n| (n * p, n * 4096));
+        let tail = cut.map(|n| {
+            (
+                &self.cipher,
+                UnitNo(first.0 + n as u64),
+                hp..plain_len,
+                hl..lower_len,
+            )
+        });
+        std::iter::once((cipher, first, 0..hp, 0..hl)).chain(tail)
     }
 
     /// Whether `name` version `version` is one of the keys the contents
@@ -1140,19 +1168,13 @@ pub(super) fn decrypt(
         error!("secfs: {}: {e} (EIO)", node.display_path());
         Errno::EIO
     };
-    let p = c.layout().unit_plain_len();
-    let (mut u, mut lower, mut plain) = (first, lower, plain);
-    loop {
-        // During an online rekey a run may straddle the point it reached.
-        let (cipher, n) = c.cipher_at(u);
-        if n >= plain.len().div_ceil(p) as u64 {
-            return cipher.decrypt(u, lower, plain).map_err(fail);
-        }
-        let (pa, pb) = plain.split_at_mut(n as usize * p);
-        let (la, lb) = lower.split_at(n as usize * 4096);
-        cipher.decrypt(u, la, pa).map_err(fail)?;
-        (u, lower, plain) = (UnitNo(u.0 + n), lb, pb);
+    // During an online rekey a run may straddle the point it reached.
+    for (cipher, u, pr, lr) in c.pieces(first, plain.len(), lower.len()) {
+        cipher
+            .decrypt(u, &lower[lr], &mut plain[pr])
+            .map_err(fail)?;
     }
+    Ok(())
 }
 
 /// Read and decrypt unit `u`; `plain.len()` is its length in the file.
@@ -1177,18 +1199,12 @@ pub(super) fn encrypt(c: &Crypt, first: UnitNo, plain: &[u8], lower: &mut [u8]) 
         error!("secfs: encryption failed: {e}");
         Errno::EIO
     };
-    let p = c.layout().unit_plain_len();
-    let (mut u, mut plain, mut lower) = (first, plain, lower);
-    loop {
-        let (cipher, n) = c.cipher_at(u);
-        if n >= plain.len().div_ceil(p) as u64 {
-            return cipher.encrypt(u, plain, lower).map_err(fail);
-        }
-        let (pa, pb) = plain.split_at(n as usize * p);
-        let (la, lb) = lower.split_at_mut(n as usize * 4096);
-        cipher.encrypt(u, pa, la).map_err(fail)?;
-        (u, plain, lower) = (UnitNo(u.0 + n), pb, lb);
+    for (cipher, u, pr, lr) in c.pieces(first, plain.len(), lower.len()) {
+        cipher
+            .encrypt(u, &plain[pr], &mut lower[lr])
+            .map_err(fail)?;
     }
+    Ok(())
 }
 
 /// Encrypt a run of plaintext units starting at `first` and write it.

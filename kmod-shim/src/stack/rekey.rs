@@ -143,8 +143,7 @@ fn read_record(fd: BorrowedFd<'_>) -> Result<Option<(Record, Header)>, String> {
 
 /// The step journal's name in the side directory.
 fn journal_name(fd: BorrowedFd<'_>) -> VfsResult<String> {
-    let st = nix::sys::stat::fstat(fd)?;
-    Ok(format!("{:x}-{:x}.rk", st.st_dev, st.st_ino))
+    Ok(format!("{}.rk", super::xform::side_name(fd)?))
 }
 
 fn digest(id: &[u8; 16], first: u64, data: &[u8]) -> [u8; 32] {
@@ -201,25 +200,10 @@ fn journal_read(j: BorrowedFd<'_>, id: &[u8; 16]) -> Option<(u64, Vec<u8>)> {
 /// Write a step's new lower bytes over units `first..`, leaving all-zero
 /// units that can be holes unwritten (they were holes and stay holes).
 fn write_in_place(l: &Layout, fd: BorrowedFd<'_>, first: u64, data: &[u8]) -> VfsResult<()> {
-    let base = l.unit_lower_start(UnitNo(first)).0;
-    let mut run: Option<usize> = None;
-    let mut at = 0;
-    for unit in data.chunks(4096) {
-        let hole = l.unit_may_be_hole(unit.len()) && unit.iter().all(|&b| b == 0);
-        match (hole, run) {
-            (false, None) => run = Some(at),
-            (true, Some(s)) => {
-                pwrite_all(fd, &data[s..at], base + s as u64)?;
-                run = None;
-            }
-            _ => {}
-        }
-        at += unit.len();
-    }
-    if let Some(s) = run {
-        pwrite_all(fd, &data[s..], base + s as u64)?;
-    }
-    Ok(())
+    super::holes::write_skipping(fd, data, l.unit_lower_start(UnitNo(first)).0, 4096, |i| {
+        let unit = &data[i * 4096..((i + 1) * 4096).min(data.len())];
+        l.unit_may_be_hole(unit.len()) && unit.iter().all(|&b| b == 0)
+    })
 }
 
 fn unlink_journal(root: BorrowedFd<'_>, name: &str) {
@@ -440,6 +424,24 @@ pub(super) fn start(c: &mut Contents, io: &Io<'_>, target: &NewKey) -> VfsResult
     Ok(())
 }
 
+/// The online rekey under way in `c`: the file's cipher, the side it
+/// moves to, the size, the layout, the units and the mark; `Err(progress)`
+/// when none is (finished). Not encrypted: EIO.
+#[allow(clippy::type_complexity)]
+fn under_way(c: &Contents) -> VfsResult<Result<(&Crypt, &Next, u64, Layout, u64, u64), Progress>> {
+    let Contents::Encrypted(crypt, size) = c else {
+        return Err(Errno::EIO);
+    };
+    let l = *crypt.layout();
+    Ok(match crypt.next.get() {
+        None => Err(progress(&l, 0, *size, true)),
+        Some(n) => {
+            let units = l.unit_count(PlainOff(*size));
+            Ok((crypt, n, *size, l, units, n.done.load(Ordering::Acquire)))
+        }
+    })
+}
+
 impl FileState {
     /// Re-encrypt up to `budget` plaintext bytes of the online rekey under
     /// way (at least one step), a step of [`STEP_UNITS`] units at a time,
@@ -452,16 +454,10 @@ impl FileState {
         let mut spent = 0u64;
         loop {
             let contents = self.read_contents();
-            let Contents::Encrypted(c, size) = &*contents else {
-                return Err(Errno::EIO);
+            let (c, next, size, l, units, a) = match under_way(&contents)? {
+                Err(finished) => return Ok(finished),
+                Ok(w) => w,
             };
-            let size = *size;
-            let l = *c.layout();
-            let Some(next) = c.next.get() else {
-                return Ok(progress(&l, 0, size, true));
-            };
-            let units = l.unit_count(PlainOff(size));
-            let a = next.done.load(Ordering::Acquire);
             if a >= units {
                 drop(contents);
                 return self.rekey_finish(io, &name);
@@ -575,18 +571,13 @@ impl FileState {
     /// Every unit is new: the header, under the contents lock.
     fn rekey_finish(&self, io: &Io<'_>, journal: &str) -> VfsResult<Progress> {
         let mut c = self.write_contents();
-        let Contents::Encrypted(crypt, size) = &*c else {
-            return Err(Errno::EIO);
+        let (_, next, size, l, units, done) = match under_way(&c)? {
+            Err(finished) => return Ok(finished),
+            Ok(w) => w,
         };
-        let size = *size;
-        let l = *crypt.layout();
-        let Some(next) = crypt.next.get() else {
-            return Ok(progress(&l, 0, size, true));
-        };
-        let units = l.unit_count(PlainOff(size));
-        if next.done.load(Ordering::Acquire) < units {
+        if done < units {
             // Grown meanwhile: more steps.
-            return Ok(progress(&l, next.done.load(Ordering::Acquire), size, false));
+            return Ok(progress(&l, done, size, false));
         }
         let rec = match read_record(io.fd) {
             Ok(Some((r, _))) => r,

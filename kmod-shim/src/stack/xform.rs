@@ -337,6 +337,13 @@ pub(super) fn open_side(root: BorrowedFd<'_>, name: &str, flags: OFlag) -> nix::
     )
 }
 
+/// A file's name in the side directory: its device and inode (a side
+/// file; with `.rk`, an online rekey's journal).
+pub(super) fn side_name(fd: BorrowedFd<'_>) -> VfsResult<String> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok(format!("{:x}-{:x}", st.st_dev, st.st_ino))
+}
+
 /// The side directory, created (0700) if missing; a directory fd.
 pub(super) fn side_dir(root: BorrowedFd<'_>) -> Result<OwnedFd, String> {
     match nix::sys::stat::mkdirat(root, SIDE_DIR, Perm::from_bits_truncate(0o700)) {
@@ -1119,8 +1126,7 @@ impl FileState {
             })?);
         }
         let dir = dir.as_ref().ok_or(Errno::EIO)?;
-        let st = nix::sys::stat::fstat(io.fd).map_err(|_| Errno::EIO)?;
-        let name = format!("{:x}-{:x}", st.st_dev, st.st_ino);
+        let name = side_name(io.fd).map_err(|_| Errno::EIO)?;
         let in_flight = InFlight::new(&name);
         let side = nix::fcntl::openat(
             dir,
