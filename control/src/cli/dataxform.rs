@@ -998,7 +998,7 @@ struct Progress {
     started: u64,
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -1041,6 +1041,11 @@ impl Progress {
     }
 }
 
+/// Whether process `pid` exists (a status record's run, a rule's).
+pub(super) fn alive(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Every transformation's last progress record: `state` is `In Progress`,
 /// `Completed`, `Completed with errors`, or `Interrupted` (in progress,
 /// but its process is gone: run the same command again).
@@ -1059,9 +1064,7 @@ pub fn statuses(layout: &crate::state::Layout) -> Vec<serde_json::Value> {
             continue;
         };
         let pid = v["pid"].as_u64().unwrap_or(0);
-        if matches!(v["state"].as_str(), Some("In Progress" | "Suspended"))
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
+        if matches!(v["state"].as_str(), Some("In Progress" | "Suspended")) && !alive(pid as u32) {
             v["state"] = json!("Interrupted");
         }
         out.push(v);

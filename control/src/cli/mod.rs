@@ -124,27 +124,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum RuleCmd {
     /// Create a rule (not applied yet).
-    Create {
-        /// The file or directory to protect.
-        #[arg(long)]
-        path: String,
-        /// Default: Rule- and 27 random characters.
-        #[arg(long)]
-        name: Option<String>,
-        /// Extensions of the files to encrypt, separated by `;` (default: all files).
-        #[arg(long = "include-extensions")]
-        include_extensions: Option<String>,
-        #[arg(long = "is-directory", default_value = "true")]
-        is_directory: bool,
-        #[arg(long = "is-recursive", default_value = "true")]
-        is_recursive: bool,
-        /// Directory names to skip at any depth, separated by `;` (exact, case-sensitive).
-        #[arg(long = "ignore-directory")]
-        ignore_directory: Option<String>,
-        /// false: access control only.
-        #[arg(long = "encrypt-data", default_value = "true")]
-        encrypt_data: bool,
-    },
+    Create(rule::NewRule),
     /// Every rule with its status.
     List,
     /// One rule, its status, progress and failed files.
@@ -353,27 +333,7 @@ pub fn voradmin(args: Vec<String>) -> CmdResult {
     let json = cli.json;
     match cli.cmd {
         Cmd::Rule(r) => match r {
-            RuleCmd::Create {
-                path,
-                name,
-                include_extensions,
-                is_directory,
-                is_recursive,
-                ignore_directory,
-                encrypt_data,
-            } => rule::create(
-                &l,
-                json,
-                rule::NewRule {
-                    path,
-                    name,
-                    include_extensions,
-                    is_directory,
-                    is_recursive,
-                    ignore_directory,
-                    encrypt_data,
-                },
-            )?,
+            RuleCmd::Create(n) => rule::create(&l, json, n)?,
             RuleCmd::List => rule::list(&l, json)?,
             RuleCmd::Show { name } => rule::show(&l, json, &name)?,
             RuleCmd::Apply {

@@ -33,16 +33,7 @@ fn fail(msg: impl Into<String>) -> Failure {
     Failure(FAILED, msg.into())
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn alive(pid: u32) -> bool {
-    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
+use super::dataxform::{alive, unix_now as now};
 
 fn split_list(v: Option<String>) -> Vec<String> {
     v.map(|v| {
@@ -56,13 +47,26 @@ fn split_list(v: Option<String>) -> Vec<String> {
 }
 
 /// The parameters of `voradmin rule create`.
+#[derive(clap::Args)]
 pub struct NewRule {
+    /// The file or directory to protect.
+    #[arg(long)]
     pub path: String,
+    /// Default: Rule- and 27 random characters.
+    #[arg(long)]
     pub name: Option<String>,
+    /// Extensions of the files to encrypt, separated by `;` (default: all files).
+    #[arg(long = "include-extensions")]
     pub include_extensions: Option<String>,
+    #[arg(long = "is-directory", default_value = "true")]
     pub is_directory: bool,
+    #[arg(long = "is-recursive", default_value = "true")]
     pub is_recursive: bool,
+    /// Directory names to skip at any depth, separated by `;` (exact, case-sensitive).
+    #[arg(long = "ignore-directory")]
     pub ignore_directory: Option<String>,
+    /// false: access control only.
+    #[arg(long = "encrypt-data", default_value = "true")]
     pub encrypt_data: bool,
 }
 

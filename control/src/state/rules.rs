@@ -339,15 +339,10 @@ impl Rules {
         let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| StateError::io(&lock_path, "lock", e.into()))?;
         let path = layout.etc.join("rules.json");
-        let rules = match std::fs::read_to_string(&path) {
-            Ok(t) => serde_json::from_str::<Vec<Rule>>(&t)
-                .map_err(|e| StateError::invalid(&path, e.to_string()))?
-                .into_iter()
-                .map(|r| (r.name.clone(), r))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(StateError::io(&path, "read", e)),
-        };
+        let rules = Rules::read(layout)?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
         Ok(Rules {
             path,
             rules,
