@@ -1590,3 +1590,52 @@ fn a_file_emptied_mid_rekey_keeps_what_is_written_after() {
         "after remount"
     );
 }
+
+/// A rekey record planted on another file (copied from a file mid-rekey,
+/// as root on the lower file system) is never applied to it: it names a
+/// header the file does not have, so it is dropped and logged, and the
+/// file reads as it was.
+#[test]
+fn a_planted_rekey_record_is_dropped_not_applied() {
+    let mut gp = Gp::new();
+    let mut rng = Rng(0x5eed_0017);
+    gp.mount(&policy("k", None), &[("k@1", "k")]);
+    let mut want = BTreeMap::new();
+    populate_large(&gp.dir, &mut rng, &mut want);
+    gp.unmount();
+    let both = [("k@1", "k"), ("k@2", "kv2")];
+    gp.mount_env(
+        &policy("k", None),
+        &both,
+        &[("GUARDFS_TEST_XFORM_ABORT", "rk-record")],
+    );
+    assert!(!gp.dataxform(&["--deep", "-y"]).status.success());
+    gp.kill9();
+    let (mid, other) = ["large-1", "large-2"]
+        .into_iter()
+        .partition::<Vec<_>, _>(|n| rekey_record(&gp.dir.join(n)).is_some());
+    assert_eq!(mid.len(), 1, "one file mid-rekey: {mid:?}");
+    let record = rekey_record(&gp.dir.join(mid[0])).unwrap();
+    xattr_set(&gp.dir.join(other[0]), b"trusted.guardfs.rekey", &record);
+    gp.mount(&policy("k", None), &both);
+    check_large(&gp.dir, &want, "with a planted record");
+    assert!(
+        gp.log()
+            .contains("dropped a rekey record that no longer fits the file"),
+        "{}",
+        gp.log()
+    );
+    assert!(rekey_record(&gp.lower().join(other[0])).is_none());
+}
+
+/// The files of `populate_large` as wanted.
+fn check_large(dir: &Path, want: &BTreeMap<PathBuf, Want>, when: &str) {
+    drop_caches();
+    for (rel, w) in want {
+        assert!(
+            fs::read(dir.join(rel)).unwrap() == w.data,
+            "{when}: {}",
+            rel.display()
+        );
+    }
+}
